@@ -1,0 +1,259 @@
+"""Where things live: Colab detection, Drive mounting, the checkpoint root and the per-dataset layout.
+
+This is the only module that spells folder and artifact names. Everything else asks a
+`DatasetPaths` for a path and never joins folder names by hand.
+
+Layout under a root (the seed's, plus what midikit adds)::
+
+    <root>/<dataset>/models/                 best weights <model>_<ts>.pth + <model>_<ts>.json
+    <root>/<dataset>/outputs/plots/          loss_curve_<model>_<ts>.png, piano rolls
+    <root>/<dataset>/outputs/generated/      generated MIDI files
+    <root>/<dataset>/logs/                   models.csv, training_summary_*.txt, *_losses_*.npy
+    <root>/<dataset>/data/                   preprocessed tokens, tokenizer.json, config.json
+    <root>/<dataset>/checkpoints/<run_id>/   full training-state checkpoints of one run
+    <root>/_sources/<name>/                  downloaded source datasets (e.g. Nottingham)
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+DRIVE_MOUNT_POINT = Path("/content/drive")
+COLAB_DEFAULT_ROOT = DRIVE_MOUNT_POINT / "MyDrive" / "midikit_checkpoints"
+LOCAL_DEFAULT_ROOT = Path("midikit_data")
+ROOT_ENV_VAR = "MIDIKIT_ROOT"
+TIMESTAMP_FORMAT = "%Y%m%d_%H%M%S"
+
+
+class StorageError(RuntimeError):
+    """A storage problem the user can fix; the message says how."""
+
+
+def in_colab() -> bool:
+    """True inside a Google Colab runtime."""
+    if "google.colab" in sys.modules:
+        return True
+    try:
+        import google.colab  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def drive_is_mounted() -> bool:
+    return (DRIVE_MOUNT_POINT / "MyDrive").is_dir()
+
+
+def mount_drive(force_remount: bool = False) -> Path | None:
+    """Mount Google Drive in Colab; elsewhere do nothing and return None."""
+    if not in_colab():
+        return None
+    if drive_is_mounted() and not force_remount:
+        return DRIVE_MOUNT_POINT
+    from google.colab import drive  # only importable inside Colab
+
+    drive.mount(str(DRIVE_MOUNT_POINT), force_remount=force_remount)
+    return DRIVE_MOUNT_POINT
+
+
+def default_root() -> Path:
+    """$MIDIKIT_ROOT if set, else a folder on MyDrive in Colab, else ./midikit_data."""
+    env = os.environ.get(ROOT_ENV_VAR)
+    if env:
+        return Path(env).expanduser()
+    if in_colab():
+        return COLAB_DEFAULT_ROOT
+    return LOCAL_DEFAULT_ROOT
+
+
+def resolve_root(root: str | os.PathLike | None = None, create: bool = True) -> Path:
+    """Turn a user-given root (or None for the default) into a checked, absolute folder.
+
+    Raises StorageError with a fix when the root is on an unmounted Drive or not writable.
+    """
+    path = Path(root).expanduser() if root not in (None, "") else default_root()
+    if _is_under(path, DRIVE_MOUNT_POINT) and not drive_is_mounted():
+        raise StorageError(
+            f"The checkpoint folder {path} is on Google Drive, but Drive is not mounted. "
+            "In Colab run `midikit.storage.mount_drive()` (or the set-up notebook) first; "
+            f"outside Colab pass a local folder, e.g. --checkpoint_dir ./midikit_data or ${ROOT_ENV_VAR}."
+        )
+    path = path.absolute()
+    if create:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _explain(exc, path) from exc
+    check_writable(path)
+    return path
+
+
+def check_writable(folder: Path) -> None:
+    """Raise StorageError if a small file cannot be created in `folder`."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".midikit_probe_", delete=True) as handle:
+            handle.write(b"ok")
+            handle.flush()
+    except OSError as exc:
+        raise _explain(exc, folder) from exc
+
+
+def check_free_space(folder: Path, needed_bytes: int) -> None:
+    """Raise StorageError when `folder`'s disk has less than `needed_bytes` free."""
+    free = shutil.disk_usage(folder).free
+    if free < needed_bytes:
+        raise StorageError(
+            f"Not enough free space in {folder}: {needed_bytes / 2**20:.1f} MiB needed, "
+            f"{free / 2**20:.1f} MiB free. Free some space (on Drive: empty the trash) or choose another folder."
+        )
+
+
+def explain_os_error(exc: OSError, path: Path) -> StorageError:
+    """Translate a raw OSError on `path` into a StorageError that says what to do."""
+    return _explain(exc, path)
+
+
+def _explain(exc: OSError, path: Path) -> StorageError:
+    if exc.errno == errno.ENOSPC:
+        return StorageError(f"The disk holding {path} is full. Free some space (on Drive: empty the trash) or choose another folder.")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return StorageError(f"Cannot write to {path} ({exc.strerror}). Choose a folder you can write to.")
+    if exc.errno == errno.ENOTCONN:
+        return StorageError(
+            f"Google Drive dropped its connection while using {path} (Transport endpoint is not connected). "
+            "Remount with `midikit.storage.mount_drive(force_remount=True)` and run the cell again."
+        )
+    return StorageError(f"Cannot use {path}: {exc.strerror or exc}.")
+
+
+def _is_under(path: Path, parent: Path) -> bool:
+    try:
+        path.absolute().relative_to(parent)
+        return True
+    except ValueError:
+        return False
+
+
+def timestamp(now: datetime | None = None) -> str:
+    """The seed's artifact timestamp, e.g. 20261128_214500."""
+    return (now or datetime.now()).strftime(TIMESTAMP_FORMAT)
+
+
+def make_run_id(model_type: str, ts: str | None = None) -> str:
+    """A run's id, `<model>_<YYYYmmdd_HHMMSS>`; every artifact of the run carries it."""
+    return f"{model_type}_{ts or timestamp()}"
+
+
+def sources_dir(root: Path, name: str) -> Path:
+    """Cache folder for a downloaded source dataset (shared by all datasets under the root)."""
+    return Path(root) / "_sources" / name
+
+
+@dataclass(frozen=True)
+class DatasetPaths:
+    """Every path of one dataset under one root. Folders are created by `ensure()`."""
+
+    root: Path
+    dataset: str
+
+    def __post_init__(self):
+        if not self.dataset or any(sep in self.dataset for sep in ("/", "\\")) or self.dataset in (".", ".."):
+            raise StorageError(f"Invalid dataset name {self.dataset!r}: use a plain folder name such as 'nottingham'.")
+        object.__setattr__(self, "root", Path(self.root))
+
+    # folders -----------------------------------------------------------------
+    @property
+    def base(self) -> Path:
+        return self.root / self.dataset
+
+    @property
+    def models(self) -> Path:
+        return self.base / "models"
+
+    @property
+    def outputs(self) -> Path:
+        return self.base / "outputs"
+
+    @property
+    def plots(self) -> Path:
+        return self.outputs / "plots"
+
+    @property
+    def generated(self) -> Path:
+        return self.outputs / "generated"
+
+    @property
+    def logs(self) -> Path:
+        return self.base / "logs"
+
+    @property
+    def data(self) -> Path:
+        return self.base / "data"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.base / "checkpoints"
+
+    def run_checkpoints(self, run_id: str) -> Path:
+        return self.checkpoints / run_id
+
+    # files -------------------------------------------------------------------
+    @property
+    def models_csv(self) -> Path:
+        return self.logs / "models.csv"
+
+    def best_weights(self, run_id: str) -> Path:
+        return self.models / f"{run_id}.pth"
+
+    def weights_sidecar(self, run_id: str) -> Path:
+        return self.models / f"{run_id}.json"
+
+    def loss_plot(self, run_id: str) -> Path:
+        return self.plots / f"loss_curve_{run_id}.png"
+
+    def training_summary(self, run_id: str) -> Path:
+        return self.logs / f"training_summary_{run_id}.txt"
+
+    def train_losses(self, run_id: str) -> Path:
+        return self.logs / f"train_losses_{run_id}.npy"
+
+    def val_losses(self, run_id: str) -> Path:
+        return self.logs / f"val_losses_{run_id}.npy"
+
+    def generated_midi(self, run_id: str, strategy: str, sample_index: int, tag: str = "") -> Path:
+        suffix = f"_{tag}" if tag else ""
+        return self.generated / f"{run_id}_{strategy}{suffix}_sample{sample_index:02d}.mid"
+
+    def ensure(self) -> "DatasetPaths":
+        for folder in (self.models, self.plots, self.generated, self.logs, self.data, self.checkpoints):
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise _explain(exc, folder) from exc
+        return self
+
+
+def dataset_paths(root: str | os.PathLike | None, dataset: str, create: bool = True) -> DatasetPaths:
+    """Resolve the root (default if None) and return the dataset's layout, folders created."""
+    paths = DatasetPaths(resolve_root(root, create=create), dataset)
+    return paths.ensure() if create else paths
+
+
+def list_datasets(root: str | os.PathLike | None) -> list[str]:
+    """Datasets under a root: folders that hold a preprocessed `data/config.json` or a `models/` folder."""
+    root_path = resolve_root(root, create=False) if root is not None else default_root()
+    if not root_path.is_dir():
+        return []
+    found = []
+    for child in sorted(root_path.iterdir()):
+        if child.is_dir() and not child.name.startswith(("_", ".")):
+            if (child / "data" / "config.json").is_file() or (child / "models").is_dir():
+                found.append(child.name)
+    return found
