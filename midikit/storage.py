@@ -141,6 +141,44 @@ def _is_under(path: Path, parent: Path) -> bool:
         return False
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` so that `path` is either the old file or the complete new one, never half:
+    a temporary name in the same folder, flush + fsync, then rename over `path`."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise _explain(exc, path) from exc
+    _fsync_folder(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _fsync_folder(folder: Path) -> None:
+    # Makes the rename itself durable on local disks; some filesystems (Drive's FUSE) refuse it.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def timestamp(now: datetime | None = None) -> str:
     """The seed's artifact timestamp, e.g. 20261128_214500."""
     return (now or datetime.now()).strftime(TIMESTAMP_FORMAT)

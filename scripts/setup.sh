@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q --disable-pip-version-check "torch==2.13.0" 2>/dev/null \
-  || python3 -c "import torch" \
-  || python3 -m pip install -q --disable-pip-version-check --index-url https://download.pytorch.org/whl/cpu torch
+  || python3 -c "import torch"
+
 python3 -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 python3 -m pip install -q --disable-pip-version-check --no-deps -e .
