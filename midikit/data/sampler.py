@@ -23,6 +23,8 @@ def sample_windows(tokens: torch.Tensor, batch_size: int, length: int, generator
             "use a shorter context_length or more data."
         )
     starts = torch.randint(0, n_starts + 1, (batch_size,), generator=generator)
+    if tokens.is_cuda:
+        starts = starts.pin_memory().to(tokens.device, non_blocking=True)  # no per-step stream sync
     offsets = starts.to(tokens.device).unsqueeze(1) + torch.arange(length + 1, device=tokens.device)
     window = tokens[offsets].long()
     return window[:, :-1], window[:, 1:]

@@ -1,0 +1,346 @@
+"""Source files -> token store: list the files, tokenize them on every core, split by file,
+augment the training split by transposition, write the store, report.
+
+The split is made over source files *before* augmentation (every transposed copy of a tune
+lands in the same split as the tune), deterministically from `seed`. Re-running with the same
+inputs (relative path, size, content hash of every file) and settings is a cache hit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import multiprocessing
+import os
+import shlex
+import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .. import __version__, storage
+from ..models import ConfigError
+from ..storage import DatasetPaths
+from . import sources
+from .store import STORE_FORMAT, STORE_VERSION, DatasetError, load_dataset, write_config, write_store
+from .tokenization import FileTokenizer, build_tokenizer, init_worker, special_ids, tokenize_in_worker, tokenizer_spec
+
+REPORT_MAX_SKIPPED = 20  # skipped files listed in the printed report (config.json lists all)
+
+
+@dataclass
+class PreprocessConfig:
+    """Everything `python -m midikit preprocess` takes. `source` None means: "folder" when
+    `input_dir` is given, else "nottingham" (the seed's default, downloaded once)."""
+
+    source: str | None = None
+    input_dir: str | None = None
+    dataset: str = "nottingham"
+    checkpoint_dir: str | None = None
+    val_split: float = 0.05
+    transpositions: tuple = (-5, -3, -1, 0, 1, 3, 5)
+    seq_length: int = 100
+    limit: int | None = None
+    tokenizer: str = "REMI"
+    tracks: str = "merged"
+    tokenizer_params: dict = field(default_factory=dict)  # extra miditok TokenizerConfig options
+    augment_validation: bool = False
+    seed: int = 42
+    workers: int | None = None
+
+    def __post_init__(self):
+        if self.source is None:
+            self.source = "folder" if self.input_dir else "nottingham"
+        if isinstance(self.transpositions, str):
+            self.transpositions = parse_transpositions(self.transpositions)
+
+    def validate(self) -> "PreprocessConfig":
+        if self.source not in sources.SOURCES:
+            raise ConfigError(f"Unknown source {self.source!r}: choose one of {', '.join(sources.SOURCES)}.")
+        if self.source == "folder" and not self.input_dir:
+            raise ConfigError("source='folder' needs input_dir: pass --input_dir DIR (a folder of .mid/.midi/.abc files).")
+        if self.source != "folder" and self.input_dir:
+            raise ConfigError(f"Pass either --input_dir or --source {self.source}, not both.")
+        DatasetPaths(Path("."), self.dataset)  # validates the name
+        if not 0.0 < float(self.val_split) < 1.0:
+            raise ConfigError(f"val_split must be between 0 and 1 (exclusive), got {self.val_split!r}; the seed uses 0.05.")
+        self.transpositions = tuple(sorted({_as_int("transpositions", k) for k in self.transpositions}))
+        if not self.transpositions:
+            raise ConfigError("transpositions is empty: give at least 0 (no augmentation), e.g. --transpositions 0.")
+        for name in ("seq_length", "limit", "workers"):
+            value = getattr(self, name)
+            if value is not None and (_as_int(name, value) <= 0):
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
+        build_tokenizer(tokenizer_spec(self.tokenizer, self.tracks, self.tokenizer_params))  # checks option values too
+        return self
+
+    def command(self, root: Path) -> str:
+        """The equivalent `python -m midikit preprocess` command line (stored in config.json)."""
+        args = ["python", "-m", "midikit", "preprocess", "--checkpoint_dir", str(root), "--dataset", self.dataset]
+        if self.source == "folder":
+            args += ["--input_dir", str(Path(self.input_dir).expanduser().absolute())]
+        else:
+            args += ["--source", self.source]
+        defaults = PreprocessConfig()
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("source", "input_dir", "dataset", "checkpoint_dir", "workers") or value == getattr(defaults, f.name):
+                continue
+            if f.name == "augment_validation":
+                args.append("--augment_validation")
+            elif f.name == "transpositions":  # `=` keeps the leading minus from reading as a flag
+                args.append("--transpositions=" + ",".join(map(str, value)))
+            else:
+                args += [f"--{f.name}", json.dumps(value) if f.name == "tokenizer_params" else str(value)]
+        return shlex.join(args)
+
+
+@dataclass
+class PreprocessResult:
+    paths: DatasetPaths
+    config: dict  # the dataset's config.json
+    cache_hit: bool
+    report: str
+
+
+def parse_transpositions(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.replace(" ", "").split(",") if part)
+    except ValueError as exc:
+        raise ConfigError(f"transpositions must be comma-separated semitones such as -5,-3,-1,0,1,3,5, got {text!r}.") from exc
+
+
+def _as_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name} must be integers, got {value!r}.")
+    return value
+
+
+def preprocess(config: PreprocessConfig, progress: bool = True, log=print) -> PreprocessResult:
+    """Build (or reuse) the token store of `config.dataset` under `config.checkpoint_dir`."""
+    started = time.perf_counter()
+    config.validate()
+    spec = tokenizer_spec(config.tokenizer, config.tracks, config.tokenizer_params)
+    root = storage.resolve_root(config.checkpoint_dir)
+    paths = DatasetPaths(root, config.dataset)
+
+    base, files, location = _find_inputs(config, root, log)
+    inputs = [_describe_input(path, base) for path in files]
+    settings = {
+        "tokenizer": spec,
+        "transpositions": list(config.transpositions),
+        "augment_validation": config.augment_validation,
+        "val_split": config.val_split,
+        "seed": config.seed,
+        "miditok": importlib.metadata.version("miditok"),
+        "store_version": STORE_VERSION,
+    }
+    fingerprint = hashlib.sha256(json.dumps({"settings": settings, "inputs": inputs}, sort_keys=True).encode()).hexdigest()[:16]
+
+    cached = _reusable(paths, fingerprint, log)
+    if cached is not None:
+        if cached["seq_length"] != config.seq_length:  # only a default for training: no re-tokenizing
+            cached["seq_length"] = config.seq_length
+            write_config(paths, cached)
+        log(f"Cache hit: {paths.data} already holds these {len(files)} files tokenized with the same settings "
+            f"(fingerprint {fingerprint}); nothing was re-tokenized.")
+        report = format_report(cached, paths)
+        log(report)
+        return PreprocessResult(paths, cached, True, report)
+
+    results = _tokenize_files(spec, files, base, config, progress, log)
+    skipped = [{"file": r.file, "reason": r.reason} for r in results if r.reason]
+    usable = {r.file: r for r in results if not r.reason}
+    if not usable:
+        reasons = "; ".join(f"{s['file']}: {s['reason']}" for s in skipped[:5])
+        raise DatasetError(f"None of the {len(files)} files in {location} could be used ({reasons}). "
+                           "Pass a folder of valid MIDI (.mid/.midi) or ABC (.abc) files.")
+    val_files = split_files(sorted(usable), config.val_split, config.seed)
+    train_files = sorted(set(usable) - set(val_files))
+    splits, out_of_range = _assemble_splits(usable, {"train": train_files, "val": val_files}, config)
+
+    tokenizer = build_tokenizer(spec)
+    if len(tokenizer) > 65536:
+        raise ConfigError(f"The vocabulary has {len(tokenizer)} tokens, more than uint16 storage holds; use fewer tokenizer options.")
+    store_config = {
+        "format": STORE_FORMAT,
+        "version": STORE_VERSION,
+        "name": config.dataset,
+        "fingerprint": fingerprint,
+        "vocab_size": len(tokenizer),
+        **special_ids(tokenizer),
+        "seq_length": config.seq_length,
+        "tokenizer": {**spec, "config": tokenizer.config.to_dict(serialize=True)},
+        "augmentation": {
+            "transpositions": list(config.transpositions),
+            "augment_validation": config.augment_validation,
+            "method": "miditok.data_augmentation.augment_score (pitch tokens shifted where exact)",
+            "skipped_out_of_range": sum(out_of_range.values()),
+            "skipped_out_of_range_by_offset": {str(k): n for k, n in sorted(out_of_range.items())},
+        },
+        "split": {"val_split": config.val_split, "seed": config.seed, "by": "source file, before augmentation"},
+        "splits": {
+            split: {
+                "files": len(names),
+                "sequences": len(splits[split]),
+                "tokens": int(sum(len(seq) for seq in splits[split])),
+            }
+            for split, names in (("train", train_files), ("val", val_files))
+        },
+        "source": {"kind": config.source, "location": str(location)},
+        "files_found": len(files),
+        "files_processed": len(usable),
+        "files_skipped": skipped,
+        "train_files": train_files,
+        "val_files": val_files,
+        "settings": settings,
+        "command": config.command(root),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(time.perf_counter() - started, 2),
+        "midikit_version": __version__,
+    }
+    paths.ensure()
+    write_store(paths, splits, json.dumps(tokenizer.to_dict(), indent=2), store_config)
+    report = format_report(store_config, paths)
+    log(report)
+    return PreprocessResult(paths, store_config, False, report)
+
+
+def _assemble_splits(usable: dict, files: dict, config: PreprocessConfig):
+    """Sequences of each split in file order, each file's transpositions in ascending order
+    (validation untransposed unless augment_validation), and per offset how many files could
+    not take it (out of the tokenizer's pitch range)."""
+    splits, out_of_range = {}, {}
+    for split, names in files.items():
+        offsets = config.transpositions if split == "train" or config.augment_validation else (0,)
+        splits[split] = []
+        for name in names:
+            result = usable[name]
+            for k in offsets:
+                if k in result.skipped_offsets:
+                    out_of_range[k] = out_of_range.get(k, 0) + 1
+                splits[split].extend(result.sequences.get(k, []))
+    return splits, out_of_range
+
+
+def _find_inputs(config: PreprocessConfig, root: Path, log):
+    """(base folder, files, description of where they came from)."""
+    if config.source == "nottingham":
+        base = sources.download_nottingham(root, log=log)
+        location = f"{base} (from {sources.NOTTINGHAM_URL})"
+    elif config.source == "corpus":
+        base = sources.corpus_dir()
+        location = f"{base} (music21's bundled folk tunes)"
+    else:
+        base = Path(config.input_dir).expanduser().absolute()
+        location = str(base)
+    files = sources.list_music_files(base)
+    if not files:
+        raise DatasetError(f"No .mid, .midi or .abc files in {base}; point --input_dir at a folder of MIDI or ABC files.")
+    if config.limit:
+        files = files[: config.limit]
+    return base, files, location
+
+
+def _describe_input(path: Path, base: Path) -> list:
+    """[relative path, size, content hash]: what the fingerprint knows of one input file."""
+    data = path.read_bytes()
+    return [path.relative_to(base).as_posix(), len(data), hashlib.sha1(data).hexdigest()]
+
+
+def _reusable(paths: DatasetPaths, fingerprint: str, log) -> dict | None:
+    """The existing store's config when it is complete and built from the same inputs and settings."""
+    if not (paths.data / "config.json").is_file():
+        return None
+    try:
+        existing = load_dataset(paths)
+    except DatasetError as exc:
+        log(f"Rebuilding {paths.data}: {exc}")
+        return None
+    if existing.fingerprint != fingerprint:
+        log(f"Rebuilding {paths.data}: inputs or settings changed (fingerprint {existing.fingerprint} -> {fingerprint}).")
+        return None
+    return existing.config
+
+
+def _tokenize_files(spec: dict, files: list[Path], base: Path, config: PreprocessConfig, progress: bool, log):
+    """Tokenize every file at every transposition (offset 0 always: validation needs it) on
+    `config.workers` processes (default: all cores), in file order."""
+    from tqdm.auto import tqdm
+
+    offsets = tuple(sorted(set(config.transpositions) | {0}))
+    tasks = [(path, path.relative_to(base).as_posix(), offsets) for path in files]
+    workers = min(config.workers or _usable_cores(), len(tasks))
+    log(f"Tokenizing {len(tasks)} files ({config.tokenizer}, {config.tracks} tracks, transpositions "
+        f"{','.join(map(str, config.transpositions))}) on {workers} process{'es' if workers > 1 else ''} ...")
+    bar = tqdm(total=len(tasks), desc="tokenizing", unit="file", disable=not progress)
+    try:
+        if workers == 1:
+            tokenize = FileTokenizer(spec)
+            results = [_advance(bar, tokenize(task)) for task in tasks]
+        else:
+            # fork shares the already imported miditok/torch with the workers (spawn would
+            # re-import them in every worker, seconds each); each builds its tokenizer once.
+            methods = multiprocessing.get_all_start_methods()
+            context = multiprocessing.get_context("fork" if "fork" in methods else None)
+            chunksize = max(1, min(8, len(tasks) // (workers * 8)))
+            with ProcessPoolExecutor(workers, mp_context=context, initializer=init_worker, initargs=(spec,)) as pool:
+                results = [_advance(bar, r) for r in pool.map(tokenize_in_worker, tasks, chunksize=chunksize)]
+    except BrokenProcessPool as exc:
+        raise DatasetError(
+            "A tokenizer worker process died (out of memory, or a file that crashes the MIDI parser). "
+            "Run again with --workers 1 to see which file, and move it out of the input folder."
+        ) from exc
+    finally:
+        bar.close()
+    return results
+
+
+def _usable_cores() -> int:
+    # The cores this process may run on (a container may see more than it gets).
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _advance(bar, result):
+    bar.update()
+    return result
+
+
+def split_files(files: list[str], val_split: float, seed: int) -> list[str]:
+    """The validation files: the `val_split` share (at least one when there are two or more files)
+    whose hash of (seed, relative path) is lowest. Depends only on the names and the seed, so
+    adding files moves few others."""
+    if len(files) < 2:
+        return []
+    count = min(len(files) - 1, max(1, round(val_split * len(files))))
+    ranked = sorted(files, key=lambda name: hashlib.sha256(f"{seed}:{name}".encode()).hexdigest())
+    return sorted(ranked[:count])
+
+
+def format_report(config: dict, paths: DatasetPaths) -> str:
+    """The short summary printed at the end of a run."""
+    splits, aug, tok = config["splits"], config["augmentation"], config["tokenizer"]
+    lines = [
+        f"Dataset {config['name']!r}: {tok['name']} tokens, {tok['tracks']} tracks, vocab {config['vocab_size']} "
+        f"(fingerprint {config['fingerprint']})",
+        f"  files: {config['files_found']} found, {config['files_processed']} processed, {len(config['files_skipped'])} skipped",
+        f"  train: {splits['train']['files']} files -> {splits['train']['sequences']} sequences, {splits['train']['tokens']:,} tokens "
+        f"(transpositions {','.join(map(str, aug['transpositions']))}; {aug['skipped_out_of_range']} skipped: out of pitch range)",
+        f"  val:   {splits['val']['files']} files -> {splits['val']['sequences']} sequences, {splits['val']['tokens']:,} tokens "
+        f"({'transposed too' if aug['augment_validation'] else 'untransposed'})",
+    ]
+    if not splits["val"]["files"]:
+        lines.append("  warning: only one usable file, so there is no validation split; add files to validate.")
+    skipped = config["files_skipped"]
+    if skipped:
+        lines.append("  skipped files:")
+        lines += [f"    {s['file']}: {s['reason']}" for s in skipped[:REPORT_MAX_SKIPPED]]
+        if len(skipped) > REPORT_MAX_SKIPPED:
+            lines.append(f"    ... and {len(skipped) - REPORT_MAX_SKIPPED} more (all listed in config.json)")
+    lines.append(f"  built in {config['seconds']:.1f} s, stored in {paths.data}")
+    return "\n".join(lines)

@@ -1,0 +1,409 @@
+"""Generate music from a trained run: load it, sample token by token, decode to MIDI.
+
+    run = load_run("latest", paths)              # or a .pth, its .json sidecar, a training-state .pt
+    result = generate(run, SampleConfig(strategy="top_p", num_tokens=512, num_samples=4))
+    result.midi_paths                             # <root>/<dataset>/outputs/generated/*.mid
+
+The Transformer decodes with its key/value cache and the RNNs carry their hidden state, so each
+new token costs one position, not a re-run of the whole window. Past the trained context the
+Transformer's window slides: when the cache is full it is re-primed with the most recent
+`SLIDE_KEEP` of the context and decoding continues, so the music never sees a cut.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .models import ConfigError, ModelConfig, build_model
+from .storage import DatasetPaths, StorageError, atomic_write_bytes, dataset_paths, timestamp
+
+STRATEGIES = ("greedy", "top_k", "top_p", "temperature", "sample")
+SLIDE_KEEP = 0.75  # share of the context kept when the Transformer's window slides
+MAX_TOKENS_PER_BAR = 256  # safety cap when the length is given in bars
+FINISHED_CHECK_EVERY = 16  # steps between checks that every sample ended (each check syncs a GPU)
+TRAIN_STATE_FORMAT = "midikit-train-state"
+
+
+class GenerationError(StorageError):
+    """A run, checkpoint or seed MIDI that cannot be used; the message says why and what to do."""
+
+
+@dataclass
+class SampleConfig:
+    """How to sample. `temperature` divides the logits for top_k, top_p and temperature;
+    `sample` draws from the model's own distribution. `num_tokens` is the most new tokens per
+    sample (a sample ends earlier when the model ends the piece); `bars`, if set, replaces it."""
+
+    strategy: str = "top_p"
+    k: int = 8
+    p: float = 0.9
+    temperature: float = 1.0
+    num_tokens: int = 512
+    bars: int | None = None
+    num_samples: int = 1
+    seed: int | None = None
+
+    def validate(self) -> "SampleConfig":
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"Unknown strategy {self.strategy!r}: choose one of {', '.join(STRATEGIES)}.")
+        if not _is_int(self.k) or self.k < 1:
+            raise ConfigError(f"--k must be an integer >= 1 (tokens kept by top_k), got {self.k!r}.")
+        if not 0.0 < float(self.p) <= 1.0:
+            raise ConfigError(f"--p must be in (0, 1] (probability mass kept by top_p), got {self.p!r}; try 0.9.")
+        if not float(self.temperature) > 0.0:
+            raise ConfigError(f"--temperature must be > 0, got {self.temperature!r}; 1.0 samples the model as trained, use --strategy greedy for the most likely tokens.")
+        for name in ("num_tokens", "num_samples") + (("bars",) if self.bars is not None else ()):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise ConfigError(f"--{name} must be an integer >= 1, got {value!r}.")
+        return self
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# --------------------------------------------------------------------------- loading a run
+
+
+@dataclass
+class LoadedRun:
+    model: torch.nn.Module
+    model_config: ModelConfig
+    tokenizer: object  # miditok tokenizer of the run's dataset
+    run_id: str
+    paths: DatasetPaths  # the dataset the run was trained on
+    sidecar: dict  # the .json sidecar (or the same fields taken from a training-state checkpoint)
+    dataset: object  # midikit.data.TokenDataset: special token ids, config, training tokens
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def list_finished_runs(paths: DatasetPaths, model_type: str | None = None) -> list[dict]:
+    """Finished runs with best weights in `paths.models`, newest first: each sidecar's content plus
+    `weights` and `sidecar_path`. Unreadable sidecars are skipped."""
+    runs = []
+    for sidecar_path in paths.models.glob("*.json") if paths.models.is_dir() else ():
+        try:
+            info = json.loads(sidecar_path.read_text())
+        except (OSError, ValueError):
+            continue
+        weights = sidecar_path.with_suffix(".pth")
+        if not isinstance(info, dict) or info.get("status") != "finished" or not weights.is_file():
+            continue
+        if model_type is not None and info.get("model_type") != model_type:
+            continue
+        runs.append(dict(info, weights=weights, sidecar_path=sidecar_path))
+    # run ids end in a sortable timestamp (<model_type>_<YYYYmmdd_HHMMSS>); Drive mtimes are not reliable.
+    runs.sort(key=lambda info: (str(info.get("run_id", "")).split("_", 1)[-1], info["sidecar_path"].stat().st_mtime), reverse=True)
+    return runs
+
+
+def load_run(source: str | Path, paths: DatasetPaths | None = None, model_type: str | None = None, device="auto",
+             log=print) -> LoadedRun:
+    """Load a trained model with its tokenizer.
+
+    `source` is "latest" (the newest finished run under `paths`, of `model_type` if given), a best
+    weights `.pth` (its `.json` sidecar beside it), the sidecar itself, a training-state `.pt`, or a
+    run's checkpoint folder (its newest valid checkpoint). The model is rebuilt from the saved
+    ModelConfig alone; the tokenizer comes from the dataset the run was trained on.
+    """
+    if str(source) == "latest":
+        paths = paths or dataset_paths(None, "nottingham", create=False)
+        runs = list_finished_runs(paths, model_type)
+        if not runs:
+            kind = f"{model_type} " if model_type else ""
+            raise GenerationError(
+                f"No finished {kind}run in {paths.models}. Train one first (python -m midikit train "
+                f"--dataset {paths.dataset} --model_type {model_type or 'lstm'}), or pass --model PATH to a .pth or checkpoint."
+            )
+        source = runs[0]["weights"]
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise GenerationError(f"Model file {path} does not exist; pass --model latest or the path of a .pth, .json or .pt file.")
+    if path.is_dir() or path.suffix == ".pt":
+        sidecar, state_dict = _read_training_state(path, log)
+    elif path.suffix in (".pth", ".json"):
+        sidecar, state_dict = _read_best_weights(path.with_suffix(".pth"), path.with_suffix(".json"))
+    else:
+        raise GenerationError(f"Cannot load {path}: expected a .pth (best weights), its .json sidecar or a training-state .pt.")
+
+    try:
+        model_config = ModelConfig.from_dict(sidecar["model_config"])
+    except (KeyError, TypeError) as exc:
+        raise GenerationError(f"{path} holds no usable model_config ({exc!r}); it was not written by midikit.") from exc
+    run_paths = _run_dataset_paths(path, sidecar, paths)
+    from .data import load_dataset  # miditok only where needed: decode() runs on machines without it
+
+    dataset = load_dataset(run_paths)
+    if dataset.vocab_size != model_config.vocab_size:
+        raise GenerationError(
+            f"Run {sidecar.get('run_id')} was trained on a vocabulary of {model_config.vocab_size} tokens, but the "
+            f"dataset {run_paths.base} now has {dataset.vocab_size}: it was preprocessed again with other tokenizer "
+            "settings. Preprocess it with the run's settings again, or train a new model on this dataset."
+        )
+    trained_fingerprint = (sidecar.get("dataset") or {}).get("fingerprint")
+    if trained_fingerprint and trained_fingerprint != dataset.fingerprint:
+        log(f"note: dataset {run_paths.dataset} was preprocessed again since run {sidecar.get('run_id')} trained "
+              "(same vocabulary size, so its tokenizer is used).")
+
+    model = build_model(model_config)
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as exc:
+        raise GenerationError(f"The weights in {path} do not fit the model config saved with them: {exc}") from exc
+    model.to(_resolve_device(device)).eval()
+    return LoadedRun(model, model_config, dataset.tokenizer, str(sidecar.get("run_id", path.stem)), run_paths, sidecar, dataset)
+
+
+def _resolve_device(device) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device} asked for a GPU, but none is available; use --device cpu or auto.")
+    return device
+
+
+def _torch_load(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged file; all mean the same to the user
+        raise GenerationError(
+            f"Cannot read {path}: the file is corrupt or truncated ({type(exc).__name__}: {exc}). "
+            "Use another run or checkpoint (for example the run's checkpoints/<run_id>/best.pt)."
+        ) from exc
+
+
+def _read_best_weights(weights: Path, sidecar_path: Path) -> tuple[dict, dict]:
+    if not sidecar_path.is_file():
+        raise GenerationError(
+            f"{weights} has no sidecar {sidecar_path.name} beside it; the sidecar holds the model config needed to "
+            "rebuild the model. Copy it next to the .pth, or load the run's training-state checkpoint "
+            "(checkpoints/<run_id>/best.pt) instead."
+        )
+    if not weights.is_file():
+        raise GenerationError(f"The sidecar {sidecar_path} has no weights file {weights.name} beside it.")
+    try:
+        sidecar = json.loads(sidecar_path.read_text())
+    except ValueError as exc:
+        raise GenerationError(f"The sidecar {sidecar_path} is not valid JSON ({exc}); it is corrupt or truncated.") from exc
+    return sidecar, _torch_load(weights)
+
+
+def _read_training_state(path: Path, log) -> tuple[dict, dict]:
+    from .checkpoints import CheckpointError, load_latest, load_state
+
+    try:
+        if path.is_dir():
+            found = load_latest(path, log=log)
+            if found is None:
+                raise GenerationError(f"No valid checkpoint in {path}; pass a .pth from the dataset's models/ folder instead.")
+            path, state = found
+        else:
+            state = load_state(path)
+    except CheckpointError as exc:
+        raise GenerationError(f"Cannot use the checkpoint {path}: {exc}") from exc
+    if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_FORMAT:
+        raise GenerationError(f"{path} is not a midikit training-state checkpoint (format {TRAIN_STATE_FORMAT!r} expected).")
+    sidecar = {
+        "run_id": state.get("run_id"),
+        "model_type": state["model_config"].get("model_type"),
+        "model_config": state["model_config"],
+        "train_config": state.get("train_config"),
+        "dataset": state.get("dataset"),
+        "metrics": {"best_val_loss": state.get("best_val_loss"), "steps": state.get("step"), "epochs": state.get("epoch")},
+        "status": "finished" if state.get("finished") else "running",
+        "checkpoint": str(path),
+    }
+    return sidecar, state["model"]
+
+
+def _run_dataset_paths(path: Path, sidecar: dict, paths: DatasetPaths | None) -> DatasetPaths:
+    """The dataset a run was trained on: beside its files when they sit in the standard layout
+    (<root>/<dataset>/models/x.pth, <root>/<dataset>/checkpoints/<run>/x.pt), else under `paths`' root."""
+    name = (sidecar.get("dataset") or {}).get("name")
+    if not name:
+        raise GenerationError(f"{path} does not say which dataset it was trained on (no dataset.name).")
+    path = path.absolute()
+    folder = path if path.is_dir() else path.parent
+    for layout_root in (folder.parent.parent, folder.parent.parent.parent):
+        candidate = DatasetPaths(layout_root, name)
+        if folder in (candidate.models, candidate.run_checkpoints(folder.name)):
+            return candidate
+    if paths is not None:
+        return DatasetPaths(paths.root, name)
+    raise GenerationError(
+        f"{path} is outside a midikit folder layout, so its dataset {name!r} cannot be found; "
+        "pass --checkpoint_dir ROOT (the folder that holds the dataset)."
+    )
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def next_tokens(logits: torch.Tensor, sample: SampleConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Pick one token per row of `logits` (B, vocab) with the sample's strategy."""
+    logits = logits.float()
+    if sample.strategy == "greedy":
+        return logits.argmax(-1)
+    if sample.strategy != "sample":
+        logits = logits / sample.temperature
+    if sample.strategy == "top_k":
+        kth_best = logits.topk(min(sample.k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth_best, float("-inf"))
+    elif sample.strategy == "top_p":
+        # Keep the smallest set of most likely tokens whose probability reaches p (always the best one).
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        outside = probs.cumsum(-1) - probs >= sample.p
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(outside, float("-inf")))
+    # Gumbel-max: argmax(logits + Gumbel noise) is a draw from softmax(logits), without a GPU sync.
+    noise = torch.empty_like(logits).exponential_(generator=generator).log().neg()
+    return (logits + noise).argmax(-1)
+
+
+@torch.inference_mode()
+def decode(model, prime: torch.Tensor, max_new_tokens: int, pick, *, stop_ids=(), banned_ids=(), fill_id: int = 0,
+           bar_ids=(), max_bars: int | None = None, progress: bool = False) -> torch.Tensor:
+    """Extend `prime` (B, P) by up to `max_new_tokens` tokens chosen by `pick(logits (B, V))`.
+
+    Each token is one position through `model.step` (KV cache / hidden state). An RNN sees
+    everything so far; a Transformer sees a window that starts over at the last SLIDE_KEEP of its
+    context whenever it would grow past the context (the cache is then primed afresh), which gives
+    exactly what re-running `model(window)` for every token would.
+
+    A row ends at a token in `stop_ids` or, given `max_bars`, at the bar token that would start bar
+    max_bars + 1 (written as the first stop id); later positions hold `fill_id`. Decoding stops
+    early once every row has ended. Returns (B, P + steps).
+    """
+    batch, prime_length = prime.shape
+    device = prime.device
+    context = model.config.context_length if model.config.model_type == "transformer" else None
+    keep = max(1, int(context * SLIDE_KEEP)) if context else 0
+    out = torch.empty(batch, prime_length + max_new_tokens, dtype=torch.long, device=device)
+    out[:, :prime_length] = prime
+    length, window_start = prime_length, 0
+    stop_ids = torch.tensor(list(stop_ids), dtype=torch.long, device=device)
+    bar_ids = torch.tensor(list(bar_ids), dtype=torch.long, device=device)
+    banned = torch.tensor(list(banned_ids), dtype=torch.long, device=device)  # made once: no copy per token
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    bars_seen = torch.zeros(batch, dtype=torch.long, device=device)
+    state = None
+    for step in tqdm(range(max_new_tokens), desc="generating", unit="tok", disable=not progress, leave=False):
+        if context is not None and length - window_start > context:
+            window_start = length - keep  # slide: start over from the most recent tokens
+            state = None
+        if state is None:  # first step, or the window just slid: prime a fresh cache
+            logits, state = model.step(out[:, window_start:length], model.init_state(batch))
+        else:
+            logits, state = model.step(out[:, length - 1 : length], state)
+        logits = logits[:, -1].index_fill(-1, banned, float("-inf"))
+        token = pick(logits)
+        ends = torch.isin(token, stop_ids)
+        if max_bars is not None:
+            bars_seen += torch.isin(token, bar_ids)
+            past_last_bar = bars_seen > max_bars
+            token = torch.where(past_last_bar & ~ends, stop_ids[0], token)
+            ends |= past_last_bar
+        out[:, length] = torch.where(finished, fill_id, token)
+        finished |= ends
+        length += 1
+        if step % FINISHED_CHECK_EVERY == FINISHED_CHECK_EVERY - 1 and bool(finished.all()):
+            break
+    return out[:, :length]
+
+
+# --------------------------------------------------------------------------- generate
+
+
+@dataclass
+class GenerationResult:
+    tokens: list[list[int]]  # per sample, the ids written to its MIDI (seed + continuation, no BOS/EOS/PAD)
+    midi_paths: list[Path]  # empty when save=False
+    scores: list  # symusic.Score per sample
+    invalid_token_share: list[float]  # miditok's tokens_errors per sample
+    seconds: float  # decoding time
+    tokens_per_second: float  # new tokens of all samples together per second of decoding
+    seed: int = 0  # the random seed used (pass it as SampleConfig.seed to get the same music again)
+    new_tokens: list[int] = field(default_factory=list)  # tokens generated per sample
+
+
+def generate(run: LoadedRun, sample: SampleConfig, seed_midi: Path | None = None, save: bool = True,
+             progress: bool = True) -> GenerationResult:
+    """Sample `sample.num_samples` pieces in one batch, decode them to MIDI and (if `save`) write
+    them to the dataset's outputs/generated/ folder. With `seed_midi`, continue that piece."""
+    from .data import tokens_to_score
+
+    sample.validate()
+    tokenizer, special = run.tokenizer, run.dataset  # special: bos_id, eos_id, pad_id
+    bar_ids = [i for token, i in tokenizer.vocab.items() if token.startswith("Bar_")]
+    if sample.bars is not None and not bar_ids:
+        raise ConfigError("--bars needs a tokenizer with bar tokens (e.g. REMI); this run's has none. Use --num_tokens.")
+    seed_ids = _tokenize_seed(tokenizer, Path(seed_midi)) if seed_midi is not None else []
+    prime = torch.tensor([[special.bos_id] + seed_ids] * sample.num_samples, device=run.device)
+
+    seed = sample.seed if sample.seed is not None else secrets.randbelow(2**31)  # leaves torch's global RNG alone
+    generator = torch.Generator(device=run.device).manual_seed(seed)
+    max_new = sample.num_tokens if sample.bars is None else sample.bars * MAX_TOKENS_PER_BAR
+    started = time.perf_counter()
+    out = decode(
+        run.model, prime, max_new, lambda logits: next_tokens(logits, sample, generator),
+        stop_ids=[special.eos_id], banned_ids=[i for i in tokenizer.special_tokens_ids if i != special.eos_id],
+        fill_id=special.pad_id, bar_ids=bar_ids, max_bars=sample.bars, progress=progress,
+    ).tolist()  # waits for the GPU, so the time below is the decoding's
+    seconds = time.perf_counter() - started
+
+    tokens, new_tokens = [], []
+    for row in out:
+        # Drop BOS and cut at EOS; PAD/BOS/MASK were never sampled and only PAD follows EOS.
+        row = row[1 : row.index(special.eos_id)] if special.eos_id in row else row[1:]
+        new_tokens.append(len(row) - len(seed_ids))
+        tokens.append(row)
+    scores = [tokens_to_score(tokenizer, row) for row in tokens]
+    invalid = [_invalid_share(tokenizer, row) for row in tokens]
+
+    midi_paths = []
+    if save:
+        run.paths.ensure()
+        tag = ("cont_" if seed_midi is not None else "") + timestamp()
+        for i, score in enumerate(scores):
+            path = run.paths.generated_midi(run.run_id, sample.strategy, i, tag=tag)
+            atomic_write_bytes(path, score.dumps_midi())
+            midi_paths.append(path)
+    return GenerationResult(tokens, midi_paths, scores, invalid, seconds, sum(new_tokens) / max(seconds, 1e-9), seed, new_tokens)
+
+
+def _invalid_share(tokenizer, ids: list[int]) -> float:
+    errors = tokenizer.tokens_errors(ids if tokenizer.one_token_stream else [ids])
+    return float(errors if tokenizer.one_token_stream else errors[0])
+
+
+def _tokenize_seed(tokenizer, path: Path) -> list[int]:
+    """The seed MIDI's tokens as the dataset's sequences were made (merged: every track in one
+    stream; separate: one sequence per track, of which the first is continued)."""
+    from .data.tokenization import describe_error, read_score, separate_programs
+
+    try:
+        score = read_score(path)
+    except Exception as exc:  # symusic raises RuntimeError/ValueError for unreadable files
+        raise GenerationError(f"Cannot read the seed MIDI {path}: {describe_error(exc, path)}. Pass a valid .mid file.") from exc
+    if score.note_num() == 0:
+        raise GenerationError(f"The seed MIDI {path} has no notes to continue; pass a MIDI file with notes.")
+    if tokenizer.one_token_stream:
+        sequences = [tokenizer.encode(separate_programs(score))]
+    else:
+        sequences = tokenizer.encode(score)
+    ids = next((list(seq.ids) for seq in sequences if len(seq.ids)), None)
+    if not ids:
+        raise GenerationError(f"The seed MIDI {path} gives no tokens with this run's tokenizer (notes outside its pitch range?); pass another file.")
+    return ids

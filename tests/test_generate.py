@@ -1,0 +1,261 @@
+"""Generation: loading runs, cached decoding == recompute, sampling, MIDI output, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import symusic
+import torch
+
+from midikit import checkpoints
+from midikit.cli import main
+from midikit.data import load_dataset, tokens_to_score
+from midikit.generate import (
+    SLIDE_KEEP, GenerationError, SampleConfig, _tokenize_seed, decode, generate, list_finished_runs, load_run,
+    next_tokens,
+)
+from midikit.models import MODEL_TYPES, ConfigError, ModelConfig, build_model
+from midikit.storage import DatasetPaths
+from midikit.train import TrainConfig, train
+
+CONTEXT = 32
+STEPS = 60  # enough for every model type to write notes
+GREEDY = SampleConfig(strategy="greedy")
+# Small enough to train in seconds on two CPU cores, big enough to learn REMI's grammar.
+TINY_MODELS = {
+    "lstm": dict(embed_size=32, hidden_size=64, num_layers=1, dropout=0.0),
+    "gru": dict(embed_size=32, hidden_size=64, num_layers=1, dropout=0.0),
+    "transformer": dict(d_model=64, nhead=2, num_layers=2, dim_feedforward=128, dropout=0.0),
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_dataset, tmp_path_factory) -> dict:
+    """One briefly trained run per model type, in a root of their own (a copy of the tiny dataset)."""
+    root = tmp_path_factory.mktemp("generate_root")
+    paths = DatasetPaths(root, tiny_dataset.dataset)
+    shutil.copytree(tiny_dataset.data, paths.data)
+    results = {}
+    for model_type in MODEL_TYPES:
+        model_config = ModelConfig(model_type, load_dataset(paths).vocab_size, CONTEXT, **TINY_MODELS[model_type])
+        config = TrainConfig(
+            dataset=paths.dataset, checkpoint_dir=str(root), model_type=model_type, preset="cpu", max_steps=STEPS,
+            batch_size=16, lr=1e-2, eval_every=STEPS // 2, eval_windows=16, device="cpu", resume="never", progress=False,
+            checkpoint_every_minutes=0,
+        )
+        results[model_type] = train(config, model_config, log=lambda *args: None)
+    return {"paths": paths, "results": results}
+
+
+@pytest.fixture(scope="module")
+def loaded(runs) -> dict:
+    return {mt: load_run(result.artifacts["weights"], device="cpu") for mt, result in runs["results"].items()}
+
+
+def greedy_reference(model, prime: list[int], new_tokens: int) -> tuple[list[int], torch.Tensor]:
+    """The definition of sliding-window greedy decoding: re-run the model on the visible window for
+    every token; a Transformer's window restarts at the last SLIDE_KEEP of its context when full.
+    Returns the sequence and the logits each token was chosen from."""
+    context = model.config.context_length if model.config.model_type == "transformer" else None
+    keep = int(context * SLIDE_KEEP) if context else 0
+    seq, start, chosen_from = list(prime), 0, []
+    for _ in range(new_tokens):
+        if context and len(seq) - start > context:
+            start = len(seq) - keep
+        with torch.no_grad():
+            chosen_from.append(model(torch.tensor([seq[start:]]))[0, -1])
+        seq.append(int(chosen_from[-1].argmax()))
+    return seq, torch.stack(chosen_from)
+
+
+def recording_greedy():
+    """A greedy `pick` that keeps the logits it was given."""
+    seen = []
+
+    def pick(logits):
+        seen.append(logits.clone())
+        return next_tokens(logits, GREEDY)
+
+    return pick, seen
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_greedy_cached_decoding_equals_recompute_past_the_context(loaded, model_type):
+    run = loaded[model_type]
+    prime = [int(t) for t in run.dataset.val_tokens[: CONTEXT // 2]]
+    new_tokens = 3 * CONTEXT  # the transformer's window slides several times
+    pick, seen = recording_greedy()
+    cached = decode(run.model, torch.tensor([prime, prime]), new_tokens, pick)
+    reference, reference_logits = greedy_reference(run.model, prime, new_tokens)
+    assert cached.shape == (2, len(prime) + new_tokens)
+    assert cached[0].tolist() == reference == cached[1].tolist()
+    # Same tokens could hide a different window; the logits they came from cannot.
+    torch.testing.assert_close(torch.stack(seen)[:, 0], reference_logits, rtol=1e-4, atol=1e-4)
+
+
+def test_long_prime_slides_before_the_first_token(loaded):
+    run = loaded["transformer"]
+    prime = [int(t) for t in run.dataset.val_tokens[: 2 * CONTEXT + 5]]
+    pick, seen = recording_greedy()
+    cached = decode(run.model, torch.tensor([prime]), CONTEXT, pick)
+    reference, reference_logits = greedy_reference(run.model, prime, CONTEXT)
+    assert cached[0].tolist() == reference
+    torch.testing.assert_close(torch.stack(seen)[:, 0], reference_logits, rtol=1e-4, atol=1e-4)
+
+
+def test_sampling_strategies_respect_their_limits():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 50)
+    generator = torch.Generator().manual_seed(0)
+    draws = lambda sample: torch.stack([next_tokens(logits, sample, generator) for _ in range(200)], 1)
+    top3 = logits.topk(3).indices
+    assert all(set(row.tolist()) <= set(allowed.tolist()) for row, allowed in zip(draws(SampleConfig("top_k", k=3)), top3))
+    assert torch.equal(draws(SampleConfig("top_p", p=1e-6))[:, 0], logits.argmax(-1))  # tiny p keeps only the best
+    assert torch.equal(next_tokens(logits, GREEDY), logits.argmax(-1))
+    assert len(set(draws(SampleConfig("temperature", temperature=5.0))[0].tolist())) > 10  # hot: spread out
+
+
+def test_fixed_seed_gives_the_same_music(loaded):
+    run = loaded["lstm"]
+    sample = SampleConfig(strategy="top_k", k=8, num_tokens=48, num_samples=2, seed=7)
+    first = generate(run, sample, save=False, progress=False)
+    again = generate(run, sample, save=False, progress=False)
+    other = generate(run, replace(sample, seed=8), save=False, progress=False)
+    assert first.tokens == again.tokens and first.seed == 7
+    assert first.tokens != other.tokens
+    assert first.tokens[0] != first.tokens[1]  # variations in one batch differ
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_generated_files_load_back_with_notes(loaded, model_type):
+    run = loaded[model_type]
+    result = generate(run, SampleConfig(strategy="top_p", p=0.9, num_tokens=160, num_samples=2, seed=0), progress=False)
+    assert len(result.midi_paths) == 2
+    for i, path in enumerate(result.midi_paths):
+        assert path.parent == run.paths.generated
+        assert path.name.startswith(f"{run.run_id}_top_p_") and path.name.endswith(f"_sample{i:02d}.mid")
+        assert symusic.Score(path).note_num() == result.scores[i].note_num() > 0
+    bos, eos, pad = run.dataset.bos_id, run.dataset.eos_id, run.dataset.pad_id
+    assert all(not {bos, eos, pad} & set(tokens) for tokens in result.tokens)
+    assert all(0.0 <= share <= 1.0 for share in result.invalid_token_share)
+    assert result.tokens_per_second > 0
+
+
+def test_length_in_bars(loaded):
+    run = loaded["transformer"]
+    bar = run.tokenizer["Bar_None"]
+    result = generate(run, SampleConfig(strategy="top_k", bars=2, num_samples=3, seed=1), save=False, progress=False)
+    assert all(tokens.count(bar) <= 2 for tokens in result.tokens)
+    assert any(tokens.count(bar) == 2 for tokens in result.tokens)
+
+
+def test_continues_a_seed_midi(loaded, nottingham_dir):
+    run = loaded["gru"]
+    seed_midi = nottingham_dir / "ashover1.mid"
+    result = generate(run, SampleConfig(strategy="top_k", num_tokens=64, seed=3), seed_midi=seed_midi, progress=False)
+    prime = _tokenize_seed(run.tokenizer, seed_midi)
+    assert len(prime) > 100 and result.tokens[0][: len(prime)] == prime
+    assert result.new_tokens[0] > 0 and len(result.tokens[0]) == len(prime) + result.new_tokens[0]
+    assert "_cont_" in result.midi_paths[0].name
+    seed_notes = tokens_to_score(run.tokenizer, prime).note_num()
+    assert seed_notes >= 0.9 * symusic.Score(seed_midi).note_num()  # the tokenizer keeps the seed
+    assert symusic.Score(result.midi_paths[0]).note_num() >= seed_notes
+
+
+def test_a_seed_midi_without_notes_is_refused(loaded, tmp_path):
+    empty = symusic.Score(480)
+    empty.tracks.append(symusic.Track("silence"))
+    empty.dump_midi(tmp_path / "empty.mid")
+    with pytest.raises(GenerationError, match="has no notes"):
+        generate(loaded["lstm"], SampleConfig(num_tokens=8), seed_midi=tmp_path / "empty.mid", progress=False)
+    (tmp_path / "junk.mid").write_bytes(b"not a midi file")
+    with pytest.raises(GenerationError, match="Cannot read the seed MIDI"):
+        generate(loaded["lstm"], SampleConfig(num_tokens=8), seed_midi=tmp_path / "junk.mid", progress=False)
+
+
+def test_every_way_to_name_a_run_loads_the_same_model(runs, loaded):
+    paths, result = runs["paths"], runs["results"]["transformer"]
+    finished = list_finished_runs(paths)
+    assert {run["run_id"] for run in finished} == {r.run_id for r in runs["results"].values()}
+    assert [run["run_id"] for run in list_finished_runs(paths, "gru")] == [runs["results"]["gru"].run_id]
+    latest = load_run("latest", paths, model_type="transformer", device="cpu")
+    by_sidecar = load_run(result.artifacts["sidecar"], device="cpu")
+    by_checkpoint = load_run(paths.run_checkpoints(result.run_id) / "best.pt", device="cpu")
+    expected = loaded["transformer"].model.state_dict()
+    for run in (latest, by_sidecar, by_checkpoint):
+        assert run.run_id == result.run_id
+        assert all(torch.equal(value, run.model.state_dict()[name]) for name, value in expected.items())
+    assert by_checkpoint.sidecar["model_config"] == latest.sidecar["model_config"]
+    by_folder = load_run(paths.run_checkpoints(result.run_id), device="cpu", log=lambda *args: None)  # its newest checkpoint
+    assert by_folder.run_id == result.run_id and by_folder.sidecar["status"] == "finished"
+
+
+def _copy_run(runs, tmp_root: Path, model_type: str = "lstm") -> tuple[DatasetPaths, Path, Path]:
+    """The run's weights and sidecar in a fresh root that shares the dataset."""
+    source = runs["paths"]
+    paths = DatasetPaths(tmp_root, source.dataset).ensure()
+    shutil.copytree(source.data, paths.data, dirs_exist_ok=True)
+    result = runs["results"][model_type]
+    weights = shutil.copy(result.artifacts["weights"], paths.models)
+    sidecar = shutil.copy(result.artifacts["sidecar"], paths.models)
+    return paths, Path(weights), Path(sidecar)
+
+
+def test_a_checkpoint_of_another_vocabulary_is_refused(runs, tmp_path):
+    paths, weights, sidecar_path = _copy_run(runs, tmp_path)
+    sidecar = json.loads(sidecar_path.read_text())
+    sidecar["model_config"]["vocab_size"] += 12
+    sidecar_path.write_text(json.dumps(sidecar))
+    torch.save(build_model(ModelConfig.from_dict(sidecar["model_config"])).state_dict(), weights)
+    with pytest.raises(GenerationError, match=r"vocabulary of \d+ tokens.*now has \d+"):
+        load_run(weights, device="cpu")
+
+
+def test_a_missing_sidecar_is_refused(runs, tmp_path):
+    _, weights, sidecar = _copy_run(runs, tmp_path)
+    sidecar.unlink()
+    with pytest.raises(GenerationError, match="has no sidecar"):
+        load_run(weights, device="cpu")
+
+
+def test_corrupt_files_are_refused(runs, tmp_path):
+    _, weights, _ = _copy_run(runs, tmp_path)
+    weights.write_bytes(weights.read_bytes()[:200])
+    with pytest.raises(GenerationError, match="corrupt or truncated"):
+        load_run(weights, device="cpu")
+    best = runs["paths"].run_checkpoints(runs["results"]["lstm"].run_id) / "best.pt"
+    damaged = tmp_path / "best.pt"
+    damaged.write_bytes(best.read_bytes()[:-100])
+    shutil.copy(checkpoints.checksum_path(best), checkpoints.checksum_path(damaged))
+    with pytest.raises(GenerationError, match="Cannot use the checkpoint"):
+        load_run(damaged, device="cpu")
+
+
+def test_latest_without_finished_runs_says_how_to_train(tmp_path):
+    with pytest.raises(GenerationError, match="python -m midikit train"):
+        load_run("latest", DatasetPaths(tmp_path, "nottingham"), model_type="gru")
+
+
+@pytest.mark.parametrize("values, flag", [
+    (dict(p=0.0), "--p"), (dict(p=1.5), "--p"), (dict(k=0), "--k"), (dict(temperature=0.0), "--temperature"),
+    (dict(temperature=-1.0), "--temperature"), (dict(strategy="beam"), "strategy"), (dict(num_tokens=0), "--num_tokens"),
+])
+def test_bad_sampling_values_are_refused(values, flag):
+    with pytest.raises(ConfigError, match=flag):
+        SampleConfig(**values).validate()
+
+
+def test_cli_generates_and_reports_bad_flags_in_one_line(runs, capsys):
+    paths = runs["paths"]
+    common = ["generate", "--checkpoint_dir", str(paths.root), "--dataset", paths.dataset, "--device", "cpu"]
+    assert main(common + ["--p", "1.5"]) == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0
+    before = set(paths.generated.glob("*.mid")) if paths.generated.is_dir() else set()
+    assert main(common + ["--model_type", "gru", "--strategy", "top_k", "--num_tokens", "40", "--num_samples", "2", "--seed", "5"]) == 0
+    written = set(paths.generated.glob("*.mid")) - before
+    assert len(written) == 2 and all(p.name.startswith(runs["results"]["gru"].run_id) for p in written)
+    assert "tokens/s" in capsys.readouterr().out

@@ -1,0 +1,239 @@
+"""The notebooks as committed, and the forms they are driven by.
+
+Running the notebooks top to bottom is nbval's job (`pytest --nbval-lax notebooks`); these tests
+check what nbval cannot: each notebook is valid, committed without outputs (only the expected
+output of `# NBVAL_CHECK_OUTPUT` cells is kept, with an execution count: nbval compares against
+it), opens in Colab from
+its badge, installs midikit without touching torch, and keeps its cells thin. The form tests check
+that a bad value shows the package's own error in the form and that `.value` raises it.
+
+Refresh the expected outputs after a change that alters them (run from the repository root):
+    python tests/test_notebooks.py
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from IPython.core.inputtransformer2 import TransformerManager
+
+from midikit import widgets
+from midikit.models import ConfigError
+from midikit.storage import StorageError
+
+NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = [
+    "01_setup.ipynb",
+    "02_preprocess.ipynb",
+    "03_train_lstm.ipynb",
+    "04_train_gru.ipynb",
+    "05_train_transformer.ipynb",
+    "06_verify_checkpoints.ipynb",
+    "07_generate.ipynb",
+]
+CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
+MAX_CODE_LINES = 8  # a cell drives the package; anything longer belongs in midikit
+
+
+def is_checked(cell) -> bool:
+    return cell.cell_type == "code" and cell.source.lstrip().startswith(CHECK_MARK)
+
+
+def code_cells(nb):
+    return [cell for cell in nb.cells if cell.cell_type == "code"]
+
+
+@pytest.fixture(params=NOTEBOOKS)
+def notebook(request):
+    path = NOTEBOOK_DIR / request.param
+    return request.param, nbformat.read(path, as_version=4)
+
+
+def test_the_seven_notebooks_in_order():
+    assert sorted(path.name for path in NOTEBOOK_DIR.glob("*.ipynb")) == NOTEBOOKS
+
+
+def test_valid_nbformat(notebook):
+    _, nb = notebook
+    nbformat.validate(nb)
+    assert nb.metadata.kernelspec.name == "python3"
+
+
+def test_committed_without_outputs(notebook):
+    _, nb = notebook
+    for cell in code_cells(nb):
+        if is_checked(cell):
+            # nbval compares a checked cell's output with this committed one (printed text only),
+            # and only for a cell marked as run.
+            assert cell.outputs, f"checked cell has no expected output: {cell.source}"
+            assert all(out.output_type == "stream" and out.name == "stdout" for out in cell.outputs), cell.source
+            assert isinstance(cell.execution_count, int), cell.source
+        else:
+            assert cell.outputs == [] and cell.execution_count is None, f"committed with outputs: {cell.source}"
+
+
+def test_every_notebook_checks_an_output(notebook):
+    _, nb = notebook
+    assert any(is_checked(cell) for cell in nb.cells)
+
+
+def test_title_and_colab_badge(notebook):
+    name, nb = notebook
+    first = nb.cells[0]
+    assert first.cell_type == "markdown" and first.source.startswith("# ")
+    badge = f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({widgets.colab_url(name)})"
+    assert badge in first.source
+    assert widgets.colab_url(name) == f"https://colab.research.google.com/github/midikit/midikit/blob/main/notebooks/{name}"
+
+
+def test_install_cell_installs_midikit_only_in_colab_and_never_torch(notebook):
+    _, nb = notebook
+    install = code_cells(nb)[0]
+    pip_lines = [line.strip() for line in install.source.splitlines() if "pip" in line and not line.strip().startswith("#")]
+    assert pip_lines == ['%pip install -q "midikit @ git+{REPO_URL}"']
+    assert f'REPO_URL = "{widgets.REPO_URL}"' in install.source
+    assert 'if "google.colab" in sys.modules:' in install.source
+    assert not re.search(r"--upgrade|-U\b|--force-reinstall|\btorch\b", "\n".join(pip_lines))
+    assert all("pip" not in cell.source for cell in code_cells(nb)[1:])
+    assert all("import midikit" not in line and "from midikit" not in line for line in install.source.splitlines())
+
+
+def test_cells_are_thin_drivers(notebook):
+    _, nb = notebook
+    for cell in code_cells(nb):
+        tree = ast.parse(TransformerManager().transform_cell(cell.source))
+        heavy = [type(node).__name__ for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda, ast.While))]
+        assert not heavy, f"{heavy} in a cell; put it in midikit: {cell.source}"
+        lines = [line for line in cell.source.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        assert len(lines) <= MAX_CODE_LINES, cell.source
+
+
+# --------------------------------------------------------------------------- forms
+
+
+def test_folder_form_reports_an_unmounted_drive(tmp_path):
+    form = widgets.FolderForm(tmp_path)
+    assert form.value == tmp_path and "✓" in form.message.value
+    form.fields["checkpoint_dir"].value = "/content/drive/MyDrive/midikit_checkpoints"
+    assert "Drive is not mounted" in form.message.value
+    with pytest.raises(StorageError, match="Drive is not mounted"):
+        form.value
+
+
+def test_dataset_form_rejects_a_path_as_dataset_name(tmp_path):
+    form = widgets.DatasetForm(tmp_path, dataset="folk")
+    assert form.value.base == tmp_path / "folk"
+    form.fields["dataset"].value = "a/b"
+    assert "Invalid dataset name" in form.message.value
+    with pytest.raises(StorageError, match="Invalid dataset name"):
+        form.value
+
+
+def test_preprocess_form_validates_transpositions(tmp_path):
+    form = widgets.PreprocessForm(tmp_path, source="corpus")
+    config = form.value
+    assert (config.source, config.dataset, config.transpositions) == ("corpus", "folk_corpus", (-5, -3, -1, 0, 1, 3, 5))
+    form.fields["transpositions"].value = "-5,up"
+    assert "transpositions" in form.message.value and "⚠" in form.message.value
+    with pytest.raises(ConfigError, match="transpositions"):
+        form.value
+    form.fields["transpositions"].value = "0,2"
+    assert form.value.transpositions == (0, 2) and "✓" in form.message.value
+
+
+def test_preprocess_form_dataset_name_follows_the_source(tmp_path):
+    form = widgets.PreprocessForm(tmp_path, source="corpus")
+    form.fields["source"].value = "nottingham"
+    assert form.value.dataset == "nottingham"
+    form.fields["dataset"].value = "mine"
+    form.fields["source"].value = "corpus"
+    assert form.value.dataset == "mine"  # a name the user typed is kept
+
+
+def test_preprocess_form_shows_the_folder_field_only_for_folders(tmp_path):
+    form = widgets.PreprocessForm(tmp_path, source="corpus")
+    assert form.fields["input_dir"].layout.display == "none"
+    assert form.fields["dataset"].layout.display is None
+    form.fields["source"].value = "folder"
+    assert form.fields["input_dir"].layout.display is None
+    assert "input_dir" in form.message.value  # an empty folder field is the package's error
+    form.fields["input_dir"].value = str(tmp_path)
+    assert form.value.input_dir == str(tmp_path)
+
+
+def _finished_run(paths, run_id="lstm_20260101_000000"):
+    paths.models.mkdir(parents=True)
+    paths.best_weights(run_id).write_bytes(b"")
+    sidecar = {"run_id": run_id, "model_type": "lstm", "status": "finished", "metrics": {"best_val_loss": 2.5}}
+    paths.weights_sidecar(run_id).write_text(json.dumps(sidecar))
+
+
+def test_generate_form_shows_the_sampling_error(tmp_path):
+    paths = widgets.DatasetForm(tmp_path, dataset="folk").value
+    _finished_run(paths)
+    form = widgets.GenerateForm(paths)
+    weights, sample = form.value
+    assert weights == paths.best_weights("lstm_20260101_000000")
+    assert (sample.strategy, sample.p, sample.seed) == ("top_p", 0.9, 0)
+    form.fields["p"].value = 1.5
+    with pytest.raises(ConfigError) as raised:
+        form.value
+    assert "--p must be in (0, 1]" in str(raised.value) and "(0, 1]" in form.message.value
+    form.fields["p"].value = 0.5
+    form.fields["seed"].value = -1
+    assert form.value[1].seed is None and "✓" in form.message.value
+
+
+def test_generate_form_without_runs_says_what_to_do(tmp_path):
+    paths = widgets.DatasetForm(tmp_path, dataset="folk").value
+    with pytest.raises(StorageError, match="train one first"):
+        widgets.GenerateForm(paths)
+
+
+def test_train_form_presets_and_model_validation(tiny_dataset):  # tiny_dataset: tests/conftest.py
+    form = widgets.TrainForm("transformer", tiny_dataset, preset="cpu")
+    train_config, model_config = form.value
+    assert (train_config.preset, train_config.batch_size, model_config.d_model) == ("cpu", 32, 128)
+    assert model_config.vocab_size > 0 and train_config.dataset == "tiny"
+    form.fields["preset"].value = "small"
+    train_config, model_config = form.value
+    assert (train_config.batch_size, model_config.d_model, model_config.num_layers) == (64, 256, 4)
+    form.fields["nhead"].value = 5
+    assert "nhead=5 does not divide d_model=256" in form.message.value
+    with pytest.raises(ConfigError, match="nhead=5 does not divide"):
+        form.value
+    form.fields["nhead"].value = 8
+    form.fields["max_steps"].value = -3
+    with pytest.raises(ConfigError, match="max_steps"):
+        form.value
+
+
+# --------------------------------------------------------------------------- refresh
+
+
+def refresh_expected_outputs() -> None:
+    """Run every notebook in order (in notebooks/, as nbval does) and keep only the output of
+    the checked cells, the reference nbval compares against."""
+    from nbclient import NotebookClient
+
+    for name in NOTEBOOKS:
+        path = NOTEBOOK_DIR / name
+        nb = nbformat.read(path, as_version=4)
+        NotebookClient(nb, timeout=600, kernel_name="python3", record_timing=False, resources={"metadata": {"path": str(NOTEBOOK_DIR)}}).execute()
+        for cell in code_cells(nb):
+            if is_checked(cell):
+                cell.outputs = [out for out in cell.outputs if out.output_type == "stream" and out.name == "stdout"]
+            else:
+                cell.outputs, cell.execution_count = [], None
+        nbformat.write(nb, path)
+        print(f"refreshed {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(refresh_expected_outputs())
