@@ -164,7 +164,7 @@ def main() -> None:
         "| measure | seconds |",
         "|---|---|",
         f"| `preprocess()` wall, in-process, best of {args.repeats} | **{min(walls):.1f}** ({'meets' if min(walls) <= TARGET_S else 'misses'} the target) |",
-        f"| `preprocess()` wall, median of {args.repeats} | {statistics.median(walls):.1f} |",
+        f"| `preprocess()` wall, median of {args.repeats} (each: {', '.join(f'{w:.1f}' for w in walls)}) | {statistics.median(walls):.1f} |",
         f"| worker CPU seconds (both workers together), median | {statistics.median(cpus):.1f} |",
         f"| CLI as a new process, end to end (`{cli_command}`) | {cli_s:.1f} |",
         f"| of which `import midikit.data` (miditok imports torch) | {import_s:.1f} |",

@@ -568,16 +568,16 @@ def show_checkpoints(paths: storage.DatasetPaths) -> None:
 
 def show_generation(result, paths: storage.DatasetPaths, max_dataset_files: int = 50) -> None:
     """Per generated piece a piano roll and an audio player; then its metrics next to the dataset's."""
-    for index, path in enumerate(result.midi_paths):
+    for path in result.midi_paths:
         fig, ax = _figure(10, 3)
         evaluate.plot_piano_roll(path, ax=ax, title=path.name)
         display(_png(fig))
-        samples, rate = evaluate.render_audio(path)
-        display(Audio(samples, rate=rate))
-    samples = {f"sample {i}": evaluate.midi_metrics(path) for i, path in enumerate(result.midi_paths)}
+        audio, rate = evaluate.render_audio(path)
+        display(Audio(audio, rate=rate))
+    generated = {f"sample {i}": evaluate.midi_metrics(path) for i, path in enumerate(result.midi_paths)}
     real = evaluate.dataset_metrics(paths, max_files=max_dataset_files)
     display(html_table([
-        {"metric": name, **{label: values[name] for label, values in samples.items()},
+        {"metric": name, **{label: values[name] for label, values in generated.items()},
          f"dataset ({real['count']} pieces)": f"{real['mean'][name]:.3g} ± {real['std'][name]:.2g}"}
         for name in evaluate.METRICS
     ]))

@@ -28,7 +28,6 @@ def main() -> None:
     args = parser.parse_args()
 
     prepared = preprocess(PreprocessConfig(source="corpus", dataset=args.dataset, checkpoint_dir=args.checkpoint_dir, limit=args.limit))
-    print(prepared.report)
     dataset = load_dataset(prepared.paths)
     preset = presets.preset_for_hardware()
     print(f"preset: {preset} | vocabulary: {dataset.vocab_size} tokens")

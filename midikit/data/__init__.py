@@ -6,11 +6,31 @@ tokenization, split by file, transposition, the token store and the window sampl
     data = load_dataset(result.paths)  # TokenDataset: memory-mapped uint16 tokens + config
 """
 
-from .preprocess import PreprocessConfig, PreprocessResult, preprocess, split_files
+from importlib import import_module
+
 from .sampler import evaluation_windows, sample_windows
-from .sources import NOTTINGHAM_URL, corpus_dir, download_nottingham, list_music_files
 from .store import DatasetError, TokenDataset, load_dataset
-from .tokenization import TOKENIZERS, TRACK_MODES, load_tokenizer, tokens_to_score
+
+# The rest imports miditok (and through it much else): loaded on first use, so training and the
+# synthetic GPU benchmarks run where miditok is absent and start faster.
+_LAZY = {
+    "PreprocessConfig": "preprocess", "PreprocessResult": "preprocess", "preprocess": "preprocess",
+    "split_files": "preprocess", "NOTTINGHAM_URL": "sources", "corpus_dir": "sources",
+    "download_nottingham": "sources", "list_music_files": "sources", "TOKENIZERS": "tokenization",
+    "TRACK_MODES": "tokenization", "load_tokenizer": "tokenization", "tokens_to_score": "tokenization",
+}
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = import_module(f".{_LAZY[name]}", __name__)
+    # Importing a submodule binds its name here (`preprocess` the module); bind the functions over it.
+    for lazy_name, module_name in _LAZY.items():
+        if module_name == _LAZY[name]:
+            globals()[lazy_name] = getattr(module, lazy_name)
+    return globals()[name]
+
 
 __all__ = [
     "PreprocessConfig",
