@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import json
 from datetime import datetime
 from pathlib import Path
@@ -74,6 +75,8 @@ def write_run_artifacts(
         torch.save(best_weights, buffer)
         atomic_write_bytes(artifacts["weights"], buffer.getvalue())
 
+    # A diverged run (NaN/inf loss) still gets its artifacts: non-finite numbers become null.
+    metrics = {k: _finite_or_none(v) for k, v in metrics.items()}
     sidecar_metrics = {k: v for k, v in metrics.items() if k != "stop_reason"}
     sidecar = {
         "run_id": run_id,
@@ -94,6 +97,10 @@ def write_run_artifacts(
     _update_models_csv(paths, _csv_row(run_id, model_config, train_config, dataset_info, metrics, status, artifacts))
     atomic_write_text(artifacts["summary"], _summary_text(run_id, model_config, train_config, dataset_info, metrics, status, artifacts))
     return artifacts
+
+
+def _finite_or_none(value):
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def read_models_csv(paths: DatasetPaths) -> list[dict]:

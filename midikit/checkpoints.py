@@ -35,6 +35,7 @@ import torch
 from .models import ConfigError
 from .storage import StorageError, atomic_write_text, explain_os_error
 
+STATE_FORMAT = "midikit-train-state"  # the "format" key of every training-state dict
 STEP_FILE = re.compile(r"^step_(\d{8,})\.pt$")
 BEST_FILE = "best.pt"
 RUN_INFO_FILE = "run.json"
@@ -374,17 +375,17 @@ class CheckpointWriter:
         self._pending: Future | None = None
         self._snapshot: dict | None = None  # the last state written; its memory is reused
 
-    def save(self, state: dict, step: int, best: bool = False, wait: bool = False, after=None) -> None:
+    def save(self, state: dict, step: int, best: bool = False, wait: bool = False, before=None) -> None:
         """Copy `state` to CPU memory now and write it as step_<step>.pt (and best.pt) in the
         background; with `wait`, return only once it is written (or has failed).
 
-        `after`, if given, is called on the writer thread once the write is over (even a failed
-        one): the trainer refreshes its other artifacts there, off the training thread."""
+        `before`, if given, is called on the writer thread just before the state is written: the
+        trainer refreshes its other artifacts there, off the training thread."""
         start = time.perf_counter()
         self.wait()
         # The previous write has finished, so its snapshot is free to be overwritten.
         self._snapshot = to_cpu_snapshot(state, reuse=self._snapshot)
-        self._pending = self._executor.submit(self._write_then, self._snapshot, step, best, after)
+        self._pending = self._executor.submit(self._run_then_write, before, self._snapshot, step, best)
         self.blocked_seconds_total += time.perf_counter() - start
         if wait:
             self.wait()
@@ -408,13 +409,13 @@ class CheckpointWriter:
         self.close()
 
     # -- on the writer thread ------------------------------------------------
-    def _write_then(self, snapshot: dict, step: int, best: bool, after) -> None:
-        self._write(snapshot, step, best)
-        if after is not None:
+    def _run_then_write(self, before, snapshot: dict, step: int, best: bool) -> None:
+        if before is not None:
             try:
-                after()
-            except Exception as exc:  # never into training; the next save calls it again
-                self.log(f"After checkpoint step {step}: {exc}")
+                before()
+            except Exception as exc:  # never into training, and never instead of the checkpoint
+                self.log(f"Before checkpoint step {step}: {exc}")
+        self._write(snapshot, step, best)
 
     def _write(self, snapshot: dict, step: int, best: bool) -> None:
         start = time.perf_counter()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -48,14 +49,17 @@ def in_colab() -> bool:
 
 
 def drive_is_mounted() -> bool:
-    return (DRIVE_MOUNT_POINT / "MyDrive").is_dir()
+    try:
+        return (DRIVE_MOUNT_POINT / "MyDrive").is_dir()
+    except OSError:  # a dropped mount answers "Transport endpoint is not connected"
+        return False
 
 
 def mount_drive(force_remount: bool = False) -> Path | None:
     """Mount Google Drive in Colab; elsewhere do nothing and return None."""
     if not in_colab():
         return None
-    if drive_is_mounted() and not force_remount:
+    if not force_remount and drive_is_mounted():
         return DRIVE_MOUNT_POINT
     from google.colab import drive  # only importable inside Colab
 
@@ -76,7 +80,8 @@ def default_root() -> Path:
 def resolve_root(root: str | os.PathLike | None = None, create: bool = True) -> Path:
     """Turn a user-given root (or None for the default) into a checked, absolute folder.
 
-    Raises StorageError with a fix when the root is on an unmounted Drive or not writable.
+    Raises StorageError with a fix when the root is on an unmounted Drive or (with `create`)
+    cannot be created or written; without `create` a read-only folder is fine (generation).
     """
     path = Path(root).expanduser() if root not in (None, "") else default_root()
     if _is_under(path, DRIVE_MOUNT_POINT) and not drive_is_mounted():
@@ -91,7 +96,7 @@ def resolve_root(root: str | os.PathLike | None = None, create: bool = True) -> 
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise _explain(exc, path) from exc
-    check_writable(path)
+        check_writable(path)
     return path
 
 
@@ -184,6 +189,18 @@ def timestamp(now: datetime | None = None) -> str:
     return (now or datetime.now()).strftime(TIMESTAMP_FORMAT)
 
 
+RUN_ID_PATTERN = re.compile(r"^(?P<model_type>[a-z][a-z0-9]*)_(?P<timestamp>\d{8}_\d{6})$")
+
+
+def parse_run_id(run_id: str) -> tuple[str, str]:
+    """(model_type, timestamp) of a run id; StorageError for anything else. Run ids read from a
+    (possibly shared) folder name paths that midikit writes and deletes, so they are checked."""
+    match = RUN_ID_PATTERN.match(str(run_id))
+    if match is None:
+        raise StorageError(f"{run_id!r} is not a midikit run id (expected <model>_<YYYYmmdd_HHMMSS>, e.g. lstm_20261128_214500).")
+    return match["model_type"], match["timestamp"]
+
+
 def make_run_id(model_type: str, ts: str | None = None) -> str:
     """A run's id, `<model>_<YYYYmmdd_HHMMSS>`; every artifact of the run carries it."""
     return f"{model_type}_{ts or timestamp()}"
@@ -240,6 +257,7 @@ class DatasetPaths:
         return self.base / "checkpoints"
 
     def run_checkpoints(self, run_id: str) -> Path:
+        parse_run_id(run_id)
         return self.checkpoints / run_id
 
     # files -------------------------------------------------------------------
@@ -248,9 +266,11 @@ class DatasetPaths:
         return self.logs / "models.csv"
 
     def best_weights(self, run_id: str) -> Path:
+        parse_run_id(run_id)
         return self.models / f"{run_id}.pth"
 
     def weights_sidecar(self, run_id: str) -> Path:
+        parse_run_id(run_id)
         return self.models / f"{run_id}.json"
 
     def loss_plot(self, run_id: str) -> Path:
@@ -266,6 +286,7 @@ class DatasetPaths:
         return self.logs / f"val_losses_{run_id}.npy"
 
     def generated_midi(self, run_id: str, strategy: str, sample_index: int, tag: str = "") -> Path:
+        parse_run_id(run_id)
         suffix = f"_{tag}" if tag else ""
         return self.generated / f"{run_id}_{strategy}{suffix}_sample{sample_index:02d}.mid"
 

@@ -35,7 +35,6 @@ from .presets import PRESET_NAMES, get_preset, preset_for_hardware
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 COMPILE_MODES = ("auto", "on", "off")
-STATE_FORMAT = "midikit-train-state"
 LOSS_FLUSH_EVERY = 20  # steps between GPU->CPU syncs of the per-step losses
 BEST_SAVE_COST_FACTOR = 20  # a new best is checkpointed when the last save cost < 1/20 of the time since
 PLOT_EVERY_SECONDS = 60.0  # the loss plot is redrawn at most this often (and at the end)
@@ -318,7 +317,7 @@ def _find_resume(tc: TrainConfig, paths: storage.DatasetPaths, log) -> tuple[Pat
 
 
 def _check_resumable(state: dict, path: Path, dataset) -> None:
-    if state.get("format") != STATE_FORMAT:
+    if state.get("format") != checkpoints.STATE_FORMAT:
         raise checkpoints.CheckpointError(f"{path} is not a midikit training state; pass a step_*.pt or best.pt of a run.")
     trained_on = state["dataset"]
     if trained_on["fingerprint"] != dataset.fingerprint or trained_on["vocab_size"] != dataset.vocab_size:
@@ -329,9 +328,11 @@ def _check_resumable(state: dict, path: Path, dataset) -> None:
         )
 
 
-def _new_model_config(tc, preset, vocab_size: int, model_config: ModelConfig | None, overrides: dict) -> ModelConfig:
+def _new_model_config(tc, preset, dataset, model_config: ModelConfig | None, overrides: dict) -> ModelConfig:
+    vocab_size = dataset.vocab_size
     if model_config is None:
-        values = preset.model_config(tc.model_type, vocab_size).to_dict()
+        # The context is the dataset's --seq_length (the seed's window), not the preset's.
+        values = preset.model_config(tc.model_type, vocab_size, context_length=dataset.seq_length).to_dict()
     else:
         values = model_config.to_dict()
         if values["vocab_size"] in (0, None):
@@ -416,6 +417,7 @@ def train(
     device = resolve_device(tc.device)
     amp_dtype = resolve_precision(tc.precision, device)
     resumed = _find_resume(tc, paths, log)
+    resumed_path = resumed[0] if resumed is not None else None
 
     if resumed is not None:
         resume_path, state = resumed
@@ -431,7 +433,7 @@ def train(
     else:
         preset = get_preset(tc.model_type, tc.preset or preset_for_hardware(str(device)))
         tc = replace(tc, preset=preset.name, batch_size=tc.batch_size or preset.batch_size, lr=tc.lr or preset.lr)
-        mc = _new_model_config(tc, preset, dataset.vocab_size, model_config, overrides)
+        mc = _new_model_config(tc, preset, dataset, model_config, overrides)
         run_id = _new_run_id(paths, tc.model_type)
     _check_context(mc, dataset)
     paths.ensure()
@@ -481,6 +483,8 @@ def train(
         if resumed is not None:
             raw_model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
+            for group in optimizer.param_groups:  # load_state_dict restores the saving machine's choice
+                group["fused"] = device.type == "cuda"
             scheduler.load_state_dict(state["scheduler"])
             if scaler.is_enabled() and state["scaler"] is not None:
                 scaler.load_state_dict(state["scaler"])
@@ -488,8 +492,8 @@ def train(
             step, tokens_seen, elapsed_before = state["step"], state["tokens_seen"], state["elapsed_seconds"]
             history = state["history"]
             best_val_loss, best_step, bad_evals = state["best_val_loss"], state["best_step"], state["bad_evals"]
-            del state  # the model and optimizer hold their own copies now
-        resumed_from_step = step if resumed is not None else None
+            del state, resumed  # the model and optimizer hold their own copies now
+        resumed_from_step = step if resumed_path is not None else None
         model = torch.compile(raw_model) if use_compile else raw_model
         parameters = count_parameters(raw_model)
 
@@ -505,9 +509,10 @@ def train(
             f"step {step} of {total_steps}; checkpoints in {run_dir}"
         )
     except torch.cuda.OutOfMemoryError:
-        raise _out_of_memory(batch_size, mc) from None
+        raise _out_of_memory(batch_size, mc, resumed_path is not None) from None
 
     best_weights = None  # device copy of the best model, written to models/<run_id>.pth when it changes
+    pth_written = resumed_from_step is not None  # a resumed run's .pth exists already
     pending_losses = []  # per-step losses still on the device
     t_start = time.monotonic()
     last_save_end, last_save_cost = t_start, 0.0
@@ -535,7 +540,7 @@ def train(
         started = time.monotonic()
         flush_losses()
         state = {
-            "format": STATE_FORMAT, "version": 1, "run_id": run_id,
+            "format": checkpoints.STATE_FORMAT, "version": 1, "run_id": run_id,
             "model_config": mc.to_dict(), "train_config": tc_dict, "dataset": dataset_info,
             "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
@@ -546,7 +551,7 @@ def train(
         }
         # The .pth holds the best weights; before the first evaluation, the current ones.
         weights = best_weights
-        if weights is None and not paths.best_weights(run_id).exists():
+        if weights is None and not pth_written:
             weights = raw_model.state_dict()
         weights = None if weights is None else checkpoints.to_cpu_snapshot(weights)
         best_weights = None
@@ -556,32 +561,37 @@ def train(
         run_history, run_metrics = copy.deepcopy(history), metrics(stop_reason)
 
         def refresh_artifacts():
-            nonlocal artifacts, best_weights
+            nonlocal artifacts, best_weights, pth_written
             try:
                 artifacts = write_run_artifacts(
                     paths, run_id, mc.to_dict(), tc_dict, dataset_info, run_history, run_metrics,
                     "finished" if finished else "running", best_weights=weights, checkpoints_dir=run_dir, plot=plot,
                 )
-            except (OSError, storage.StorageError) as exc:
+                pth_written = pth_written or weights is not None
+            except Exception as exc:  # never into training (a full Drive, a dropped mount, ...)
                 if weights is not None and best_weights is None:
                     best_weights = weights  # written with the next checkpoint instead
                 say(f"Could not refresh the run's artifacts ({exc}); the next checkpoint tries again.")
 
-        writer.save(state, step, best=best, wait=wait, after=refresh_artifacts)
+        # Artifacts first: a kill between the two then leaves a .pth that the resumed run rewrites
+        # identically, never a state whose best weights are missing from the .pth.
+        writer.save(state, step, best=best, wait=wait, before=refresh_artifacts)
         last_save_end = time.monotonic()
         last_save_cost = last_save_end - started
 
-    status = None
+    status, in_step = None, False
     progress_bar = tqdm(total=total_steps, initial=step, disable=not tc.progress, unit="step", dynamic_ncols=True)
     postfix = {}
     loop_start, loop_start_tokens = time.monotonic(), tokens_seen
     try:
         with _GracefulStop(say) as stop:
             while step < total_steps:
+                in_step = True
                 inputs, targets = sample_windows(train_tokens, batch_size, context, generator)
                 history["lr"].append(scheduler.get_last_lr()[0])
                 pending_losses.append(train_step(model, optimizer, scheduler, scaler, autocast, inputs, targets, tc.grad_clip))
                 step += 1
+                in_step = False
                 tokens_seen += tokens_per_step
                 if len(pending_losses) >= LOSS_FLUSH_EVERY:
                     flush_losses()
@@ -590,10 +600,11 @@ def train(
                     progress_bar.set_postfix(postfix, refresh=False)
                 progress_bar.update(1)
 
-                # Evaluate each epoch / eval_every steps, and before a timed checkpoint so it has a fresh val.
+                # Evaluate on a step schedule only: patience, the best step and a resumed run's
+                # evaluations must not depend on wall-clock time.
                 time_due = tc.checkpoint_every_minutes > 0 and time.monotonic() - last_save_end >= tc.checkpoint_every_minutes * 60
                 improved = False
-                if step % tc.eval_every == 0 or step % steps_per_epoch == 0 or step == total_steps or time_due:
+                if step % tc.eval_every == 0 or step % steps_per_epoch == 0 or step == total_steps:
                     val_loss = evaluate_loss(raw_model, val_inputs, val_targets, batch_size, autocast)
                     history["val_loss"].append(val_loss)
                     history["val_step"].append(step)
@@ -626,23 +637,41 @@ def train(
         status = "interrupted"
     except torch.cuda.OutOfMemoryError:
         writer.close()
-        raise _out_of_memory(batch_size, mc) from None
+        raise _out_of_memory(batch_size, mc, resumed_from_step is not None) from None
     finally:
         progress_bar.close()
 
     finished = status != "interrupted"
+    if in_step:
+        # Interrupted inside a step (second Ctrl-C): its state is half-applied; the last checkpoint stands.
+        say(f"Stopped in the middle of step {step + 1}; resume continues from the last checkpoint.")
+        writer.close()
+        return TrainResult(run_id, status, resumed_from_step, step, step // steps_per_epoch, best_val_loss, history, artifacts)
     save_checkpoint(best=best_step == step and best_val_loss is not None, finished=finished, stop_reason=status, wait=True)
     writer.close()
-    if finished:
-        checkpoints.write_run_info(run_dir, {"run_id": run_id, "model_type": mc.model_type, "status": "finished", "dataset": dataset.name})
+    final_saved = writer.last_saved is not None and writer.last_saved.step == step and writer.last_error is None
+    if finished and not final_saved:
+        say(f"The final checkpoint of {run_id} could not be written; the run stays resumable from its last good one.")
+    elif finished:
+        try:
+            checkpoints.write_run_info(run_dir, {"run_id": run_id, "model_type": mc.model_type, "status": "finished", "dataset": dataset.name})
+        except storage.StorageError as exc:
+            say(f"Could not mark {run_id} finished ({exc}); --resume auto may continue it once more.")
     best_text = "n/a" if best_val_loss is None else f"{best_val_loss:.4f} at step {best_step}"
     say(f"{run_id}: {status} at step {step} (epoch {step // steps_per_epoch}); best validation loss {best_text}.")
     return TrainResult(run_id, status, resumed_from_step, step, step // steps_per_epoch, best_val_loss, history, artifacts)
 
 
-def _out_of_memory(batch_size: int, mc: ModelConfig) -> ConfigError:
+def _out_of_memory(batch_size: int, mc: ModelConfig, resuming: bool = False) -> ConfigError:
     torch.cuda.empty_cache()
     smaller = max(1, batch_size // 2)
+    if resuming:
+        # A resumed run keeps its batch size, so a smaller one means a new run.
+        return ConfigError(
+            f"The GPU ran out of memory continuing a run with batch_size={batch_size} ({mc.model_type}); this GPU is "
+            f"smaller than the one that started it. Use a larger GPU to continue it, or start a new run with "
+            f"--resume never --batch_size {smaller} (resume='never', batch_size={smaller})."
+        )
     return ConfigError(
         f"The GPU ran out of memory with batch_size={batch_size} ({mc.model_type}, context {mc.context_length}). "
         f"Try --batch_size {smaller} (batch_size={smaller}), a smaller --preset, or a shorter --context_length."

@@ -39,7 +39,8 @@ def main() -> None:
                 max_steps=args.max_steps, resume="never", checkpoint_every_steps=max(args.max_steps // 2, 1),
             )
         )
-        print(f"{result.run_id}: {result.status} after {result.steps} steps, best val loss {result.best_val_loss:.3f}")
+        best = "n/a" if result.best_val_loss is None else f"{result.best_val_loss:.3f}"
+        print(f"{result.run_id}: {result.status} after {result.steps} steps, best validation loss {best}")
         run = load_run(result.artifacts["weights"], prepared.paths)
         sample = generate(run, SampleConfig(strategy="top_p", p=0.9, num_tokens=256, seed=0), progress=False)
         for path in sample.midi_paths:

@@ -1,0 +1,99 @@
+"""Storage: the folder layout, Drive checks and atomic writes."""
+
+import errno
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from midikit import storage
+from midikit.artifacts import write_run_artifacts
+from midikit.models import ModelConfig
+from midikit.storage import DatasetPaths, StorageError
+
+
+def test_layout_is_the_seeds(tmp_path):
+    paths = storage.dataset_paths(tmp_path, "nottingham")
+    run_id = storage.make_run_id("lstm", "20261128_214500")
+    base = tmp_path / "nottingham"
+    assert paths.best_weights(run_id) == base / "models" / "lstm_20261128_214500.pth"
+    assert paths.loss_plot(run_id) == base / "outputs" / "plots" / "loss_curve_lstm_20261128_214500.png"
+    assert paths.models_csv == base / "logs" / "models.csv"
+    assert paths.training_summary(run_id) == base / "logs" / "training_summary_lstm_20261128_214500.txt"
+    assert paths.train_losses(run_id) == base / "logs" / "train_losses_lstm_20261128_214500.npy"
+    for folder in (paths.models, paths.plots, paths.generated, paths.logs, paths.data, paths.checkpoints):
+        assert folder.is_dir()
+
+
+@pytest.mark.parametrize("bad", ["../../etc", "lstm", "lstm_2026_1", "LSTM_20261128_214500", "lstm_20261128_214500/.."])
+def test_run_ids_from_a_shared_folder_cannot_escape_it(tmp_path, bad):
+    paths = DatasetPaths(tmp_path, "d")
+    with pytest.raises(StorageError, match="not a midikit run id"):
+        paths.run_checkpoints(bad)
+    with pytest.raises(StorageError):
+        paths.best_weights(bad)
+
+
+@pytest.mark.parametrize("bad", ["", "a/b", "..", "."])
+def test_bad_dataset_names_are_refused(tmp_path, bad):
+    with pytest.raises(StorageError, match="dataset name"):
+        DatasetPaths(tmp_path, bad)
+
+
+def test_unmounted_drive_root_says_how_to_mount(monkeypatch):
+    monkeypatch.setattr(storage, "drive_is_mounted", lambda: False)
+    with pytest.raises(StorageError, match="Drive is not mounted"):
+        storage.resolve_root("/content/drive/MyDrive/midikit_checkpoints")
+
+
+def test_dropped_drive_mount_reads_as_unmounted(monkeypatch):
+    def not_connected(self):
+        raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
+
+    monkeypatch.setattr(Path, "is_dir", not_connected)
+    assert storage.drive_is_mounted() is False
+
+
+def test_root_that_cannot_be_created_is_one_clear_error(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(StorageError, match="Cannot use|Cannot write"):
+        storage.resolve_root(blocker / "root")
+
+
+def test_default_root_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv(storage.ROOT_ENV_VAR, str(tmp_path / "r"))
+    assert storage.default_root() == tmp_path / "r"
+    monkeypatch.delenv(storage.ROOT_ENV_VAR)
+    assert storage.default_root() == storage.LOCAL_DEFAULT_ROOT  # not in Colab here
+
+
+def test_full_disk_is_explained():
+    error = storage.explain_os_error(OSError(errno.ENOSPC, "No space left on device"), Path("/x"))
+    assert "full" in str(error)
+
+
+def test_atomic_write_replaces_whole_files_and_leaves_no_temporaries(tmp_path):
+    target = tmp_path / "f.json"
+    storage.atomic_write_text(target, "old")
+    storage.atomic_write_text(target, "new")
+    assert target.read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
+
+
+def test_a_diverged_run_still_gets_its_artifacts(tmp_path):
+    paths = storage.dataset_paths(tmp_path, "d")
+    run_id = storage.make_run_id("gru", "20261128_214500")
+    config = ModelConfig(model_type="gru", vocab_size=10, hidden_size=8, embed_size=4, num_layers=1).to_dict()
+    history = {"train_loss": [2.0, math.nan], "train_step": [1, 2], "val_loss": [math.inf], "val_step": [2], "lr": [1e-3, 1e-3]}
+    metrics = {"best_val_loss": math.inf, "best_step": 2, "final_train_loss": math.nan, "steps": 2, "epochs": 0,
+               "tokens_seen": 64, "elapsed_seconds": 1.0, "parameters": 100, "stop_reason": "finished"}
+    artifacts = write_run_artifacts(paths, run_id, config, {"lr": 1e-3}, {"name": "d"}, history, metrics, "finished",
+                                    best_weights={"w": torch.zeros(2)})
+    sidecar = json.loads(artifacts["sidecar"].read_text())
+    assert sidecar["metrics"]["best_val_loss"] is None and sidecar["metrics"]["final_train_loss"] is None
+    assert np.isnan(np.load(artifacts["train_losses"], allow_pickle=False)[1])
+    assert run_id in artifacts["csv"].read_text()
