@@ -21,14 +21,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .checkpoints import STATE_FORMAT, CheckpointError, load_latest, load_state
 from .models import ConfigError, ModelConfig, build_model
-from .storage import DatasetPaths, StorageError, atomic_write_bytes, dataset_paths, timestamp
+from .storage import DatasetPaths, StorageError, atomic_write_bytes, parse_run_id, timestamp
 
 STRATEGIES = ("greedy", "top_k", "top_p", "temperature", "sample")
 SLIDE_KEEP = 0.75  # share of the context kept when the Transformer's window slides
 MAX_TOKENS_PER_BAR = 256  # safety cap when the length is given in bars
 FINISHED_CHECK_EVERY = 16  # steps between checks that every sample ended (each check syncs a GPU)
-TRAIN_STATE_FORMAT = "midikit-train-state"
 
 
 class GenerationError(StorageError):
@@ -90,22 +90,21 @@ class LoadedRun:
 
 def list_finished_runs(paths: DatasetPaths, model_type: str | None = None) -> list[dict]:
     """Finished runs with best weights in `paths.models`, newest first: each sidecar's content plus
-    `weights` and `sidecar_path`. Unreadable sidecars are skipped."""
+    `weights` and `sidecar_path`. Unreadable sidecars, and ones midikit did not write, are skipped."""
     runs = []
     for sidecar_path in paths.models.glob("*.json") if paths.models.is_dir() else ():
         try:
             info = json.loads(sidecar_path.read_text())
-        except (OSError, ValueError):
+            started = parse_run_id(info["run_id"])[1]  # sorts runs: Drive's modification times are not reliable
+        except (OSError, ValueError, TypeError, KeyError, StorageError):
             continue
         weights = sidecar_path.with_suffix(".pth")
-        if not isinstance(info, dict) or info.get("status") != "finished" or not weights.is_file():
+        if info.get("status") != "finished" or not weights.is_file():
             continue
         if model_type is not None and info.get("model_type") != model_type:
             continue
-        runs.append(dict(info, weights=weights, sidecar_path=sidecar_path))
-    # run ids end in a sortable timestamp (<model_type>_<YYYYmmdd_HHMMSS>); Drive mtimes are not reliable.
-    runs.sort(key=lambda info: (str(info.get("run_id", "")).split("_", 1)[-1], info["sidecar_path"].stat().st_mtime), reverse=True)
-    return runs
+        runs.append((started, dict(info, weights=weights, sidecar_path=sidecar_path)))
+    return [info for _, info in sorted(runs, key=lambda run: (run[0], run[1]["run_id"]), reverse=True)]
 
 
 def load_run(source: str | Path, paths: DatasetPaths | None = None, model_type: str | None = None, device="auto",
@@ -118,7 +117,11 @@ def load_run(source: str | Path, paths: DatasetPaths | None = None, model_type: 
     ModelConfig alone; the tokenizer comes from the dataset the run was trained on.
     """
     if str(source) == "latest":
-        paths = paths or dataset_paths(None, "nottingham", create=False)
+        if paths is None:
+            raise GenerationError(
+                "load_run('latest') needs the dataset whose newest run to load: pass paths=DatasetPaths(root, dataset) "
+                "(--checkpoint_dir and --dataset), or a .pth, .json or .pt file instead of 'latest'."
+            )
         runs = list_finished_runs(paths, model_type)
         if not runs:
             kind = f"{model_type} " if model_type else ""
@@ -143,6 +146,7 @@ def load_run(source: str | Path, paths: DatasetPaths | None = None, model_type: 
         raise GenerationError(f"{path} holds no usable model_config ({exc!r}); it was not written by midikit.") from exc
     run_paths = _run_dataset_paths(path, sidecar, paths)
     from .data import load_dataset  # miditok only where needed: decode() runs on machines without it
+    from .train import resolve_device  # imports midikit.data too, so only here
 
     dataset = load_dataset(run_paths)
     if dataset.vocab_size != model_config.vocab_size:
@@ -161,17 +165,8 @@ def load_run(source: str | Path, paths: DatasetPaths | None = None, model_type: 
         model.load_state_dict(state_dict)
     except RuntimeError as exc:
         raise GenerationError(f"The weights in {path} do not fit the model config saved with them: {exc}") from exc
-    model.to(_resolve_device(device)).eval()
+    model.to(resolve_device(device)).eval()
     return LoadedRun(model, model_config, dataset.tokenizer, str(sidecar.get("run_id", path.stem)), run_paths, sidecar, dataset)
-
-
-def _resolve_device(device) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device} asked for a GPU, but none is available; use --device cpu or auto.")
-    return device
 
 
 def _torch_load(path: Path) -> dict:
@@ -201,8 +196,6 @@ def _read_best_weights(weights: Path, sidecar_path: Path) -> tuple[dict, dict]:
 
 
 def _read_training_state(path: Path, log) -> tuple[dict, dict]:
-    from .checkpoints import CheckpointError, load_latest, load_state
-
     try:
         if path.is_dir():
             found = load_latest(path, log=log)
@@ -213,8 +206,8 @@ def _read_training_state(path: Path, log) -> tuple[dict, dict]:
             state = load_state(path)
     except CheckpointError as exc:
         raise GenerationError(f"Cannot use the checkpoint {path}: {exc}") from exc
-    if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_FORMAT:
-        raise GenerationError(f"{path} is not a midikit training-state checkpoint (format {TRAIN_STATE_FORMAT!r} expected).")
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise GenerationError(f"{path} is not a midikit training-state checkpoint (format {STATE_FORMAT!r} expected).")
     sidecar = {
         "run_id": state.get("run_id"),
         "model_type": state["model_config"].get("model_type"),
@@ -238,7 +231,7 @@ def _run_dataset_paths(path: Path, sidecar: dict, paths: DatasetPaths | None) ->
     folder = path if path.is_dir() else path.parent
     for layout_root in (folder.parent.parent, folder.parent.parent.parent):
         candidate = DatasetPaths(layout_root, name)
-        if folder in (candidate.models, candidate.run_checkpoints(folder.name)):
+        if folder == candidate.models or folder.parent == candidate.checkpoints:
             return candidate
     if paths is not None:
         return DatasetPaths(paths.root, name)

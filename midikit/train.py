@@ -238,9 +238,10 @@ class _GracefulStop:
     """The first Ctrl-C (Colab's stop button) asks the loop to stop after the current step, so the
     saved state is a consistent one; a second one interrupts at once."""
 
-    def __init__(self, log):
+    def __init__(self, log, message="Stop requested: saving a checkpoint after this step (interrupt again to stop at once)."):
         self.requested = False
         self.log = log
+        self.message = message
         self._previous = None
 
     def __enter__(self):
@@ -252,7 +253,7 @@ class _GracefulStop:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        self.log("Stop requested: saving a checkpoint after this step (interrupt again to stop at once).")
+        self.log(self.message)
 
     def __exit__(self, *exc_info):
         if self._previous is not None:
@@ -536,7 +537,7 @@ def train(
         }
 
     def save_checkpoint(best: bool, finished: bool = False, stop_reason=None, wait: bool = False):
-        nonlocal last_save_end, last_save_cost, last_plot, best_weights, artifacts
+        nonlocal last_save_end, last_save_cost, last_plot, best_weights
         started = time.monotonic()
         flush_losses()
         state = {
@@ -647,8 +648,9 @@ def train(
         say(f"Stopped in the middle of step {step + 1}; resume continues from the last checkpoint.")
         writer.close()
         return TrainResult(run_id, status, resumed_from_step, step, step // steps_per_epoch, best_val_loss, history, artifacts)
-    save_checkpoint(best=best_step == step and best_val_loss is not None, finished=finished, stop_reason=status, wait=True)
-    writer.close()
+    with _GracefulStop(say, "Saving the final checkpoint first (interrupt again to stop at once)."):
+        save_checkpoint(best=best_step == step and best_val_loss is not None, finished=finished, stop_reason=status, wait=True)
+        writer.close()
     final_saved = writer.last_saved is not None and writer.last_saved.step == step and writer.last_error is None
     if finished and not final_saved:
         say(f"The final checkpoint of {run_id} could not be written; the run stays resumable from its last good one.")
@@ -679,7 +681,8 @@ def _out_of_memory(batch_size: int, mc: ModelConfig, resuming: bool = False) -> 
 
 
 def describe_resumable(train_config: TrainConfig) -> dict | None:
-    """What `resume` would continue (run_id, step, epoch, best_val_loss, path), or None for a new run."""
+    """What `resume` would continue (run_id, step, epoch, best_val_loss, path, and the run's own
+    model_config and train_config dicts), or None for a new run."""
     tc = replace(train_config).validate()
     paths = storage.DatasetPaths(storage.resolve_root(tc.checkpoint_dir), tc.dataset)
     found = _find_resume(tc, paths, log=lambda message: None)
@@ -689,5 +692,6 @@ def describe_resumable(train_config: TrainConfig) -> dict | None:
     return {
         "run_id": state["run_id"], "model_type": state["model_config"]["model_type"], "step": state["step"],
         "epoch": state["epoch"], "best_val_loss": state["best_val_loss"], "path": path,
-        "elapsed_seconds": state["elapsed_seconds"],
+        "elapsed_seconds": state["elapsed_seconds"], "model_config": state["model_config"],
+        "train_config": state["train_config"],
     }

@@ -12,7 +12,6 @@ from __future__ import annotations
 import html
 import io
 import os
-from dataclasses import replace
 from pathlib import Path
 
 import ipywidgets as W
@@ -140,12 +139,12 @@ class Form:
 
     def set_values(self, **values) -> None:
         """Set several fields at once, checking the result once rather than after each."""
-        self._holding = True
+        held, self._holding = self._holding, True  # observers may set values too: only the outermost call checks
         try:
             for name, value in values.items():
                 self.fields[name].value = value
         finally:
-            self._holding = False
+            self._holding = held
         self._refresh()
 
     def _refresh(self, change=None):
@@ -255,19 +254,26 @@ class PreprocessForm(Form):
 
 
 class TrainForm(Form):
-    """Hyperparameters for one model type, filled from a preset chosen for the hardware.
-    `.value` -> (TrainConfig, ModelConfig)."""
+    """Hyperparameters for one model type. A new run's model sizes come from a preset chosen for the
+    hardware, its context length from the dataset (`preprocess --seq_length`); while an unfinished
+    run is to be resumed the model fields show that run's own sizes, read-only, since a run keeps
+    its model (on whatever GPU the runtime has now). `.value` -> (TrainConfig, ModelConfig)."""
 
     def __init__(self, model_type: str, paths: storage.DatasetPaths, preset: str | None = None):
         self.model_type, self.paths = model_type, paths
-        self.vocab_size = load_dataset(paths).vocab_size
+        dataset = load_dataset(paths)
+        self.vocab_size, self.seq_length = dataset.vocab_size, dataset.seq_length
         self.title = f"Train the {model_type} on {paths.dataset}"
         preset = preset or presets.preset_for_hardware()
         on_cpu = presets.preset_for_hardware() == "cpu"
         self.model_names = TRANSFORMER_FIELDS if model_type == "transformer" else RNN_FIELDS
-        defaults = ModelConfig()  # replaced by the preset's values below
+        self.resumable = describe_resumable(TrainConfig(dataset=paths.dataset, checkpoint_dir=str(paths.root), model_type=model_type))
+        self.run_model = ModelConfig.from_dict(self.resumable["model_config"]) if self.resumable else None
+        self.run_train = self.resumable["train_config"] if self.resumable else None
+        defaults = ModelConfig()  # replaced by the preset's or the run's values below
         self.preset_field = _choice("preset", [(f"{name}: {presets.get_preset(model_type, name).description}", name) for name in presets.PRESET_NAMES], preset)
         model_fields = {name: (_float if name == "dropout" else _int)(name, getattr(defaults, name)) for name in self.model_names}
+        resume_label = f"continue {self.resumable['run_id']} (step {self.resumable['step']})" if self.resumable else "the unfinished run, if any"
         train_fields = {
             "epochs": _int("epochs", 20),
             "batch_size": _int("batch_size", 64),
@@ -277,21 +283,35 @@ class TrainForm(Form):
             "eval_windows": _int("validation windows", CPU_EVAL_WINDOWS if on_cpu else TrainConfig.eval_windows),
             "patience": _int("patience (evaluations)", 5),
             "checkpoint_every_minutes": _float("checkpoint every (minutes)", 10.0),
-            "resume": _choice("resume", [("the unfinished run, if any", "auto"), ("never: start a new run", "never")], "auto"),
+            "resume": _choice("resume", [(resume_label, "auto"), ("never: start a new run", "never")], "auto"),
             "seed": _int("seed", 42),
         }
         super().__init__({"preset": self.preset_field, **model_fields, **train_fields})
-        self.preset_field.observe(self._on_preset, names="value")
-        self._on_preset({"new": preset})
+        self.preset_field.observe(self._fill_model_fields, names="value")
+        self.fields["resume"].observe(self._fill_model_fields, names="value")
+        self._fill_model_fields()
 
-    def _on_preset(self, change):
-        preset = presets.get_preset(self.model_type, change["new"])
-        config = preset.model_config(self.model_type, self.vocab_size)
-        self.set_values(**{name: getattr(config, name) for name in self.model_names}, batch_size=preset.batch_size, lr=preset.lr)
+    @property
+    def resuming(self) -> bool:
+        return self.run_model is not None and self.fields["resume"].value == "auto"
+
+    def _fill_model_fields(self, change=None):
+        if self.resuming:
+            config, batch_size, lr = self.run_model, self.run_train["batch_size"], self.run_train["lr"]
+        else:
+            preset = presets.get_preset(self.model_type, self.preset_field.value)
+            config = preset.model_config(self.model_type, self.vocab_size, context_length=self.seq_length)
+            batch_size, lr = preset.batch_size, preset.lr
+        self.set_values(**{name: getattr(config, name) for name in self.model_names}, batch_size=batch_size, lr=lr)
+        for name in ("preset", *self.model_names, "batch_size", "lr"):
+            self.fields[name].disabled = self.resuming  # a run keeps these: train() would ignore new values
 
     def build(self, values):
-        sizes = {name: values[name] for name in self.model_names}
-        model_config = ModelConfig(model_type=self.model_type, vocab_size=self.vocab_size, **sizes).validate()
+        if self.resuming:  # exactly the saved config, so train() finds nothing that conflicts with the run
+            model_config = self.run_model
+        else:
+            sizes = {name: values[name] for name in self.model_names}
+            model_config = ModelConfig(model_type=self.model_type, vocab_size=self.vocab_size, **sizes).validate()
         train_config = TrainConfig(
             dataset=self.paths.dataset,
             checkpoint_dir=str(self.paths.root),
@@ -313,7 +333,8 @@ class TrainForm(Form):
     def summary(self, configs):
         train_config, model_config = configs
         length = f"{train_config.max_steps} steps" if train_config.max_steps else f"up to {train_config.epochs} epochs"
-        return (f"{model_config.model_type} · {model_config.num_layers} layers · context {model_config.context_length} · "
+        origin = f"continues {self.resumable['run_id']} with its own model" if self.resuming else "new run"
+        return (f"{origin}: {model_config.model_type} · {model_config.num_layers} layers · context {model_config.context_length} · "
                 f"batch {train_config.batch_size} · lr {train_config.lr:g} · {length}")
 
 
@@ -360,7 +381,7 @@ class RunForm(Form):
 
     def __init__(self, paths: storage.DatasetPaths):
         self.paths = paths
-        rows = sorted(artifacts.read_models_csv(paths), key=lambda row: row["run_id"].split("_", 1)[-1], reverse=True)
+        rows = sorted(artifacts.read_models_csv(paths), key=lambda row: storage.parse_run_id(row["run_id"])[1], reverse=True)
         if not rows:
             raise StorageError(f"No run in {paths.models_csv}: train one first (notebooks 03-05).")
         self.rows = {row["run_id"]: row for row in rows}
@@ -491,8 +512,9 @@ def ensure_finished_run(paths: storage.DatasetPaths) -> None:
     print(f"No finished run in {paths.models}: training a short cpu-preset LSTM ({CPU_MAX_STEPS} steps) "
           "so this notebook has one to use. Notebooks 03-05 train real ones.")
     ensure_dataset(paths)
-    train_config, model_config = TrainForm("lstm", paths, preset="cpu").value
-    train_config = replace(train_config, max_steps=CPU_MAX_STEPS, eval_every=CPU_EVAL_EVERY, eval_windows=CPU_EVAL_WINDOWS, resume="never")
+    form = TrainForm("lstm", paths, preset="cpu")
+    form.set_values(resume="never", max_steps=CPU_MAX_STEPS, eval_every=CPU_EVAL_EVERY, eval_windows=CPU_EVAL_WINDOWS)
+    train_config, model_config = form.value
     train(train_config, model_config)
 
 

@@ -13,7 +13,7 @@ import torch
 
 from midikit import checkpoints
 from midikit.cli import main
-from midikit.data import load_dataset, tokens_to_score
+from midikit.data import DatasetError, load_dataset, tokens_to_score
 from midikit.generate import (
     SLIDE_KEEP, GenerationError, SampleConfig, _tokenize_seed, decode, generate, list_finished_runs, load_run,
     next_tokens,
@@ -251,6 +251,29 @@ def test_corrupt_files_are_refused(runs, tmp_path):
 def test_latest_without_finished_runs_says_how_to_train(tmp_path):
     with pytest.raises(GenerationError, match="python -m midikit train"):
         load_run("latest", DatasetPaths(tmp_path, "nottingham"), model_type="gru")
+    with pytest.raises(GenerationError, match="needs the dataset"):  # no dataset name is guessed
+        load_run("latest")
+
+
+def test_a_tokenizer_file_naming_another_class_is_refused(runs, tmp_path):
+    paths, weights, _ = _copy_run(runs, tmp_path)
+    tokenizer_file = paths.data / "tokenizer.json"
+    saved = json.loads(tokenizer_file.read_text())
+    assert saved["tokenization"] == "REMI"
+    tokenizer_file.write_text(json.dumps(dict(saved, tokenization="CPWord")))  # real miditok class, not a usable one
+    with pytest.raises(DatasetError, match="'CPWord'.*preprocess the dataset again"):
+        load_run(weights, device="cpu")
+
+
+def test_finished_runs_sort_by_run_id_and_skip_foreign_sidecars(runs, tmp_path):
+    paths = runs["paths"]
+    listed = [run["run_id"] for run in list_finished_runs(paths)]
+    assert listed == sorted(listed, key=lambda run_id: run_id.split("_", 1)[1], reverse=True) and len(listed) == 3
+    own = DatasetPaths(tmp_path, paths.dataset)
+    shutil.copytree(paths.models, own.models)
+    (own.models / "notes.json").write_text(json.dumps({"run_id": "../escape", "status": "finished"}))
+    (own.models / "notes.pth").write_bytes(b"")
+    assert [run["run_id"] for run in list_finished_runs(own)] == listed
 
 
 @pytest.mark.parametrize("values, flag", [

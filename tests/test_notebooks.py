@@ -17,7 +17,9 @@ import ast
 import copy
 import json
 import re
+import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import nbformat
@@ -25,8 +27,10 @@ import pytest
 from IPython.core.inputtransformer2 import TransformerManager
 
 from midikit import widgets
+from midikit.data import load_dataset
 from midikit.models import ConfigError
-from midikit.storage import StorageError
+from midikit.storage import DatasetPaths, StorageError
+from midikit.train import train
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = [
@@ -203,6 +207,7 @@ def test_train_form_presets_and_model_validation(tiny_dataset):  # tiny_dataset:
     train_config, model_config = form.value
     assert (train_config.preset, train_config.batch_size, model_config.d_model) == ("cpu", 32, 128)
     assert model_config.vocab_size > 0 and train_config.dataset == "tiny"
+    assert model_config.context_length == load_dataset(tiny_dataset).seq_length  # as the CLI: not a preset's
     form.fields["preset"].value = "small"
     train_config, model_config = form.value
     assert (train_config.batch_size, model_config.d_model, model_config.num_layers) == (64, 256, 4)
@@ -214,6 +219,58 @@ def test_train_form_presets_and_model_validation(tiny_dataset):  # tiny_dataset:
     form.fields["max_steps"].value = -3
     with pytest.raises(ConfigError, match="max_steps"):
         form.value
+
+
+def test_train_form_resumes_a_run_with_its_own_model_on_other_hardware(tiny_dataset, tmp_path):
+    paths = DatasetPaths(tmp_path, tiny_dataset.dataset)
+    shutil.copytree(tiny_dataset.data, paths.data)
+    form = widgets.TrainForm("lstm", paths, preset="cpu")
+    assert not form.resuming
+    form.set_values(max_steps=4, eval_every=2, eval_windows=8)
+    train_config, model_config = form.value
+    stopped = train(replace(train_config, device="cpu", progress=False), model_config, on_eval=_stop_button, log=_quiet)
+    assert stopped.status == "interrupted"
+
+    # A runtime with another GPU fills the form from another preset; the run must continue anyway.
+    form = widgets.TrainForm("lstm", paths, preset="small")
+    form.set_values(max_steps=4)
+    train_config, model_config = form.value
+    assert form.resuming and train_config.resume == "auto" and stopped.run_id in form.message.value
+    assert (model_config.hidden_size, form.fields["hidden_size"].value) == (128, 128)  # the run's, not small's 256
+    assert form.fields["hidden_size"].disabled and form.fields["batch_size"].value == 32
+    resumed = train(replace(train_config, device="cpu", progress=False), model_config, log=_quiet)
+    assert resumed.run_id == stopped.run_id and resumed.resumed_from_step == stopped.steps
+
+    form = widgets.TrainForm("lstm", paths, preset="small")
+    assert not form.resuming  # the run finished: nothing to resume, a new run gets the preset's sizes
+    assert form.value[1].hidden_size == 256 and not form.fields["hidden_size"].disabled
+
+
+def test_train_form_can_start_a_new_run_instead_of_resuming(tiny_dataset, tmp_path):
+    paths = DatasetPaths(tmp_path, tiny_dataset.dataset)
+    shutil.copytree(tiny_dataset.data, paths.data)
+    form = widgets.TrainForm("gru", paths, preset="cpu")
+    form.set_values(max_steps=2, eval_every=1, eval_windows=8)
+    train_config, model_config = form.value
+    train(replace(train_config, device="cpu", progress=False), model_config, on_eval=_stop_button, log=_quiet)
+
+    form = widgets.TrainForm("gru", paths, preset="small")
+    assert form.resuming and form.value[1].hidden_size == 128
+    form.fields["resume"].value = "never"
+    train_config, model_config = form.value
+    assert train_config.resume == "never" and model_config.hidden_size == 256 and "new run" in form.message.value
+    form.fields["hidden_size"].value = 64  # editable again
+    assert form.value[1].hidden_size == 64
+    form.fields["resume"].value = "auto"
+    assert form.value[1].hidden_size == 128 and form.fields["hidden_size"].disabled
+
+
+def _stop_button(history):
+    raise KeyboardInterrupt  # what Colab's stop button raises
+
+
+def _quiet(*_):
+    pass
 
 
 # --------------------------------------------------------------------------- refresh

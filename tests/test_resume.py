@@ -83,11 +83,12 @@ def assert_identical(paths: DatasetPaths, reference: DatasetPaths) -> None:
 
 def test_killed_or_stopped_runs_resume_bit_identical(tiny_dataset, tmp_path):
     reference, killed, stopped = (own_root(tiny_dataset, tmp_path / name) for name in ("reference", "killed", "stopped"))
-    uninterrupted, victim, to_stop = start(reference), start(killed), start(stopped)
+    uninterrupted, victim = start(reference), start(killed)
 
     wait_for_checkpoint(killed, victim, min_step=20)
     victim.send_signal(signal.SIGKILL)  # no handler, no final save: a disconnect
     finish(victim, -signal.SIGKILL)
+    to_stop = start(stopped)  # started only now, so it cannot finish before its stop arrives
     wait_for_checkpoint(stopped, to_stop, min_step=20)
     to_stop.send_signal(signal.SIGINT)
     finish(to_stop, 130)

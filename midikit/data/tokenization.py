@@ -37,6 +37,7 @@ from miditok import TokenizerConfig
 from miditok.data_augmentation import augment_score
 
 from ..models import ConfigError
+from .store import DatasetError
 
 TOKENIZERS = ("REMI", "TSD", "MIDILike")  # single-stream, one vocabulary
 TRACK_MODES = ("merged", "separate")
@@ -79,8 +80,13 @@ def build_tokenizer(spec: dict) -> miditok.MusicTokenizer:
 
 
 def load_tokenizer(path: Path) -> miditok.MusicTokenizer:
-    """The tokenizer saved next to a dataset (``tokenizer.json``), whatever its class."""
+    """The tokenizer saved next to a dataset (``tokenizer.json``): one of TOKENIZERS."""
     name = json.loads(Path(path).read_text())["tokenization"]
+    if name not in TOKENIZERS:  # the name picks a class to instantiate: never trust it blindly
+        raise DatasetError(
+            f"{path} names the tokenizer {name!r}, which midikit does not use ({', '.join(TOKENIZERS)}); "
+            "the file is damaged or not midikit's: preprocess the dataset again."
+        )
     return getattr(miditok, name)(params=path)
 
 
