@@ -25,6 +25,7 @@ import shutil
 import time
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -353,7 +354,8 @@ class CheckpointWriter:
     raises into training: failures end up in `log` and `last_error`.
     """
 
-    def __init__(self, run_dir, keep_last: int = 2, retries: int = 3, retry_wait_s: float = 2.0, log=print):
+    def __init__(self, run_dir, keep_last: int = 2, retries: int = 3, retry_wait_s: float = 2.0, log=print,
+                 busy_timeout_s: float = 60.0):
         if not isinstance(keep_last, int) or keep_last < 1:
             raise ConfigError(f"keep_last must be an integer >= 1, got {keep_last!r}.")
         self.run_dir = Path(run_dir)
@@ -371,17 +373,30 @@ class CheckpointWriter:
         self.blocked_seconds_total = 0.0  # time save() held up the caller
         self.saves_completed = 0
         self.saves_failed = 0
+        self.saves_skipped = 0
+        # How long a save waits for the previous write before giving up on this one: a hung
+        # Drive write must not stall training (the final save, with wait=True, always waits).
+        self.busy_timeout_s = busy_timeout_s
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="midikit-checkpoint")
         self._pending: Future | None = None
         self._snapshot: dict | None = None  # the last state written; its memory is reused
 
-    def save(self, state: dict, step: int, best: bool = False, wait: bool = False, before=None) -> None:
+    def save(self, state: dict, step: int, best: bool = False, wait: bool = False, before=None) -> bool:
         """Copy `state` to CPU memory now and write it as step_<step>.pt (and best.pt) in the
         background; with `wait`, return only once it is written (or has failed).
 
         `before`, if given, is called on the writer thread just before the state is written: the
-        trainer refreshes its other artifacts there, off the training thread."""
+        trainer refreshes its other artifacts there, off the training thread. Returns False when
+        the save was skipped because the previous write is still running after `busy_timeout_s`."""
         start = time.perf_counter()
+        if not wait and not self._wait_for_previous(self.busy_timeout_s):
+            self.saves_skipped += 1
+            self.log(
+                f"Checkpoint step {step} skipped: the previous write is still running after "
+                f"{self.busy_timeout_s:.0f} s (Drive slow or hung). Training continues; the next checkpoint tries again."
+            )
+            self.blocked_seconds_total += time.perf_counter() - start
+            return False
         self.wait()
         # The previous write has finished, so its snapshot is free to be overwritten.
         self._snapshot = to_cpu_snapshot(state, reuse=self._snapshot)
@@ -389,6 +404,18 @@ class CheckpointWriter:
         self.blocked_seconds_total += time.perf_counter() - start
         if wait:
             self.wait()
+        return True
+
+    def _wait_for_previous(self, timeout_s: float) -> bool:
+        """True once no write is in flight; False if one still is after `timeout_s`."""
+        if self._pending is None:
+            return True
+        try:
+            self._pending.result(timeout=timeout_s)
+        except FuturesTimeout:
+            return False
+        self._pending = None
+        return True
 
     def wait(self) -> None:
         """Block until no write is in flight."""

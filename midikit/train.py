@@ -576,7 +576,8 @@ def train(
 
         # Artifacts first: a kill between the two then leaves a .pth that the resumed run rewrites
         # identically, never a state whose best weights are missing from the .pth.
-        writer.save(state, step, best=best, wait=wait, before=refresh_artifacts)
+        if not writer.save(state, step, best=best, wait=wait, before=refresh_artifacts):
+            best_weights = weights  # skipped (previous write hung): kept for the next save
         last_save_end = time.monotonic()
         last_save_cost = last_save_end - started
 

@@ -293,6 +293,26 @@ def test_save_returns_before_the_write_and_snapshots_the_live_tensors(tmp_path, 
     assert torch.equal(load_state(tmp_path / "step_00000001.pt")["weights"], torch.ones(1000))
 
 
+def test_a_hung_write_skips_later_saves_instead_of_stalling_training(tmp_path, monkeypatch):
+    release = threading.Event()
+    real_save_state = checkpoints.save_state
+
+    def hung_then_released(path, state):
+        assert release.wait(timeout=30)
+        return real_save_state(path, state)
+
+    monkeypatch.setattr(checkpoints, "save_state", hung_then_released)
+    messages = []
+    writer = CheckpointWriter(tmp_path, log=messages.append, busy_timeout_s=0.05)
+    writer.save(tiny_state(1), 1)
+    writer.save(tiny_state(2), 2)  # the first write hangs: this one gives up instead of waiting
+    assert writer.saves_skipped == 1 and "step 2 skipped" in messages[-1]
+    release.set()
+    writer.save(tiny_state(3), 3, wait=True)  # the final save always waits, then lands
+    writer.close()
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000003.pt", "step_00000001.pt"]
+
+
 def flaky_torch_save(monkeypatch, failures):
     """torch.save that fails like a dropped Drive mount `failures` times (None: always)."""
     real_save = torch.save
