@@ -375,7 +375,8 @@ def _check_context(config: ModelConfig, dataset) -> None:
     train_n, val_n = len(dataset.train_tokens), len(dataset.val_tokens)
     if val_n < 2:
         raise ConfigError(
-            f"Dataset {dataset.name!r} has no validation tokens; preprocess it again with a larger --val_split."
+            f"Dataset {dataset.name!r} has no validation tokens (its validation split holds no file); preprocess it "
+            "again with at least two source files, or a larger --val_split if it has several."
         )
     if train_n < context + 2 or val_n < context + 1:
         fits = min(train_n - 2, val_n - 1)

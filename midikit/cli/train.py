@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = TrainConfig()
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", default=defaults.dataset, help="preprocessed dataset name (default: %(default)s)")
-    data.add_argument("--checkpoint_dir", default=None, help="root folder (default: Drive in Colab, $MIDIKIT_ROOT or ./midikit_data)")
+    data.add_argument("--checkpoint_dir", default=None, help="root folder (default: $MIDIKIT_ROOT, MyDrive/midikit_checkpoints in Colab, else ./midikit_data)")
     data.add_argument("--val_split", type=float, default=None,
                       help="only checked: the split is made by `midikit preprocess`; a different value says what to re-run")
     data.add_argument("--subsample_ratio", type=float, default=defaults.subsample_ratio, help="share of the training tokens per epoch")
