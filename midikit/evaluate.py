@@ -139,6 +139,8 @@ def plot_piano_roll(score_or_path, ax=None, title: str | None = None):
         ax.set_ylim(min(pitches) - 2, max(pitches) + 2)
         if len(score.tracks) > 1:
             ax.legend(loc="upper right", fontsize="small")
+    else:  # an empty piece (a sample that ended at once): say so rather than draw a blank frame
+        ax.text(0.5, 0.5, "no notes", transform=ax.transAxes, ha="center", va="center")
     ax.set_xlabel("time (s)")
     ax.set_ylabel("MIDI pitch")
     ax.set_title(title or "piano roll")
@@ -149,11 +151,14 @@ def render_audio(score_or_path, sample_rate: int = 22050) -> tuple[np.ndarray, i
     """Mono float32 audio in [-1, 1] and its sample rate, for `IPython.display.Audio(audio, rate=rate)`.
 
     Uses pretty_midi's additive sine synthesizer: it needs no soundfont or fluidsynth, so it works
-    offline everywhere (symusic 0.6.0's Synthesizer.render is broken).
+    offline everywhere (symusic 0.6.0's Synthesizer.render is broken). A piece without notes raises
+    ValueError: there is nothing to play (and pretty_midi, like IPython's Audio, fails on it).
     """
     import pretty_midi
 
     score = load_score(score_or_path)
+    if score.note_num() == 0:
+        raise ValueError("The piece has no notes, so there is no audio to render; check score.note_num() first.")
     midi = pretty_midi.PrettyMIDI(io.BytesIO(score.dumps_midi()))
     audio = midi.synthesize(fs=sample_rate).astype(np.float32)
     peak = float(np.abs(audio).max()) if audio.size else 0.0

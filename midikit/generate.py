@@ -222,17 +222,25 @@ def _read_training_state(path: Path, log) -> tuple[dict, dict]:
 
 
 def _run_dataset_paths(path: Path, sidecar: dict, paths: DatasetPaths | None) -> DatasetPaths:
-    """The dataset a run was trained on: beside its files when they sit in the standard layout
-    (<root>/<dataset>/models/x.pth, <root>/<dataset>/checkpoints/<run>/x.pt), else under `paths`' root."""
+    """The dataset a run was trained on: the folder its files sit in when that is the standard
+    layout (<root>/<dataset>/models/x.pth, <root>/<dataset>/checkpoints/<run>/x.pt) and holds
+    preprocessed data, whatever the folder is called now (a copied or renamed dataset); else the
+    dataset named in the sidecar under `paths`' root."""
+    from .data.store import CONFIG_FILE  # miditok only where needed: decode() runs on machines without it
+
     name = (sidecar.get("dataset") or {}).get("name")
-    if not name:
-        raise GenerationError(f"{path} does not say which dataset it was trained on (no dataset.name).")
     path = path.absolute()
     folder = path if path.is_dir() else path.parent
-    for layout_root in (folder.parent.parent, folder.parent.parent.parent):
-        candidate = DatasetPaths(layout_root, name)
-        if folder == candidate.models or folder.parent == candidate.checkpoints:
+    for dataset_folder in (folder.parent, folder.parent.parent):
+        try:
+            candidate = DatasetPaths(dataset_folder.parent, dataset_folder.name)
+        except StorageError:  # "/" or "..": not a dataset folder
+            continue
+        in_layout = folder == candidate.models or folder.parent == candidate.checkpoints
+        if in_layout and (candidate.data / CONFIG_FILE).is_file():
             return candidate
+    if not name:
+        raise GenerationError(f"{path} does not say which dataset it was trained on (no dataset.name).")
     if paths is not None:
         return DatasetPaths(paths.root, name)
     raise GenerationError(
@@ -377,6 +385,8 @@ def generate(run: LoadedRun, sample: SampleConfig, seed_midi: Path | None = None
 
 
 def _invalid_share(tokenizer, ids: list[int]) -> float:
+    if not ids:  # a sample that ended at once (an empty piece): no token, so none invalid
+        return 0.0
     errors = tokenizer.tokens_errors(ids if tokenizer.one_token_stream else [ids])
     return float(errors if tokenizer.one_token_stream else errors[0])
 

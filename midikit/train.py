@@ -370,7 +370,8 @@ def _resumed_model_config(state: dict, model_config: ModelConfig | None, overrid
     return saved
 
 
-def _check_context(config: ModelConfig, dataset) -> None:
+def check_context(config: ModelConfig, dataset) -> None:
+    """Raise ConfigError when the context is longer than the dataset's splits allow (also used by the training form)."""
     context = config.context_length
     train_n, val_n = len(dataset.train_tokens), len(dataset.val_tokens)
     if val_n < 2:
@@ -437,7 +438,7 @@ def train(
         tc = replace(tc, preset=preset.name, batch_size=tc.batch_size or preset.batch_size, lr=tc.lr or preset.lr)
         mc = _new_model_config(tc, preset, dataset, model_config, overrides)
         run_id = _new_run_id(paths, tc.model_type)
-    _check_context(mc, dataset)
+    check_context(mc, dataset)
     paths.ensure()
     run_dir = paths.run_checkpoints(run_id)
 

@@ -23,7 +23,7 @@ from . import artifacts, checkpoints, evaluate, generate, presets, storage
 from .data import TOKENIZERS, DatasetError, PreprocessConfig, load_dataset, preprocess
 from .models import ConfigError, ModelConfig
 from .storage import StorageError
-from .train import TrainConfig, describe_resumable, train
+from .train import TrainConfig, check_context, describe_resumable, train
 
 # The one place that spells the repository; the notebooks' badges and install cells use the same string.
 REPO_URL = "https://github.com/midikit/midikit"
@@ -156,8 +156,9 @@ class Form:
             text, color = "⚠ " + str(exc), "#cf222e"
         self.message.value = f"<span style='color:{color}'>{html.escape(text)}</span>"
 
-    def _repr_mimebundle_(self, **kwargs):
-        return self.box._repr_mimebundle_(**kwargs)
+    def _ipython_display_(self):
+        # Displaying the box itself works in ipywidgets 7 (Colab's) and 8 alike; only 8 has _repr_mimebundle_.
+        display(self.box)
 
 
 class FolderForm(Form):
@@ -236,6 +237,10 @@ class PreprocessForm(Form):
         self.input_field.layout.display = None if change["new"] == "folder" else "none"
 
     def build(self, values):
+        folder = Path(values["input_dir"]).expanduser() if values["input_dir"] else None
+        if values["source"] == "folder" and folder is not None and not folder.is_dir():  # preprocess() would fail later
+            raise DatasetError(f"The input folder {folder} does not exist or is not a folder; enter the folder that holds "
+                               "your .mid/.midi/.abc files (in Colab mount Drive first: /content/drive/MyDrive/...).")
         return PreprocessConfig(
             source=values["source"],
             input_dir=(values["input_dir"] or None) if values["source"] == "folder" else None,
@@ -261,8 +266,8 @@ class TrainForm(Form):
 
     def __init__(self, model_type: str, paths: storage.DatasetPaths, preset: str | None = None):
         self.model_type, self.paths = model_type, paths
-        dataset = load_dataset(paths)
-        self.vocab_size, self.seq_length = dataset.vocab_size, dataset.seq_length
+        self.dataset = load_dataset(paths)
+        self.vocab_size, self.seq_length = self.dataset.vocab_size, self.dataset.seq_length
         self.title = f"Train the {model_type} on {paths.dataset}"
         preset = preset or presets.preset_for_hardware()
         on_cpu = presets.preset_for_hardware() == "cpu"
@@ -312,6 +317,7 @@ class TrainForm(Form):
         else:
             sizes = {name: values[name] for name in self.model_names}
             model_config = ModelConfig(model_type=self.model_type, vocab_size=self.vocab_size, **sizes).validate()
+        check_context(model_config, self.dataset)  # train() refuses a context longer than a split: say so here
         train_config = TrainConfig(
             dataset=self.paths.dataset,
             checkpoint_dir=str(self.paths.root),
@@ -588,9 +594,21 @@ def show_checkpoints(paths: storage.DatasetPaths) -> None:
         ]))
 
 
+def show_loss_arrays(paths: storage.DatasetPaths, run_id: str) -> None:
+    """What the run's saved loss arrays hold: a run stopped early may have none yet."""
+    train_losses = np.load(paths.train_losses(run_id), allow_pickle=False)
+    val_losses = np.load(paths.val_losses(run_id), allow_pickle=False)
+    last = f"last {train_losses[-1]:.3f}" if len(train_losses) else "none yet"
+    best = f"best {val_losses.min():.3f}" if len(val_losses) else "no validation yet"
+    print(f"{len(train_losses)} training losses, {last}; {len(val_losses)} validation losses, {best}")
+
+
 def show_generation(result, paths: storage.DatasetPaths, max_dataset_files: int = 50) -> None:
     """Per generated piece a piano roll and an audio player; then its metrics next to the dataset's."""
-    for path in result.midi_paths:
+    for path, score in zip(result.midi_paths, result.scores):
+        if score.note_num() == 0:  # the model ended the piece at once: nothing to draw or play
+            print(f"{path.name}: no notes (the model ended the piece at its first token)")
+            continue
         fig, ax = _figure(10, 3)
         evaluate.plot_piano_roll(path, ax=ax, title=path.name)
         display(_png(fig))

@@ -87,3 +87,10 @@ def test_audio_preview_is_real_sound(nottingham_dir):
     assert 47 * rate <= len(audio) <= 49.5 * rate  # the tune lasts 47.5 s
     assert 0.5 < np.abs(audio).max() <= 1.0
     assert np.sqrt(np.mean(audio[: 40 * rate] ** 2)) > 0.05  # sounding, not silence
+
+
+def test_an_empty_piece_draws_and_plays_as_empty():
+    ax = plot_piano_roll(symusic.Score(480), title="empty")
+    assert len(ax.patches) == 0 and [text.get_text() for text in ax.texts] == ["no notes"]
+    with pytest.raises(ValueError, match="no notes"):
+        render_audio(symusic.Score(480))

@@ -295,3 +295,42 @@ def test_cli_generates_and_reports_bad_flags_in_one_line(runs, capsys):
     written = set(paths.generated.glob("*.mid")) - before
     assert len(written) == 2 and all(p.name.startswith(runs["results"]["gru"].run_id) for p in written)
     assert "tokens/s" in capsys.readouterr().out
+
+
+class _EndsFirstSampleAtOnce(torch.nn.Module):
+    """The run's model, except that sample 0's first token is EOS (as an untrained model may pick)."""
+
+    def __init__(self, model, eos_id: int):
+        super().__init__()
+        self.inner, self.config, self.eos_id, self.calls = model, model.config, eos_id, 0
+
+    def init_state(self, batch):
+        return self.inner.init_state(batch)
+
+    def step(self, tokens, state):
+        logits, state = self.inner.step(tokens, state)
+        if self.calls == 0:
+            logits = logits.clone()
+            logits[0, -1, self.eos_id] = 1e9
+        self.calls += 1
+        return logits, state
+
+
+def test_a_sample_that_ends_at_once_is_an_empty_piece(loaded):
+    run = replace(loaded["lstm"], model=_EndsFirstSampleAtOnce(loaded["lstm"].model, loaded["lstm"].dataset.eos_id))
+    result = generate(run, SampleConfig(strategy="top_p", p=0.9, num_tokens=160, num_samples=2, seed=0), progress=False)
+    assert result.tokens[0] == [] and result.new_tokens[0] == 0 and result.invalid_token_share[0] == 0.0
+    assert result.scores[0].note_num() == 0 and symusic.Score(result.midi_paths[0]).note_num() == 0
+    assert result.scores[1].note_num() > 0 and symusic.Score(result.midi_paths[1]).note_num() > 0
+
+
+def test_a_copied_dataset_folder_generates_with_its_own_data(runs, tmp_path, capsys):
+    copy = DatasetPaths(tmp_path, "renamed_copy")  # no dataset of the sidecar's name in this root
+    shutil.copytree(runs["paths"].base, copy.base, ignore=shutil.ignore_patterns("outputs"))
+    gru = runs["results"]["gru"].run_id
+    assert load_run(copy.run_checkpoints(gru) / "best.pt", device="cpu").paths == copy
+    command = ["generate", "--checkpoint_dir", str(tmp_path), "--dataset", copy.dataset, "--model", "latest",
+               "--model_type", "gru", "--num_tokens", "16", "--seed", "1", "--device", "cpu"]
+    assert main(command) == 0, capsys.readouterr().err
+    written = list(copy.generated.glob("*.mid"))
+    assert len(written) == 1 and written[0].name.startswith(gru)

@@ -23,11 +23,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
+import symusic
 from IPython.core.inputtransformer2 import TransformerManager
 
 from midikit import widgets
 from midikit.data import load_dataset
+from midikit.generate import GenerationResult
 from midikit.models import ConfigError
 from midikit.storage import DatasetPaths, StorageError
 from midikit.train import train
@@ -265,12 +268,72 @@ def test_train_form_can_start_a_new_run_instead_of_resuming(tiny_dataset, tmp_pa
     assert form.value[1].hidden_size == 128 and form.fields["hidden_size"].disabled
 
 
+def test_preprocess_form_refuses_a_folder_that_does_not_exist(tmp_path):
+    form = widgets.PreprocessForm(tmp_path, source="folder")
+    form.fields["input_dir"].value = str(tmp_path / "missing")
+    assert "⚠" in form.message.value and "does not exist" in form.message.value
+    with pytest.raises(StorageError, match="missing does not exist"):
+        form.value
+    form.fields["input_dir"].value = str(tmp_path)
+    assert "✓" in form.message.value
+
+
+def test_train_form_refuses_a_context_longer_than_the_dataset(tiny_dataset):
+    form = widgets.TrainForm("lstm", tiny_dataset, preset="cpu")
+    assert "✓" in form.message.value
+    form.fields["context_length"].value = 100000
+    assert "⚠" in form.message.value and "context_length=100000 is longer" in form.message.value
+    with pytest.raises(ConfigError, match="context_length=100000"):
+        form.value
+
+
+def test_a_form_displays_its_box_in_ipywidgets_7_and_8(tmp_path, monkeypatch):
+    shown = []
+    monkeypatch.setattr(widgets, "display", shown.append)
+    form = widgets.FolderForm(tmp_path)
+    form._ipython_display_()  # what IPython calls; ipywidgets 7 widgets have no _repr_mimebundle_
+    assert shown == [form.box]
+
+
 def _stop_button(history):
     raise KeyboardInterrupt  # what Colab's stop button raises
 
 
 def _quiet(*_):
     pass
+
+
+# --------------------------------------------------------------------------- displays
+
+
+def test_loss_arrays_of_a_run_stopped_before_its_first_evaluation(tmp_path, capsys):
+    paths = DatasetPaths(tmp_path, "folk").ensure()
+    run_id = "lstm_20260101_000000"
+    np.save(paths.train_losses(run_id), np.zeros(0, dtype=np.float32))
+    np.save(paths.val_losses(run_id), np.zeros(0, dtype=np.float32))
+    widgets.show_loss_arrays(paths, run_id)
+    assert capsys.readouterr().out == "0 training losses, none yet; 0 validation losses, no validation yet\n"
+    np.save(paths.train_losses(run_id), np.array([3.5, 2.25], dtype=np.float32))
+    widgets.show_loss_arrays(paths, run_id)
+    assert capsys.readouterr().out == "2 training losses, last 2.250; 0 validation losses, no validation yet\n"
+    np.save(paths.val_losses(run_id), np.array([2.5, 2.125], dtype=np.float32))
+    widgets.show_loss_arrays(paths, run_id)
+    assert capsys.readouterr().out == "2 training losses, last 2.250; 2 validation losses, best 2.125\n"
+
+
+def test_a_generated_piece_without_notes_is_reported_not_drawn(tiny_dataset, nottingham_dir, tmp_path, monkeypatch, capsys):
+    empty, tune = symusic.Score(480), symusic.Score(nottingham_dir / "ashover1.mid")
+    paths = [tmp_path / "lstm_20260101_000000_greedy_sample00.mid", tmp_path / "lstm_20260101_000000_greedy_sample01.mid"]
+    empty.dump_midi(paths[0])
+    tune.dump_midi(paths[1])
+    result = GenerationResult(tokens=[[], [1]], midi_paths=paths, scores=[empty, tune], invalid_token_share=[0.0, 0.0],
+                              seconds=1.0, tokens_per_second=1.0)
+    shown = []
+    monkeypatch.setattr(widgets, "display", shown.append)
+    widgets.show_generation(result, tiny_dataset, max_dataset_files=4)
+    assert "sample00.mid: no notes" in capsys.readouterr().out
+    assert [type(item).__name__ for item in shown] == ["Image", "Audio", "HTML"]  # the tune's roll and audio, the table
+    assert "<td>num_notes</td><td>0</td><td>158</td>" in shown[-1].data
 
 
 # --------------------------------------------------------------------------- refresh

@@ -100,6 +100,8 @@ def tokens_to_score(tokenizer, ids) -> symusic.Score:
     Merged datasets decode to one track per program; separate ones to a single track."""
     drop = {tokenizer[f"{t}_None"] for t in SPECIAL_TOKENS}
     ids = [int(i) for i in ids if int(i) not in drop]
+    if not ids:  # a sample that ended at once: miditok cannot decode nothing, so give an empty piece
+        return symusic.Score(tokenizer.time_division)
     return tokenizer.decode(ids if tokenizer.one_token_stream else [ids])
 
 
