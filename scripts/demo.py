@@ -37,6 +37,7 @@ def main() -> None:
             TrainConfig(
                 dataset=args.dataset, checkpoint_dir=args.checkpoint_dir, model_type=model_type, preset=preset,
                 max_steps=args.max_steps, resume="never", checkpoint_every_steps=max(args.max_steps // 2, 1),
+                eval_every=max(args.max_steps // 4, 1),  # a few validation points on the loss plot
             )
         )
         best = "n/a" if result.best_val_loss is None else f"{result.best_val_loss:.3f}"
