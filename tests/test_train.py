@@ -133,7 +133,8 @@ def test_artifacts_exist_and_are_sane(finished_run):
 
     state_dict = torch.load(artifacts["weights"], weights_only=True)
     assert all(not key.startswith("_orig_mod") for key in state_dict)
-    n_params = sum(p.numel() for p in torch.load(artifacts["weights"]).values())  # the seed's snippet
+    # The seed's snippet, with weights_only=True spelled out (torch's default since 2.6).
+    n_params = sum(p.numel() for p in torch.load(artifacts["weights"], weights_only=True).values())
     sidecar = json.loads(artifacts["sidecar"].read_text())
     assert sidecar["run_id"] == run_id and sidecar["status"] == "finished"
     assert sidecar["metrics"]["parameters"] == n_params
