@@ -10,6 +10,18 @@ import pytest
 NOTTINGHAM_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "nottingham"
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models are all dispatch overhead: a second torch thread only adds waiting (a lot when
+    the two cores are shared), so these tests run on one and restore the setting afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def nottingham_dir() -> Path:
     """The 1034 Nottingham MIDI files (melody + chord track each); skips the test when absent."""

@@ -113,15 +113,6 @@ def tiny_state(step, fill=None):
     return {"step": step, "weights": torch.full((1000,), float(step if fill is None else fill))}
 
 
-@pytest.fixture
-def one_thread():
-    # A tiny model gains nothing from intra-op threads, which thrash when the machine is busy.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_round_trip_resumes_bit_identically(tmp_path, one_thread):
     torch.manual_seed(0)
     original = Trainer()
@@ -274,15 +265,21 @@ def test_keep_last_must_be_positive(tmp_path):
         CheckpointWriter(tmp_path, keep_last=0)
 
 
-def test_save_returns_before_the_write_and_snapshots_the_live_tensors(tmp_path, monkeypatch):
+def hold_writes(monkeypatch) -> threading.Event:
+    """Make every checkpoint write wait until the returned event is set (a slow or hung Drive)."""
     release = threading.Event()
     real_save_state = checkpoints.save_state
 
-    def blocked_save_state(path, state):
+    def held_save_state(path, state):
         assert release.wait(timeout=30)
         return real_save_state(path, state)
 
-    monkeypatch.setattr(checkpoints, "save_state", blocked_save_state)
+    monkeypatch.setattr(checkpoints, "save_state", held_save_state)
+    return release
+
+
+def test_save_returns_before_the_write_and_snapshots_the_live_tensors(tmp_path, monkeypatch):
+    release = hold_writes(monkeypatch)
     live = tiny_state(1)
     writer = CheckpointWriter(tmp_path, log=lambda message: None)
     writer.save(live, 1)
@@ -294,14 +291,7 @@ def test_save_returns_before_the_write_and_snapshots_the_live_tensors(tmp_path, 
 
 
 def test_a_hung_write_skips_later_saves_instead_of_stalling_training(tmp_path, monkeypatch):
-    release = threading.Event()
-    real_save_state = checkpoints.save_state
-
-    def hung_then_released(path, state):
-        assert release.wait(timeout=30)
-        return real_save_state(path, state)
-
-    monkeypatch.setattr(checkpoints, "save_state", hung_then_released)
+    release = hold_writes(monkeypatch)
     messages = []
     writer = CheckpointWriter(tmp_path, log=messages.append, busy_timeout_s=0.05)
     writer.save(tiny_state(1), 1)

@@ -58,13 +58,7 @@ def run_dirs(paths: DatasetPaths) -> list:
     return sorted(p.name for p in paths.checkpoints.iterdir()) if paths.checkpoints.is_dir() else []
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and two threads thrash when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
