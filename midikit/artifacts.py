@@ -67,8 +67,7 @@ def write_run_artifacts(
     }
     if checkpoints_dir is not None:
         artifacts["checkpoints"] = Path(checkpoints_dir)
-    for folder in (paths.models, paths.plots, paths.logs):
-        folder.mkdir(parents=True, exist_ok=True)
+    paths.ensure()
 
     if best_weights is not None:
         buffer = io.BytesIO()

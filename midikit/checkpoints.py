@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from .models import ConfigError
-from .storage import StorageError, atomic_write_text, explain_os_error
+from .storage import RUN_ID_PATTERN, StorageError, atomic_write_text, explain_os_error
 
 STATE_FORMAT = "midikit-train-state"  # the "format" key of every training-state dict
 STEP_FILE = re.compile(r"^step_(\d{8,})\.pt$")
@@ -370,7 +370,6 @@ class CheckpointWriter:
         self.last_error: BaseException | None = None
         self.last_saved: CheckpointInfo | None = None
         self.write_seconds_total = 0.0  # background time spent writing
-        self.blocked_seconds_total = 0.0  # time save() held up the caller
         self.saves_completed = 0
         self.saves_failed = 0
         self.saves_skipped = 0
@@ -388,20 +387,17 @@ class CheckpointWriter:
         `before`, if given, is called on the writer thread just before the state is written: the
         trainer refreshes its other artifacts there, off the training thread. Returns False when
         the save was skipped because the previous write is still running after `busy_timeout_s`."""
-        start = time.perf_counter()
         if not wait and not self._wait_for_previous(self.busy_timeout_s):
             self.saves_skipped += 1
             self.log(
                 f"Checkpoint step {step} skipped: the previous write is still running after "
                 f"{self.busy_timeout_s:.0f} s (Drive slow or hung). Training continues; the next checkpoint tries again."
             )
-            self.blocked_seconds_total += time.perf_counter() - start
             return False
         self.wait()
         # The previous write has finished, so its snapshot is free to be overwritten.
         self._snapshot = to_cpu_snapshot(state, reuse=self._snapshot)
         self._pending = self._executor.submit(self._run_then_write, before, self._snapshot, step, best)
-        self.blocked_seconds_total += time.perf_counter() - start
         if wait:
             self.wait()
         return True
@@ -531,7 +527,6 @@ def read_run_info(run_dir: str | os.PathLike) -> dict | None:
     return info if isinstance(info, dict) else None
 
 
-_RUN_DIR = re.compile(r"^(?P<model_type>[a-z0-9]+)_(?P<ts>\d{8}_\d{6})$")
 
 
 def _run_dirs(checkpoints_dir: Path, model_type: str | None = None) -> list[Path]:
@@ -541,9 +536,9 @@ def _run_dirs(checkpoints_dir: Path, model_type: str | None = None) -> list[Path
         if not checkpoints_dir.is_dir():
             return []
         for child in checkpoints_dir.iterdir():
-            match = _RUN_DIR.match(child.name)
+            match = RUN_ID_PATTERN.match(child.name)
             if match and child.is_dir() and model_type in (None, match["model_type"]):
-                runs.append((match["ts"], child))
+                runs.append((match["timestamp"], child))
     except OSError as exc:
         raise explain_os_error(exc, checkpoints_dir) from exc
     return [path for _, path in sorted(runs, reverse=True)]
@@ -557,6 +552,18 @@ def find_resumable_run(checkpoints_dir: str | os.PathLike, model_type: str) -> P
             continue
         if any(verify_checkpoint(path)[0] == "valid" for path in _candidates(run_dir)):
             return run_dir
+    return None
+
+
+def load_resumable(checkpoints_dir: str | os.PathLike, model_type: str, log=print) -> tuple[Path, dict] | None:
+    """(path, state) of the newest valid checkpoint of the newest unfinished run of `model_type`,
+    or None. Each candidate is verified and read once (a resume from Drive reads GBs)."""
+    for run_dir in _run_dirs(Path(checkpoints_dir), model_type):
+        if (read_run_info(run_dir) or {}).get("status") == "finished":
+            continue
+        found = load_latest(run_dir, log=log)
+        if found is not None:
+            return found
     return None
 
 
@@ -609,7 +616,7 @@ def list_runs(checkpoints_dir: str | os.PathLike) -> list[dict]:
         runs.append(
             {
                 "run_id": run_dir.name,
-                "model_type": info.get("model_type", _RUN_DIR.match(run_dir.name)["model_type"]),
+                "model_type": info.get("model_type", RUN_ID_PATTERN.match(run_dir.name)["model_type"]),
                 "status": info.get("status", "unknown"),
                 "dataset": info.get("dataset"),
                 "updated": info.get("updated"),

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoints import STATE_FORMAT, CheckpointError, load_latest, load_state
-from .models import ConfigError, ModelConfig, build_model
+from .models import ConfigError, ModelConfig, build_model, resolve_device
 from .storage import DatasetPaths, StorageError, atomic_write_bytes, parse_run_id, timestamp
 
 STRATEGIES = ("greedy", "top_k", "top_p", "temperature", "sample")
@@ -146,7 +146,6 @@ def load_run(source: str | Path, paths: DatasetPaths | None = None, model_type: 
         raise GenerationError(f"{path} holds no usable model_config ({exc!r}); it was not written by midikit.") from exc
     run_paths = _run_dataset_paths(path, sidecar, paths)
     from .data import load_dataset  # miditok only where needed: decode() runs on machines without it
-    from .train import resolve_device  # imports midikit.data too, so only here
 
     dataset = load_dataset(run_paths)
     if dataset.vocab_size != model_config.vocab_size:

@@ -72,6 +72,22 @@ class ModelConfig:
         return cls(**data).validate()
 
 
+def resolve_device(name: str) -> torch.device:
+    """"auto" (a CUDA GPU when one is visible, else the CPU) or an explicit device, checked."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"Unknown device {name!r}: use auto, cpu, cuda or cuda:N.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device {name!r} asked for, but no CUDA GPU is visible. In Colab: Runtime > Change runtime "
+            "type > GPU; elsewhere use --device cpu."
+        )
+    return device
+
+
 def build_model(config: ModelConfig) -> nn.Module:
     config.validate()
     if config.model_type == "transformer":

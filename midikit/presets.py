@@ -56,9 +56,10 @@ def preset_for_hardware(device: str | None = None) -> str:
     """'large' on a 40 GB-class GPU, 't4' on a smaller GPU, 'cpu' without one."""
     import torch
 
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if not str(device).startswith("cuda") or not torch.cuda.is_available():
+    from .models import resolve_device
+
+    resolved = resolve_device(device or "auto")
+    if resolved.type != "cuda":
         return "cpu"
-    total = torch.cuda.get_device_properties(torch.device(device)).total_memory
+    total = torch.cuda.get_device_properties(resolved).total_memory
     return "large" if total >= 38 * 2**30 else "t4"  # a "40 GB" A100 reports 39.4 GiB

@@ -19,7 +19,6 @@ from __future__ import annotations
 import errno
 import os
 import re
-import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -95,7 +94,7 @@ def resolve_root(root: str | os.PathLike | None = None, create: bool = True) -> 
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise _explain(exc, path) from exc
+            raise explain_os_error(exc, path) from exc
         check_writable(path)
     return path
 
@@ -107,25 +106,11 @@ def check_writable(folder: Path) -> None:
             handle.write(b"ok")
             handle.flush()
     except OSError as exc:
-        raise _explain(exc, folder) from exc
-
-
-def check_free_space(folder: Path, needed_bytes: int) -> None:
-    """Raise StorageError when `folder`'s disk has less than `needed_bytes` free."""
-    free = shutil.disk_usage(folder).free
-    if free < needed_bytes:
-        raise StorageError(
-            f"Not enough free space in {folder}: {needed_bytes / 2**20:.1f} MiB needed, "
-            f"{free / 2**20:.1f} MiB free. Free some space (on Drive: empty the trash) or choose another folder."
-        )
+        raise explain_os_error(exc, folder) from exc
 
 
 def explain_os_error(exc: OSError, path: Path) -> StorageError:
     """Translate a raw OSError on `path` into a StorageError that says what to do."""
-    return _explain(exc, path)
-
-
-def _explain(exc: OSError, path: Path) -> StorageError:
     if exc.errno == errno.ENOSPC:
         return StorageError(f"The disk holding {path} is full. Free some space (on Drive: empty the trash) or choose another folder.")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
@@ -162,7 +147,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             tmp.unlink(missing_ok=True)
         except OSError:
             pass
-        raise _explain(exc, path) from exc
+        raise explain_os_error(exc, path) from exc
     _fsync_folder(path.parent)
 
 
@@ -295,7 +280,7 @@ class DatasetPaths:
             try:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise _explain(exc, folder) from exc
+                raise explain_os_error(exc, folder) from exc
         return self
 
 

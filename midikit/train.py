@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from . import checkpoints, storage
 from .artifacts import write_run_artifacts
 from .data import evaluation_windows, load_dataset, sample_windows
-from .models import MODEL_TYPES, ConfigError, ModelConfig, build_model, count_parameters
+from .models import MODEL_TYPES, ConfigError, ModelConfig, build_model, count_parameters, resolve_device
 from .presets import PRESET_NAMES, get_preset, preset_for_hardware
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -132,21 +132,6 @@ def _check_number(name, value, integer=False, minimum=None):
 
 
 # --------------------------------------------------------------------------- hardware
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"Unknown device {name!r}: use auto, cpu, cuda or cuda:N.") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            f"device {name!r} asked for, but no CUDA GPU is visible. In Colab: Runtime > Change runtime "
-            "type > GPU; elsewhere use --device cpu."
-        )
-    return device
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
@@ -294,11 +279,9 @@ def _find_resume(tc: TrainConfig, paths: storage.DatasetPaths, log) -> tuple[Pat
     if tc.resume == "never":
         return None
     if tc.resume == "auto":
-        run_dir = checkpoints.find_resumable_run(paths.checkpoints, tc.model_type)
-        if run_dir is None:
-            return None
-        found = checkpoints.load_latest(run_dir, log=log)
+        found = checkpoints.load_resumable(paths.checkpoints, tc.model_type, log=log)
         if found is not None and found[1].get("finished"):
+            run_dir = found[0].parent
             # It finished but died before marking run.json: mark it now, never resume it.
             checkpoints.write_run_info(run_dir, {**(checkpoints.read_run_info(run_dir) or {}), "status": "finished"})
             return None

@@ -524,9 +524,13 @@ def ensure_finished_run(paths: storage.DatasetPaths) -> None:
     train(train_config, model_config)
 
 
-def show_resumable(train_config) -> None:
-    """Say whether training will resume an unfinished run, and from where."""
-    info = describe_resumable(train_config)
+def show_resumable(train_config, form: "TrainForm | None" = None) -> None:
+    """Say whether training will resume an unfinished run, and from where (from `form`'s look-up
+    when given: each look-up reads the whole checkpoint)."""
+    if form is not None:
+        info = form.resumable if train_config.resume == "auto" else None
+    else:
+        info = describe_resumable(train_config)
     if info is not None:
         print(f"Resuming {info['run_id']} at step {info['step']} (epoch {info['epoch']}, "
               f"best validation loss {_cell(info['best_val_loss'])}). Its model settings come from the checkpoint; "
