@@ -215,15 +215,16 @@ class PreprocessForm(Form):
         self.source_field = _choice("source", [(label, key) for key, (label, _) in SOURCES.items()], source)
         self.input_field = _text("folder of MIDI/ABC files", "" if local else "/content/drive/MyDrive/midi")
         self.dataset_field = _text("dataset name", dataset or SOURCES[source][1])
+        d = PreprocessConfig()  # the package's defaults, not a second copy of them
         super().__init__({
             "source": self.source_field,
             "input_dir": self.input_field,
             "checkpoint_dir": _text("checkpoint folder", checkpoint_dir or storage.default_root()),
             "dataset": self.dataset_field,
-            "tokenizer": _choice("tokenizer", TOKENIZERS, "REMI"),
-            "tracks": _choice("tracks", [("merged into one stream", "merged"), ("one sequence per track", "separate")], "merged"),
-            "transpositions": _text("transpositions (semitones)", "-5,-3,-1,0,1,3,5"),
-            "val_split": _float("validation share", 0.05),
+            "tokenizer": _choice("tokenizer", TOKENIZERS, d.tokenizer),
+            "tracks": _choice("tracks", [("merged into one stream", "merged"), ("one sequence per track", "separate")], d.tracks),
+            "transpositions": _text("transpositions (semitones)", ",".join(str(t) for t in d.transpositions)),
+            "val_split": _float("validation share", d.val_split),
             "limit": _int("limit (first N files, 0 = all)", LOCAL_PREPROCESS_LIMIT if local else 0),
         })
         self.source_field.observe(self._on_source, names="value")
@@ -280,16 +281,16 @@ class TrainForm(Form):
         model_fields = {name: (_float if name == "dropout" else _int)(name, getattr(defaults, name)) for name in self.model_names}
         resume_label = f"continue {self.resumable['run_id']} (step {self.resumable['step']})" if self.resumable else "the unfinished run, if any"
         train_fields = {
-            "epochs": _int("epochs", 20),
+            "epochs": _int("epochs", TrainConfig.epochs),
             "batch_size": _int("batch_size", 64),
             "lr": _float("lr", 1e-3),
             "max_steps": _int("max_steps (0 = no limit)", CPU_MAX_STEPS if on_cpu else 0),
             "eval_every": _int("eval_every (0 = once per epoch)", CPU_EVAL_EVERY if on_cpu else 0),
             "eval_windows": _int("validation windows", CPU_EVAL_WINDOWS if on_cpu else TrainConfig.eval_windows),
-            "patience": _int("patience (evaluations)", 5),
-            "checkpoint_every_minutes": _float("checkpoint every (minutes)", 10.0),
+            "patience": _int("patience (evaluations)", TrainConfig.patience),
+            "checkpoint_every_minutes": _float("checkpoint every (minutes)", TrainConfig.checkpoint_every_minutes),
             "resume": _choice("resume", [(resume_label, "auto"), ("never: start a new run", "never")], "auto"),
-            "seed": _int("seed", 42),
+            "seed": _int("seed", TrainConfig.seed),
         }
         super().__init__({"preset": self.preset_field, **model_fields, **train_fields})
         self.preset_field.observe(self._fill_model_fields, names="value")
@@ -357,10 +358,10 @@ class GenerateForm(Form):
         super().__init__({
             "run": _choice("run", options, options[0][1]),
             "strategy": _choice("strategy", generate.STRATEGIES, "top_p"),
-            "k": _int("k (top_k)", 8),
-            "p": _float("p (top_p)", 0.9),
-            "temperature": _float("temperature", 1.0),
-            "num_tokens": _int("tokens to generate", CPU_NUM_TOKENS if presets.preset_for_hardware() == "cpu" else 512),
+            "k": _int("k (top_k)", generate.SampleConfig.k),
+            "p": _float("p (top_p)", generate.SampleConfig.p),
+            "temperature": _float("temperature", generate.SampleConfig.temperature),
+            "num_tokens": _int("tokens to generate", CPU_NUM_TOKENS if presets.preset_for_hardware() == "cpu" else generate.SampleConfig.num_tokens),
             "bars": _int("bars (0 = use the token count)", 0),
             "num_samples": _int("variations", 1),
             "seed": _int("seed (-1 = random)", 0),
