@@ -6,9 +6,9 @@ For each model type and preset it measures
   * seed: the same sizes in the seed's style (`seed_baseline.py`: its models, including the
     TransformerDecoder-with-memory transformer, a per-sample Dataset/DataLoader over every window,
     fp32 Adam);
-  * checkpoints: the full state's size, how long `CheckpointWriter.save` holds training up (the CPU
-    snapshot) and how long the background write takes, their share of a 10-minute interval, and
-    the synchronous artifact refresh (best weights + sidecar + csv + summary + loss arrays);
+  * checkpoints: the full state's size, how long a save holds training up (the CPU snapshot), how long
+    the background write takes and its share of a 10-minute interval, and the artifact refresh that
+    goes with it on the writer's thread (best weights + sidecar + summary + loss arrays);
   * resume: seconds from calling `train()` on a saved run to the end of its first step (in-process,
     imports excluded; includes loading the checkpoint and, for the transformer on CUDA, compiling).
 
@@ -37,14 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from seed_baseline import time_seed_loop  # noqa: E402
 
 from midikit import checkpoints, storage  # noqa: E402
-from midikit.artifacts import write_run_artifacts  # noqa: E402
+from midikit.artifacts import RunReport, write_run_artifacts, write_weights  # noqa: E402
 from midikit.data import load_dataset, sample_windows  # noqa: E402
-from midikit.models import MODEL_TYPES, build_model, count_parameters, flops_per_token  # noqa: E402
+from midikit.models import MODEL_TYPES, count_parameters, flops_per_token, resolve_device  # noqa: E402
 from midikit.presets import get_preset  # noqa: E402
-from midikit.train import (  # noqa: E402
-    TrainConfig, autocast_context, configure_backends, make_optimizer, make_scheduler, resolve_compile,
-    resolve_device, resolve_precision, train, train_step,
-)
+from midikit.train import TrainConfig, build_training, train, train_step  # noqa: E402
 
 SYNTHETIC_VOCAB = 357  # miditok REMI defaults, as in the seed
 SYNTHETIC_TOKENS = 4_000_000
@@ -110,17 +107,12 @@ def real_sequences(dataset) -> list[np.ndarray]:
 
 
 def time_midikit_loop(mc, tokens: np.ndarray, batch_size: int, lr: float, device, warmup: int, steps: int) -> dict:
-    """The training loop's step exactly as train() runs it, timed after `warmup` steps (compile)."""
-    configure_backends(device)
-    amp_dtype = resolve_precision("auto", device)
-    autocast = autocast_context(amp_dtype, device)
+    """The training loop's step exactly as train() runs it (`build_training` + `train_step`), timed
+    after `warmup` steps (compile)."""
     torch.manual_seed(0)
-    raw_model = build_model(mc).to(device)
-    compiled = resolve_compile("auto", mc.model_type, device)
-    model = torch.compile(raw_model) if compiled else raw_model
-    optimizer = make_optimizer(raw_model, lr, 0.01, device)
-    scheduler = make_scheduler(optimizer, warmup, warmup + steps)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    settings = TrainConfig(model_type=mc.model_type, batch_size=batch_size, lr=lr, warmup_steps=warmup,
+                           device=str(device)).validate()
+    training = build_training(mc, settings, device, total_steps=warmup + steps)
     train_tokens = torch.from_numpy(tokens.astype(np.int32)).to(device)
     generator = torch.Generator().manual_seed(0)
 
@@ -131,7 +123,7 @@ def time_midikit_loop(mc, tokens: np.ndarray, batch_size: int, lr: float, device
             sync(device)
             warm_seconds, start = time.perf_counter() - started, time.perf_counter()
         inputs, targets = sample_windows(train_tokens, batch_size, mc.context_length, generator)
-        losses.append(train_step(model, optimizer, scheduler, scaler, autocast, inputs, targets, 1.0))
+        losses.append(train_step(training, inputs, targets, 1.0))
     sync(device)
     seconds = (time.perf_counter() - start) / steps
     tokens_per_s = batch_size * mc.context_length / seconds
@@ -139,39 +131,42 @@ def time_midikit_loop(mc, tokens: np.ndarray, batch_size: int, lr: float, device
     result = {
         "step_s": seconds, "tokens_per_s": tokens_per_s, "warmup_s": warm_seconds,
         "mfu": flops_per_token(mc) * tokens_per_s / peak if peak else None,
-        "precision": "fp32" if amp_dtype is None else str(amp_dtype).removeprefix("torch."),
-        "compiled": compiled, "final_loss": float(losses[-1]),
+        "precision": training.precision, "compiled": training.compiled, "final_loss": float(losses[-1]),
         "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
     }
-    return result, (raw_model, optimizer, scheduler, generator)
+    return result, (training, generator)
 
 
 def time_checkpoint(mc, trained, folder: Path) -> dict:
-    """One full-state save through CheckpointWriter, plus the artifact refresh train() does with it."""
-    raw_model, optimizer, scheduler, generator = trained
+    """One full-state save as the Recorder makes it: the CPU snapshot (what holds training up), the
+    state file, and the artifacts that go with a save (best weights .pth, sidecar, summary, arrays)."""
+    training, generator = trained
     state = {
-        "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "rng": checkpoints.capture_rng_state(generator), "step": 1,
+        "model": training.raw_model.state_dict(), "optimizer": training.optimizer.state_dict(),
+        "scheduler": training.scheduler.state_dict(), "rng": checkpoints.capture_rng_state(generator), "step": 1,
     }
-    writer = checkpoints.CheckpointWriter(folder / "run", keep_last=1, log=lambda message: None)
+    run_dir = folder / "run"
+    run_dir.mkdir(parents=True)
     start = time.perf_counter()
-    writer.save(state, step=1)
+    snapshot = checkpoints.to_cpu_snapshot(state)
     blocked = time.perf_counter() - start
-    writer.close()
-    total = time.perf_counter() - start
+    info = checkpoints.write_checkpoint(run_dir, snapshot, 1, best=False, keep_last=1)
+    write = time.perf_counter() - start - blocked
 
     paths = storage.DatasetPaths(folder, "bench")
-    history = {"train_loss": [1.0] * 1000, "train_step": list(range(1, 1001)), "val_loss": [1.0] * 10, "val_step": list(range(100, 1001, 100)), "lr": [1e-3] * 1000}
-    metrics = {"best_val_loss": 1.0, "best_step": 1000, "final_train_loss": 1.0, "steps": 1000, "epochs": 1,
-               "tokens_seen": 0, "elapsed_seconds": 1.0, "parameters": count_parameters(raw_model)}
+    history = {"train_loss": [1.0] * 1000, "val_loss": [1.0] * 10, "val_step": list(range(100, 1001, 100))}
+    metrics = {"best_val_loss": 1.0, "best_step": 1000, "final_train_loss": 1.0, "steps": 1000, "epochs": 1, "total_steps": 1000,
+               "tokens_seen": 0, "elapsed_seconds": 1.0, "parameters": count_parameters(training.raw_model)}
+    report = RunReport("lstm_20260101_000000", "running", mc.to_dict(), {}, {"name": "bench", "fingerprint": "", "vocab_size": mc.vocab_size},
+                       metrics, history, weights_step=1000)
     start = time.perf_counter()
-    write_run_artifacts(paths, "bench_run", mc.to_dict(), {}, {"name": "bench", "fingerprint": "", "vocab_size": mc.vocab_size},
-                        history, metrics, "running", best_weights=checkpoints.to_cpu_snapshot(raw_model.state_dict()), plot=False)
+    paths.ensure()
+    write_weights(paths, report.run_id, checkpoints.to_cpu_snapshot(training.raw_model.state_dict()))
+    write_run_artifacts(paths, report, plot=False)
     artifacts = time.perf_counter() - start
     return {
-        "size_mib": writer.last_saved.size_bytes / 2**20 if writer.last_saved else float("nan"),
-        "blocked_s": blocked, "write_s": writer.write_seconds_total, "total_s": total, "artifacts_s": artifacts,
-        "share": (blocked + artifacts) / CHECKPOINT_INTERVAL_S,
+        "size_mib": info.size_bytes / 2**20, "blocked_s": blocked, "write_s": write, "total_s": blocked + write,
+        "artifacts_s": artifacts, "share": blocked / CHECKPOINT_INTERVAL_S,
     }
 
 
@@ -185,7 +180,7 @@ def time_resume(paths: storage.DatasetPaths, model_type: str, preset: str, mc_ov
     run_dir = first.artifacts["checkpoints"]
     done = {}
     start = time.perf_counter()
-    train(replace(config, max_steps=2, compile="auto", resume=str(run_dir)), log=lambda message: None,
+    train(replace(config, max_steps=2, compile="auto", resume=str(run_dir), extend=True), log=lambda message: None,
           on_eval=lambda history: done.setdefault("first_step", time.perf_counter() - start))
     return done["first_step"]
 
@@ -239,8 +234,8 @@ def report(rows: list[dict], args, device) -> str:
             f"{c['share']:.2%} | {fmt(r.get('resume_s'), '.1f')} |"
         )
     lines += [
-        "", "Share = (time save() holds training up + synchronous artifact refresh) / 600 s; the write itself runs on a",
-        "background thread. MFU uses models.flops_per_token and the GPU's dense bf16 peak.", "",
+        "", "Share = time the CPU snapshot holds training up / 600 s; the state file and the artifacts are written on the",
+        "writer's background thread. MFU uses models.flops_per_token and the GPU's dense bf16 peak.", "",
     ]
     return "\n".join(lines)
 
@@ -299,7 +294,7 @@ def main(argv=None) -> int:
             print(f"== {model_type} / {preset_name}: batch {preset.batch_size}, lr {preset.lr}", flush=True)
             midikit, trained = time_midikit_loop(mc, tokens, preset.batch_size, preset.lr, device, args.warmup, args.steps)
             print(f"   midikit: {midikit['step_s'] * 1e3:.1f} ms/step, {midikit['tokens_per_s']:,.0f} tokens/s, MFU {fmt(midikit['mfu'], '.1%')}", flush=True)
-            row = {"model": model_type, "preset": preset_name, "params": count_parameters(trained[0]),
+            row = {"model": model_type, "preset": preset_name, "params": count_parameters(trained[0].raw_model),
                    "batch": preset.batch_size, "midikit": midikit}
             row["checkpoint"] = time_checkpoint(mc, trained, work / f"ckpt_{model_type}_{preset_name}")
             print(f"   checkpoint: {json.dumps({k: round(v, 3) for k, v in row['checkpoint'].items()})}", flush=True)

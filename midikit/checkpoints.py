@@ -4,48 +4,43 @@ A run's folder (`DatasetPaths.run_checkpoints(run_id)`) holds::
 
     step_00001200.pt  step_00001200.pt.sha256    newest `keep_last` step files
     best.pt           best.pt.sha256             state at the best validation loss
-    run.json                                     run_id, model_type, status, dataset, updated
+    run.json                                     the run's record (midikit.runs)
 
 Every .pt is written to a temporary name in the same folder, flushed, fsynced and renamed;
 its sha256 is written (atomically) after the rename. A checkpoint without a matching checksum
 is not valid, so a write killed at any moment leaves either the previous valid file or nothing
-that loading would trust. `CheckpointWriter` snapshots the state to CPU memory and writes it on
-one background thread, so training waits for a memory copy, not for Drive.
+that loading would trust. `BackgroundWriter` runs each save on a background thread, so training
+waits for a memory copy, not for Drive; a write that hangs is abandoned, never waited for.
 """
 
 from __future__ import annotations
 
 import copy
+import errno
 import hashlib
-import json
 import os
 import random
 import re
 import shutil
+import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FuturesTimeout
-from dataclasses import dataclass, replace
+from concurrent.futures import Future
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .models import ConfigError
-from .storage import RUN_ID_PATTERN, StorageError, atomic_write_text, explain_os_error
+from .errors import CheckpointError, RunOwnedError, StorageError
+from .storage import atomic_write_text, explain_os_error, os_error_in, replace_file, temporary_path
 
 STATE_FORMAT = "midikit-train-state"  # the "format" key of every training-state dict
 STEP_FILE = re.compile(r"^step_(\d{8,})\.pt$")
 BEST_FILE = "best.pt"
-RUN_INFO_FILE = "run.json"
 CHECKSUM_SUFFIX = ".sha256"
 _HASH_CHUNK = 8 * 2**20
-
-
-class CheckpointError(StorageError):
-    """A checkpoint is missing, truncated, corrupt or unverified; the message names it."""
 
 
 @dataclass
@@ -173,33 +168,33 @@ class _HashingFile:
         self.handle.flush()
 
 
-def _tmp_path(path: Path) -> Path:
-    # Same pattern as storage.atomic_write_bytes: hidden, so listings never mistake it for a checkpoint.
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def _write_atomically(path: Path, fill) -> int:
-    """`fill(handle)` writes to a temporary name in path's folder; flush, fsync, rename over
-    `path`. Returns the size. Disk/Drive failures become StorageError with a fix."""
-    tmp = _tmp_path(path)
+def write_atomically(path: Path, fill, abandoned: threading.Event | None = None) -> int:
+    """`fill(handle)` writes to a temporary name in path's folder; flush, fsync, rename over `path`.
+    Returns the size. A write whose caller gave up on it (`abandoned`) discards its file instead of
+    installing it. Disk/Drive failures, however torch wrapped them, become StorageError with a fix."""
+    tmp = temporary_path(path)
     try:
         with open(tmp, "wb") as handle:
             fill(handle)
             handle.flush()
             os.fsync(handle.fileno())
-        size = tmp.stat().st_size
-        # An overwritten checkpoint counts as unverified, not corrupt, until its new checksum lands;
-        # it is emptied first because Drive may keep a replaced file in its trash, like a deleted one.
+        size = os.stat(tmp).st_size
+        if abandoned is not None and abandoned.is_set():
+            raise WriteAbandoned(f"{path.name}: written after it was given up on; discarded")
+        # An overwritten checkpoint counts as unverified, not corrupt, until its new checksum lands.
         checksum_path(path).unlink(missing_ok=True)
-        if path.exists():
-            os.truncate(path, 0)
-        os.replace(tmp, path)
+        replace_file(tmp, path)
     except BaseException as exc:
         _discard(tmp)
-        if isinstance(exc, OSError):
-            raise explain_os_error(exc, path) from exc
+        cause = os_error_in(exc)
+        if cause is not None and not isinstance(exc, StorageError):
+            raise explain_os_error(cause, path) from exc
         raise
     return size
+
+
+class WriteAbandoned(Exception):
+    """A background write finished after training stopped waiting for it; its result was discarded."""
 
 
 def _write_checksum(path: Path, digest: str) -> None:
@@ -207,23 +202,23 @@ def _write_checksum(path: Path, digest: str) -> None:
     atomic_write_text(checksum_path(path), f"{digest}  {path.name}\n")
 
 
-def save_state(path: str | os.PathLike, state: dict) -> CheckpointInfo:
+def save_state(path: str | os.PathLike, state: dict, abandoned: threading.Event | None = None) -> CheckpointInfo:
     """Write `state` to `path` atomically (tmp in the same folder, fsync, rename), then its
     `<path>.sha256`. Raises StorageError (with a fix) when the disk or Drive fails."""
     path = Path(path)
     start = time.perf_counter()
     sha = hashlib.sha256()
-    size = _write_atomically(path, lambda handle: torch.save(state, _HashingFile(handle, sha)))
+    size = write_atomically(path, lambda handle: torch.save(state, _HashingFile(handle, sha)), abandoned)
     _write_checksum(path, sha.hexdigest())
     step = state.get("step") if isinstance(state.get("step"), int) else _step_of(path)
     return CheckpointInfo(path, step, size, time.perf_counter() - start, sha.hexdigest(), path.name == BEST_FILE)
 
 
-def _copy_checkpoint(src: Path, dst: Path, digest: str) -> None:
+def _copy_checkpoint(src: Path, dst: Path, digest: str, abandoned: threading.Event | None = None) -> None:
     """Install a copy of a just-written checkpoint under another name, as atomically as save_state."""
     try:
         with open(src, "rb") as source:
-            _write_atomically(dst, lambda handle: shutil.copyfileobj(source, handle, _HASH_CHUNK))
+            write_atomically(dst, lambda handle: shutil.copyfileobj(source, handle, _HASH_CHUNK), abandoned)
     except OSError as exc:  # opening the source
         raise explain_os_error(exc, src) from exc
     _write_checksum(dst, digest)
@@ -245,6 +240,18 @@ def remove_file(path: str | os.PathLike) -> None:
     except FileNotFoundError:
         return
     path.unlink(missing_ok=True)
+
+
+def remove_temporaries(folder: Path, patterns=(".step_*.tmp-*", f".{BEST_FILE}.tmp-*")) -> int:
+    """Delete the temporary files that killed or abandoned checkpoint writes left in `folder`. Only
+    the run's one writer calls this, at its start: no write of its own is live then."""
+    try:
+        strays = [stray for pattern in patterns for stray in Path(folder).glob(pattern)] if Path(folder).is_dir() else []
+    except OSError as exc:
+        raise explain_os_error(exc, Path(folder)) from exc
+    for stray in strays:
+        _discard(stray)
+    return len(strays)
 
 
 def _sha256_of(path: Path) -> str:
@@ -298,9 +305,13 @@ def load_state(path: str | os.PathLike, map_location="cpu") -> dict:
     return state
 
 
-def _step_of(path: Path) -> int | None:
-    match = STEP_FILE.match(path.name)
+def step_of(path: Path) -> int | None:
+    """The step in a step file's name (None for best.pt and anything else)."""
+    match = STEP_FILE.match(Path(path).name)
     return int(match.group(1)) if match else None
+
+
+_step_of = step_of
 
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
@@ -312,7 +323,7 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
         found = [child for child in run_dir.iterdir() if STEP_FILE.match(child.name) and child.is_file()]
     except OSError as exc:
         raise explain_os_error(exc, run_dir) from exc
-    return sorted(found, key=_step_of, reverse=True)
+    return sorted(found, key=step_of, reverse=True)
 
 
 def _candidates(run_dir: Path) -> list[Path]:
@@ -342,231 +353,6 @@ def load_latest(run_dir: str | os.PathLike, map_location="cpu", log=print) -> tu
     return None
 
 
-# --------------------------------------------------------------------------- background writer
-
-
-class CheckpointWriter:
-    """Saves training states of one run folder without making training wait on the disk.
-
-    `save()` copies the state to CPU memory and returns; one background thread writes it
-    (one write in flight: a new save first waits for the previous), retries failed writes
-    with a short backoff, rotates old files and logs one line per save. Nothing it does
-    raises into training: failures end up in `log` and `last_error`.
-    """
-
-    def __init__(self, run_dir, keep_last: int = 2, retries: int = 3, retry_wait_s: float = 2.0, log=print,
-                 busy_timeout_s: float = 60.0):
-        if not isinstance(keep_last, int) or keep_last < 1:
-            raise ConfigError(f"keep_last must be an integer >= 1, got {keep_last!r}.")
-        self.run_dir = Path(run_dir)
-        try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise explain_os_error(exc, self.run_dir) from exc
-        self.keep_last = keep_last
-        self.retries = retries
-        self.retry_wait_s = retry_wait_s
-        self.log = log
-        self.last_error: BaseException | None = None
-        self.last_saved: CheckpointInfo | None = None
-        self.write_seconds_total = 0.0  # background time spent writing
-        self.saves_completed = 0
-        self.saves_failed = 0
-        self.saves_skipped = 0
-        # How long a save waits for the previous write before giving up on this one: a hung
-        # Drive write must not stall training (the final save, with wait=True, always waits).
-        self.busy_timeout_s = busy_timeout_s
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="midikit-checkpoint")
-        self._pending: Future | None = None
-        self._snapshot: dict | None = None  # the last state written; its memory is reused
-
-    def save(self, state: dict, step: int, best: bool = False, wait: bool = False, before=None) -> bool:
-        """Copy `state` to CPU memory now and write it as step_<step>.pt (and best.pt) in the
-        background; with `wait`, return only once it is written (or has failed).
-
-        `before`, if given, is called on the writer thread just before the state is written: the
-        trainer refreshes its other artifacts there, off the training thread. Returns False when
-        the save was skipped because the previous write is still running after `busy_timeout_s`."""
-        if not wait and not self._wait_for_previous(self.busy_timeout_s):
-            self.saves_skipped += 1
-            self.log(
-                f"Checkpoint step {step} skipped: the previous write is still running after "
-                f"{self.busy_timeout_s:.0f} s (Drive slow or hung). Training continues; the next checkpoint tries again."
-            )
-            return False
-        self.wait()
-        # The previous write has finished, so its snapshot is free to be overwritten.
-        self._snapshot = to_cpu_snapshot(state, reuse=self._snapshot)
-        self._pending = self._executor.submit(self._run_then_write, before, self._snapshot, step, best)
-        if wait:
-            self.wait()
-        return True
-
-    def _wait_for_previous(self, timeout_s: float) -> bool:
-        """True once no write is in flight; False if one still is after `timeout_s`."""
-        if self._pending is None:
-            return True
-        try:
-            self._pending.result(timeout=timeout_s)
-        except FuturesTimeout:
-            return False
-        self._pending = None
-        return True
-
-    def wait(self) -> None:
-        """Block until no write is in flight."""
-        if self._pending is not None:
-            self._pending.result()
-            self._pending = None
-
-    def close(self) -> None:
-        """Finish the pending write and stop the thread."""
-        self.wait()
-        self._executor.shutdown(wait=True)
-        self._snapshot = None
-
-    def __enter__(self) -> "CheckpointWriter":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-    # -- on the writer thread ------------------------------------------------
-    def _run_then_write(self, before, snapshot: dict, step: int, best: bool) -> None:
-        if before is not None:
-            try:
-                before()
-            except Exception as exc:  # never into training, and never instead of the checkpoint
-                self.log(f"Before checkpoint step {step}: {exc}")
-        self._write(snapshot, step, best)
-
-    def _write(self, snapshot: dict, step: int, best: bool) -> None:
-        start = time.perf_counter()
-        for attempt in range(self.retries + 1):
-            try:
-                info = self._write_files(snapshot, step, best)
-                break
-            except (OSError, StorageError) as exc:
-                if attempt == self.retries:
-                    return self._failed(step, exc, attempt + 1)
-                pause = self.retry_wait_s * 2**attempt
-                self.log(f"Checkpoint step {step}: write failed ({exc}); retrying in {pause:.1f} s.")
-                time.sleep(pause)
-            except Exception as exc:  # not a disk problem: retrying would fail the same way
-                return self._failed(step, exc, attempt + 1)
-        seconds = time.perf_counter() - start
-        self.last_saved = replace(info, seconds=seconds)
-        self.last_error = None
-        self.write_seconds_total += seconds
-        self.saves_completed += 1
-        names = info.path.name + (f" + {BEST_FILE}" if best else "")
-        self.log(f"Checkpoint saved: {self.run_dir.name}/{names}, {info.size_bytes / 2**20:.1f} MiB, {seconds:.1f} s.")
-
-    def _failed(self, step: int, exc: BaseException, attempts: int) -> None:
-        self.last_error = exc
-        self.saves_failed += 1
-        self.log(
-            f"Checkpoint step {step} NOT saved after {attempts} attempt(s): {exc} "
-            "Training continues; the next checkpoint will try again."
-        )
-
-    def _write_files(self, snapshot: dict, step: int, best: bool) -> CheckpointInfo:
-        self._remove_temporaries()
-        info = save_state(self.run_dir / step_file_name(step), snapshot)
-        if best:
-            # A file copy, not a second torch.save: same bytes, same checksum.
-            _copy_checkpoint(info.path, self.run_dir / BEST_FILE, info.sha256)
-        self._rotate(step)
-        return replace(info, step=step, best=best)
-
-    def _remove_temporaries(self) -> None:
-        # Left by a killed write of ours (one write in flight: none is live). Only our own names:
-        # the trainer may be writing run.json's temporary file right now.
-        for pattern in (".step_*.tmp-*", f".{BEST_FILE}*.tmp-*"):
-            for stray in self.run_dir.glob(pattern):
-                remove_file(stray)
-
-    def _rotate(self, step: int) -> None:
-        """Keep the newest `keep_last` step files up to `step`. Files of later steps belong to a
-        timeline this run abandoned (it resumed from an earlier checkpoint), so they go too."""
-        files = list_checkpoints(self.run_dir)
-        kept = [path for path in files if _step_of(path) <= step][: self.keep_last]
-        for path in files:
-            if path not in kept:
-                # Checksum first: a kill in between leaves an unverified file, never a "valid" empty one.
-                checksum_path(path).unlink(missing_ok=True)
-                remove_file(path)
-        for orphan in self.run_dir.glob("*" + CHECKSUM_SUFFIX):
-            if not orphan.with_name(orphan.name[: -len(CHECKSUM_SUFFIX)]).exists():
-                orphan.unlink(missing_ok=True)
-
-
-# --------------------------------------------------------------------------- runs
-
-
-def write_run_info(run_dir: str | os.PathLike, info: dict) -> None:
-    """Write run.json atomically, with `updated` set to now."""
-    run_dir = Path(run_dir)
-    info = {**info, "updated": datetime.now().isoformat(timespec="seconds")}
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise explain_os_error(exc, run_dir) from exc
-    atomic_write_text(run_dir / RUN_INFO_FILE, json.dumps(info, indent=2, sort_keys=True) + "\n")
-
-
-def read_run_info(run_dir: str | os.PathLike) -> dict | None:
-    """run.json as a dict, or None when it is missing or not valid JSON."""
-    path = Path(run_dir) / RUN_INFO_FILE
-    try:
-        info = json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-    except OSError as exc:
-        raise explain_os_error(exc, path) from exc
-    return info if isinstance(info, dict) else None
-
-
-
-
-def _run_dirs(checkpoints_dir: Path, model_type: str | None = None) -> list[Path]:
-    """Run folders, newest first (the timestamp in the name sorts chronologically)."""
-    runs = []
-    try:
-        if not checkpoints_dir.is_dir():
-            return []
-        for child in checkpoints_dir.iterdir():
-            match = RUN_ID_PATTERN.match(child.name)
-            if match and child.is_dir() and model_type in (None, match["model_type"]):
-                runs.append((match["timestamp"], child))
-    except OSError as exc:
-        raise explain_os_error(exc, checkpoints_dir) from exc
-    return [path for _, path in sorted(runs, reverse=True)]
-
-
-def find_resumable_run(checkpoints_dir: str | os.PathLike, model_type: str) -> Path | None:
-    """The newest run folder of `model_type` that is not finished and holds a valid checkpoint."""
-    for run_dir in _run_dirs(Path(checkpoints_dir), model_type):
-        info = read_run_info(run_dir) or {}
-        if info.get("status") == "finished":
-            continue
-        if any(verify_checkpoint(path)[0] == "valid" for path in _candidates(run_dir)):
-            return run_dir
-    return None
-
-
-def load_resumable(checkpoints_dir: str | os.PathLike, model_type: str, log=print) -> tuple[Path, dict] | None:
-    """(path, state) of the newest valid checkpoint of the newest unfinished run of `model_type`,
-    or None. Each candidate is verified and read once (a resume from Drive reads GBs)."""
-    for run_dir in _run_dirs(Path(checkpoints_dir), model_type):
-        if (read_run_info(run_dir) or {}).get("status") == "finished":
-            continue
-        found = load_latest(run_dir, log=log)
-        if found is not None:
-            return found
-    return None
-
-
 def inspect_run(run_dir: str | os.PathLike) -> list[dict]:
     """One dict per checkpoint file (step files newest first, then best.pt), checksums verified:
     name, path, step, size_bytes, modified (datetime), age_s, status (valid|corrupt|unverified), detail."""
@@ -578,21 +364,12 @@ def inspect_run(run_dir: str | os.PathLike) -> list[dict]:
             stat = path.stat()
         except FileNotFoundError:  # rotated away while we looked
             continue
-        step = _step_of(path)
+        step = step_of(path)
         if step is None and status == "valid":
             step = _peek_step(path)
-        report.append(
-            {
-                "name": path.name,
-                "path": path,
-                "step": step,
-                "size_bytes": stat.st_size,
-                "modified": datetime.fromtimestamp(stat.st_mtime),
-                "age_s": now - stat.st_mtime,
-                "status": status,
-                "detail": detail,
-            }
-        )
+        report.append({"name": path.name, "path": path, "step": step, "size_bytes": stat.st_size,
+                       "modified": datetime.fromtimestamp(stat.st_mtime), "age_s": now - stat.st_mtime,
+                       "status": status, "detail": detail})
     return report
 
 
@@ -605,24 +382,191 @@ def _peek_step(path: Path) -> int | None:
     return step if isinstance(step, int) else None
 
 
-def list_runs(checkpoints_dir: str | os.PathLike) -> list[dict]:
-    """One dict per run folder, newest first: run_id, model_type, status (run.json's, or
-    "unknown"), dataset, updated, newest_step (of its newest valid checkpoint), path, files."""
-    runs = []
-    for run_dir in _run_dirs(Path(checkpoints_dir)):
-        info = read_run_info(run_dir) or {}
-        files = inspect_run(run_dir)
-        valid_steps = [f["step"] for f in files if f["status"] == "valid" and f["step"] is not None]
-        runs.append(
-            {
-                "run_id": run_dir.name,
-                "model_type": info.get("model_type", RUN_ID_PATTERN.match(run_dir.name)["model_type"]),
-                "status": info.get("status", "unknown"),
-                "dataset": info.get("dataset"),
-                "updated": info.get("updated"),
-                "newest_step": max(valid_steps, default=None),
-                "path": run_dir,
-                "files": files,
-            }
-        )
-    return runs
+# --------------------------------------------------------------------------- one save
+
+
+def write_checkpoint(run_dir: Path, snapshot: dict, step: int, best: bool, keep_last: int,
+                     abandoned: threading.Event | None = None) -> CheckpointInfo:
+    """Write one save of a run: step_<step>.pt, a copy as best.pt when `best`, then rotate the older
+    step files. The run folder is never created here: a folder that vanished (Drive's mount dropped)
+    must not come back as an empty local folder that hides the real one."""
+    if not run_dir.is_dir():
+        gone = StorageError(f"The run folder {run_dir} is gone: Google Drive's mount dropped (or the folder was moved). "
+                            "Remount with `midikit.storage.mount_drive(force_remount=True)`; the save lands once it is back.")
+        gone.transient = True  # a remount brings it back: keep retrying
+        raise gone
+    info = save_state(run_dir / step_file_name(step), snapshot, abandoned)
+    if best:
+        _copy_checkpoint(info.path, run_dir / BEST_FILE, info.sha256, abandoned)  # same bytes, same checksum
+    if abandoned is None or not abandoned.is_set():
+        rotate(run_dir, step, keep_last)
+    return CheckpointInfo(info.path, step, info.size_bytes, info.seconds, info.sha256, best)
+
+
+def rotate(run_dir: Path, step: int, keep_last: int) -> list[Path]:
+    """Delete step files older than the newest `keep_last` up to `step`. Files of later steps are
+    never touched here: they may belong to a write still landing."""
+    older = [path for path in list_checkpoints(run_dir) if step_of(path) <= step]
+    removed = older[keep_last:]
+    for path in removed:
+        # Checksum first: a kill in between leaves an unverified file, never a "valid" empty one.
+        checksum_path(path).unlink(missing_ok=True)
+        remove_file(path)
+    return removed
+
+
+def discard_newer_than(run_dir: Path, step: int) -> list[Path]:
+    """Remove the step files after `step`: a run continued on purpose from an older checkpoint
+    abandons them, and --resume auto must not take them for the newest state later."""
+    newer = [path for path in list_checkpoints(run_dir) if step_of(path) > step]
+    for path in newer:
+        checksum_path(path).unlink(missing_ok=True)
+        remove_file(path)
+    return newer
+
+
+def free_space_for(run_dir: Path, step: int) -> list[Path]:
+    """On a full disk: keep only the newest verified step file (and best.pt), so the next write fits."""
+    valid = [path for path in list_checkpoints(run_dir) if step_of(path) <= step and verify_checkpoint(path)[0] == "valid"]
+    keep = valid[:1]
+    removed = [path for path in list_checkpoints(run_dir) if step_of(path) <= step and path not in keep]
+    for path in removed:
+        checksum_path(path).unlink(missing_ok=True)
+        remove_file(path)
+    return removed
+
+
+# --------------------------------------------------------------------------- background writer
+
+
+@dataclass
+class _Write:
+    label: str
+    future: Future
+    abandoned: threading.Event
+    started: float
+
+
+class BackgroundWriter:
+    """Runs save jobs one at a time, each on a daemon thread, so training waits for nothing but the
+    hand-over. `submit(job, label)` gives the job an Event that is set if training gives up on it.
+
+    A save that finds the previous write still running waits `busy_wait_s` for it, then skips (the
+    next save tries again). A write running longer than `abandon_after_s` is abandoned instead: the
+    new save starts beside it, and the old one discards its file when it finally returns. At most
+    `max_abandoned` abandoned writes are kept waiting (each holds a state in memory). Daemon threads:
+    a hung Drive never keeps the process from exiting."""
+
+    def __init__(self, log=print, busy_wait_s: float = 1.0, abandon_after_s: float = 120.0, max_abandoned: int = 2):
+        self.log = log
+        self.busy_wait_s, self.abandon_after_s, self.max_abandoned = busy_wait_s, abandon_after_s, max_abandoned
+        self._active: _Write | None = None
+        self._abandoned: list[_Write] = []
+        self.skipped = 0
+
+    def submit(self, job, label: str) -> Future | None:
+        """Start `job(abandoned_event)` on its own thread; None when the save was skipped."""
+        if not self._make_room(label):
+            self.skipped += 1
+            return None
+        write = _Write(label, Future(), threading.Event(), time.monotonic())
+        thread = threading.Thread(target=self._run, args=(job, write), name=f"midikit-writer-{label}", daemon=True)
+        self._active = write
+        thread.start()
+        return write.future
+
+    def _make_room(self, label: str) -> bool:
+        active = self._active
+        if active is None or _wait(active.future, self.busy_wait_s):
+            return True
+        self._abandoned = [w for w in self._abandoned if not w.future.done()]
+        running = time.monotonic() - active.started
+        if running < self.abandon_after_s or len(self._abandoned) >= self.max_abandoned:
+            self.log(f"{label}: skipped, the previous write ({active.label}) is still running after {running:.0f} s "
+                     "(Drive slow or hung). Training continues; the next checkpoint tries again.")
+            return False
+        active.abandoned.set()
+        self._abandoned.append(active)
+        self.log(f"{active.label}: abandoned after {running:.0f} s without an answer from the disk (Drive hung?); "
+                 f"{label} is written instead. The abandoned write discards its file if it ever returns.")
+        return True
+
+    def busy(self) -> bool:
+        return self._active is not None and not self._active.future.done()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the active write; False if it is still running after `timeout`."""
+        return self._active is None or _wait(self._active.future, timeout)
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Wait (at most `timeout`) for the active write; abandoned ones are left to their daemon threads."""
+        done = self.wait(timeout)
+        if not done:
+            self._active.abandoned.set()
+        return done
+
+    @staticmethod
+    def _run(job, write: _Write) -> None:
+        try:
+            write.future.set_result(job(write.abandoned))
+        except BaseException as exc:  # the job's owner reads it from the future
+            write.future.set_exception(exc)
+
+
+def _wait(future: Future, timeout: float | None) -> bool:
+    try:
+        future.exception(timeout=timeout)
+    except TimeoutError:
+        return False
+    return True
+
+
+def retrying(action, what: str, log, retry_wait_s: float = 2.0, give_up_after_s: float = 600.0,
+             abandoned: threading.Event | None = None, max_wait_s: float = 60.0):
+    """Run `action()`, retrying disk/Drive failures (an OSError, however wrapped, or a StorageError)
+    with a growing pause until `give_up_after_s`. The first failure is explained once, in words;
+    anything else is raised at once (retrying would fail the same way)."""
+    started, attempt, pause = time.monotonic(), 0, retry_wait_s
+    while True:
+        attempt += 1
+        try:
+            result = action()
+        except BaseException as exc:
+            if not _is_disk_problem(exc) or time.monotonic() - started + pause > give_up_after_s or (
+                    abandoned is not None and abandoned.is_set()):
+                raise
+            if attempt == 1:
+                log(f"{what}: {_explain(exc)} Retrying with a growing pause until it lands.")
+            time.sleep(pause)
+            pause = min(pause * 2, max_wait_s)
+            continue
+        if attempt > 1:
+            log(f"{what}: landed after {attempt} attempts.")
+        return result
+
+
+# What a Drive mount does while it drops, stalls or comes back: worth waiting for. Anything else (a
+# folder that cannot be written, a name that is a folder) fails the same way every time.
+TRANSIENT_ERRNOS = {errno.ENOTCONN, errno.EIO, errno.ETIMEDOUT, errno.EAGAIN, errno.EBUSY, errno.ENOENT, errno.ESTALE,
+                    errno.ECONNABORTED, errno.ECONNRESET, errno.EINTR}
+
+
+def _is_disk_problem(exc: BaseException) -> bool:
+    if isinstance(exc, RunOwnedError):
+        return False
+    cause = os_error_in(exc)
+    if cause is not None:
+        return cause.errno in TRANSIENT_ERRNOS
+    return isinstance(exc, StorageError) and getattr(exc, "transient", False)
+
+
+def _explain(exc: BaseException) -> str:
+    if isinstance(exc, StorageError):
+        return str(exc)
+    cause = os_error_in(exc)
+    return str(explain_os_error(cause, Path(getattr(cause, "filename", None) or "the checkpoint folder")))
+
+
+def disk_full(exc: BaseException) -> bool:
+    cause = os_error_in(exc)
+    return cause is not None and cause.errno == errno.ENOSPC

@@ -21,53 +21,15 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoints import STATE_FORMAT, CheckpointError, load_latest, load_state
-from .models import ConfigError, ModelConfig, build_model, resolve_device
-from .storage import DatasetPaths, StorageError, atomic_write_bytes, parse_run_id, timestamp
+from .checkpoints import STATE_FORMAT, load_latest, load_state
+from .configs import STRATEGIES, SampleConfig
+from .errors import CheckpointError, ConfigError, GenerationError, StorageError
+from .models import ModelConfig, build_model, resolve_device
+from .storage import DatasetPaths, atomic_write_bytes, timestamp
 
-STRATEGIES = ("greedy", "top_k", "top_p", "temperature", "sample")
 SLIDE_KEEP = 0.75  # share of the context kept when the Transformer's window slides
 MAX_TOKENS_PER_BAR = 256  # safety cap when the length is given in bars
 FINISHED_CHECK_EVERY = 16  # steps between checks that every sample ended (each check syncs a GPU)
-
-
-class GenerationError(StorageError):
-    """A run, checkpoint or seed MIDI that cannot be used; the message says why and what to do."""
-
-
-@dataclass
-class SampleConfig:
-    """How to sample. `temperature` divides the logits for top_k, top_p and temperature;
-    `sample` draws from the model's own distribution. `num_tokens` is the most new tokens per
-    sample (a sample ends earlier when the model ends the piece); `bars`, if set, replaces it."""
-
-    strategy: str = "top_p"
-    k: int = 8
-    p: float = 0.9
-    temperature: float = 1.0
-    num_tokens: int = 512
-    bars: int | None = None
-    num_samples: int = 1
-    seed: int | None = None
-
-    def validate(self) -> "SampleConfig":
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(f"Unknown strategy {self.strategy!r}: choose one of {', '.join(STRATEGIES)}.")
-        if not _is_int(self.k) or self.k < 1:
-            raise ConfigError(f"--k must be an integer >= 1 (tokens kept by top_k), got {self.k!r}.")
-        if not 0.0 < float(self.p) <= 1.0:
-            raise ConfigError(f"--p must be in (0, 1] (probability mass kept by top_p), got {self.p!r}; try 0.9.")
-        if not float(self.temperature) > 0.0:
-            raise ConfigError(f"--temperature must be > 0, got {self.temperature!r}; 1.0 samples the model as trained, use --strategy greedy for the most likely tokens.")
-        for name in ("num_tokens", "num_samples") + (("bars",) if self.bars is not None else ()):
-            value = getattr(self, name)
-            if not _is_int(value) or value < 1:
-                raise ConfigError(f"--{name} must be an integer >= 1, got {value!r}.")
-        return self
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 # --------------------------------------------------------------------------- loading a run
@@ -88,25 +50,6 @@ class LoadedRun:
         return next(self.model.parameters()).device
 
 
-def list_finished_runs(paths: DatasetPaths, model_type: str | None = None) -> list[dict]:
-    """Finished runs with best weights in `paths.models`, newest first: each sidecar's content plus
-    `weights` and `sidecar_path`. Unreadable sidecars, and ones midikit did not write, are skipped."""
-    runs = []
-    for sidecar_path in paths.models.glob("*.json") if paths.models.is_dir() else ():
-        try:
-            info = json.loads(sidecar_path.read_text())
-            started = parse_run_id(info["run_id"])[1]  # sorts runs: Drive's modification times are not reliable
-        except (OSError, ValueError, TypeError, KeyError, StorageError):
-            continue
-        weights = sidecar_path.with_suffix(".pth")
-        if info.get("status") != "finished" or not weights.is_file():
-            continue
-        if model_type is not None and info.get("model_type") != model_type:
-            continue
-        runs.append((started, dict(info, weights=weights, sidecar_path=sidecar_path)))
-    return [info for _, info in sorted(runs, key=lambda run: (run[0], run[1]["run_id"]), reverse=True)]
-
-
 def load_run(source: str | Path, paths: DatasetPaths | None = None, model_type: str | None = None, device="auto",
              log=print) -> LoadedRun:
     """Load a trained model with its tokenizer.
@@ -122,14 +65,16 @@ def load_run(source: str | Path, paths: DatasetPaths | None = None, model_type: 
                 "load_run('latest') needs the dataset whose newest run to load: pass paths=DatasetPaths(root, dataset) "
                 "(--checkpoint_dir and --dataset), or a .pth, .json or .pt file instead of 'latest'."
             )
-        runs = list_finished_runs(paths, model_type)
-        if not runs:
+        from .runs import finished_runs
+
+        found = finished_runs(paths, model_type)
+        if not found:
             kind = f"{model_type} " if model_type else ""
             raise GenerationError(
                 f"No finished {kind}run in {paths.models}. Train one first (python -m midikit train "
                 f"--dataset {paths.dataset} --model_type {model_type or 'lstm'}), or pass --model PATH to a .pth or checkpoint."
             )
-        source = runs[0]["weights"]
+        source = paths.best_weights(found[0].run_id)
     path = Path(source).expanduser()
     if not path.exists():
         raise GenerationError(f"Model file {path} does not exist; pass --model latest or the path of a .pth, .json or .pt file.")

@@ -10,66 +10,15 @@ Every model offers the same two ways in:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-MODEL_TYPES = ("lstm", "gru", "transformer")
+from .configs import MODEL_TYPES, ModelConfig
+from .errors import ConfigError
 
-
-class ConfigError(ValueError):
-    """A configuration value is wrong; the message names it and says how to fix it."""
-
-
-@dataclass
-class ModelConfig:
-    """Everything needed to rebuild a model. Saved inside every checkpoint and sidecar."""
-
-    model_type: str = "lstm"
-    vocab_size: int = 0
-    context_length: int = 100  # the seed's seq_length: tokens the model sees at once
-    dropout: float = 0.2
-    # LSTM / GRU
-    embed_size: int = 128
-    hidden_size: int = 256
-    num_layers: int = 2
-    # Transformer (num_layers is shared with the RNNs)
-    d_model: int = 256
-    nhead: int = 4
-    dim_feedforward: int = 1024
-
-    def validate(self) -> "ModelConfig":
-        if self.model_type not in MODEL_TYPES:
-            raise ConfigError(f"Unknown model_type {self.model_type!r}: choose one of {', '.join(MODEL_TYPES)}.")
-        positive = ["vocab_size", "context_length", "num_layers"]
-        positive += ["d_model", "nhead", "dim_feedforward"] if self.model_type == "transformer" else ["embed_size", "hidden_size"]
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                hint = " (it comes from the preprocessed dataset)" if name == "vocab_size" else ""
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}{hint}.")
-        if not 0.0 <= float(self.dropout) < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}.")
-        if self.model_type == "transformer" and self.d_model % self.nhead:
-            divisors = [h for h in range(1, min(self.d_model, 64) + 1) if self.d_model % h == 0]
-            raise ConfigError(
-                f"nhead={self.nhead} does not divide d_model={self.d_model}; choose nhead from {divisors[-6:]} "
-                f"or change d_model."
-            )
-        return self
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"Unknown model config keys {sorted(unknown)}; this checkpoint may come from a newer midikit.")
-        return cls(**data).validate()
+__all__ = ["MODEL_TYPES", "ConfigError", "ModelConfig", "build_model", "count_parameters", "flops_per_token", "resolve_device"]
 
 
 def resolve_device(name: str) -> torch.device:

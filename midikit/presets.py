@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .models import MODEL_TYPES, ConfigError, ModelConfig
+from .configs import MODEL_TYPES, PRESET_NAMES, ModelConfig
+from .errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,6 @@ _TRANSFORMER = {
 }
 
 PRESETS: dict[str, dict[str, Preset]] = {"lstm": _RNN, "gru": _RNN, "transformer": _TRANSFORMER}
-PRESET_NAMES = ("large", "t4", "small", "cpu")
 
 
 def get_preset(model_type: str, name: str) -> Preset:

@@ -17,6 +17,7 @@ Layout under a root (the seed's, plus what midikit adds)::
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import re
 import sys
@@ -25,15 +26,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from .errors import StorageError
+
 DRIVE_MOUNT_POINT = Path("/content/drive")
 COLAB_DEFAULT_ROOT = DRIVE_MOUNT_POINT / "MyDrive" / "midikit_checkpoints"
 LOCAL_DEFAULT_ROOT = Path("midikit_data")
 ROOT_ENV_VAR = "MIDIKIT_ROOT"
 TIMESTAMP_FORMAT = "%Y%m%d_%H%M%S"
-
-
-class StorageError(RuntimeError):
-    """A storage problem the user can fix; the message says how."""
 
 
 def in_colab() -> bool:
@@ -131,17 +130,58 @@ def _is_under(path: Path, parent: Path) -> bool:
         return False
 
 
+_temporary_names = itertools.count()
+
+
+def temporary_path(path: Path) -> Path:
+    """A hidden name beside `path` for writing it: listings never mistake it for the real file, and
+    every write gets its own (an abandoned write may still be running when the next one starts)."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{next(_temporary_names)}")
+
+
+def os_error_in(exc: BaseException) -> OSError | None:
+    """The OSError behind `exc`, however it was wrapped: torch.save re-raises a failing file object's
+    OSError as a RuntimeError whose __context__ (not __cause__) is the original."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def replace_file(tmp: Path, path: Path) -> None:
+    """Rename `tmp` over `path`, then empty the replaced file: Drive keeps replaced and deleted
+    files in its trash, where full-size checkpoints would keep eating the quota. The old file is
+    emptied through a descriptor opened before the rename, so `path` is never empty or missing."""
+    try:
+        old = os.open(path, os.O_WRONLY)
+    except FileNotFoundError:
+        old = None
+    try:
+        os.replace(tmp, path)
+        if old is not None:
+            try:
+                os.ftruncate(old, 0)
+            except OSError:
+                pass  # only the trash copy stays full-size
+    finally:
+        if old is not None:
+            os.close(old)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` so that `path` is either the old file or the complete new one, never half:
     a temporary name in the same folder, flush + fsync, then rename over `path`."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temporary_path(path)
     try:
         with open(tmp, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        replace_file(tmp, path)
     except OSError as exc:
         try:
             tmp.unlink(missing_ok=True)
@@ -174,7 +214,8 @@ def timestamp(now: datetime | None = None) -> str:
     return (now or datetime.now()).strftime(TIMESTAMP_FORMAT)
 
 
-RUN_ID_PATTERN = re.compile(r"^(?P<model_type>[a-z][a-z0-9]*)_(?P<timestamp>\d{8}_\d{6})$")
+# \Z, not $: "$" also matches before a trailing newline, which would let "lstm_..._...\n" name a folder.
+RUN_ID_PATTERN = re.compile(r"^(?P<model_type>[a-z][a-z0-9]*)_(?P<timestamp>\d{8}_\d{6})\Z")
 
 
 def parse_run_id(run_id: str) -> tuple[str, str]:

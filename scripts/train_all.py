@@ -1,8 +1,7 @@
 """Train LSTM, GRU and Transformer one after another, unattended (e.g. a Colab GPU left running).
 
 Run it again after a disconnect and it continues where it stopped: a model whose run already
-finished with these settings on this build of the dataset is skipped (its row in logs/models.csv
-and its sidecar say so), and an unfinished one is resumed from its newest checkpoint
+finished with these settings on this build of the dataset is skipped (its run.json says so), and an unfinished one is resumed from its newest checkpoint
 (`resume="auto"`). --again starts new runs regardless.
 
     python scripts/train_all.py --dataset nottingham --source nottingham   # preprocesses first if needed
@@ -12,50 +11,39 @@ and its sidecar say so), and an unfinished one is resumed from its newest checkp
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from midikit import presets, storage
-from midikit.artifacts import read_models_csv
-from midikit.data import DatasetError, PreprocessConfig, load_dataset, preprocess
-from midikit.models import MODEL_TYPES, ConfigError
-from midikit.train import TrainConfig, train
+from midikit import presets, runs, storage
+from midikit.configs import MODEL_TYPES, PreprocessConfig, TrainConfig
+from midikit.data import load_dataset, preprocess
+from midikit.errors import ConfigError, DatasetError
+from midikit.settings import add_flags, from_args
+from midikit.train import train
+
+SHARED_SETTINGS = ("checkpoint_dir", "dataset", "preset", "epochs", "max_steps", "checkpoint_every_minutes",
+                   "checkpoint_every_steps", "keep_last", "device", "precision", "compile", "takeover", "progress")
 
 
 def already_done(paths: storage.DatasetPaths, config: TrainConfig, fingerprint: str) -> str | None:
-    """The run id of a finished run of this model with these settings on this dataset build, if any."""
-    for row in reversed(read_models_csv(paths)):
-        same = (
-            row["model_type"] == config.model_type
-            and row["preset"] == config.preset
-            and row["epochs"] == str(config.epochs)
-            and row["max_steps"] == ("" if config.max_steps is None else str(config.max_steps))
-        )
-        if same and row["status"] in ("finished", "early_stopped", "max_steps") and _trained_on(paths, row["run_id"]) == fingerprint:
-            return row["run_id"]
+    """The run id of a finished run of this model with these settings on this build of the dataset, if any."""
+    for record in runs.list_runs(paths, model_type=config.model_type, status="done"):
+        settings = record.get("train_config") or {}
+        same = (settings.get("preset") == config.preset and settings.get("epochs") == config.epochs
+                and settings.get("max_steps") == config.max_steps)
+        if same and (record.get("dataset") or {}).get("fingerprint") == fingerprint:
+            return record.run_id
     return None
-
-
-def _trained_on(paths: storage.DatasetPaths, run_id: str) -> str | None:
-    """The dataset fingerprint in a run's sidecar (None if unreadable): a re-preprocessed dataset retrains."""
-    try:
-        return json.loads(paths.weights_sidecar(run_id).read_text())["dataset"]["fingerprint"]
-    except (OSError, ValueError, KeyError, TypeError, storage.StorageError):
-        return None
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint_dir", default=None, help="root folder (default: $MIDIKIT_ROOT, else Drive in Colab, else ./midikit_data)")
-    parser.add_argument("--dataset", default="nottingham")
-    parser.add_argument("--source", choices=("nottingham", "corpus"), default=None,
+    # The settings every model shares come from TrainConfig's declarations (midikit.configs).
+    add_flags(parser, TrainConfig, only=SHARED_SETTINGS)
+    runner = parser.add_argument_group("train_all")
+    runner.add_argument("--source", choices=("nottingham", "corpus"), default=None,
                         help="preprocess the dataset from this source first if it is missing (default: require it)")
-    parser.add_argument("--models", default=",".join(MODEL_TYPES), help="comma-separated, trained in this order")
-    parser.add_argument("--preset", default=None, help="large (A100/H100-class GPU), t4, small or cpu (default: chosen by hardware)")
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--max_steps", type=int, default=None)
-    parser.add_argument("--checkpoint_every_minutes", type=float, default=10.0)
-    parser.add_argument("--again", action="store_true", help="start new runs even where one already finished")
+    runner.add_argument("--models", default=",".join(MODEL_TYPES), help="comma-separated, trained in this order")
+    runner.add_argument("--again", action="store_true", help="start new runs even where one already finished")
     args = parser.parse_args(argv)
 
     try:
@@ -76,11 +64,8 @@ def main(argv=None) -> int:
 
     failures = []
     for model_type in args.models.split(","):
-        config = TrainConfig(
-            dataset=args.dataset, checkpoint_dir=str(paths.root), model_type=model_type, preset=preset,
-            epochs=args.epochs, max_steps=args.max_steps, checkpoint_every_minutes=args.checkpoint_every_minutes,
-            resume="auto",
-        )
+        config = from_args(TrainConfig, args, checkpoint_dir=str(paths.root), model_type=model_type, preset=preset,
+                           resume="auto")
         done = None if args.again else already_done(paths, config, dataset.fingerprint)
         if done:
             print(f"== {model_type}: already trained ({done}); skipping (--again to train a new one).")

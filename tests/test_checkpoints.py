@@ -17,25 +17,20 @@ import torch
 
 from midikit import checkpoints
 from midikit.checkpoints import (
-    CheckpointError,
-    CheckpointWriter,
+    BackgroundWriter,
     capture_rng_state,
-    find_resumable_run,
     inspect_run,
     list_checkpoints,
-    list_runs,
     load_latest,
     load_state,
-    read_run_info,
     remove_file,
     restore_rng_state,
     save_state,
     to_cpu_snapshot,
-    write_run_info,
 )
 from midikit.data.sampler import sample_windows
-from midikit.models import ConfigError, ModelConfig, build_model
-from midikit.storage import StorageError
+from midikit.errors import CheckpointError, StorageError
+from midikit.models import ModelConfig, build_model
 
 VOCAB = 40
 CONFIG = dict(
@@ -208,175 +203,133 @@ def test_a_dropped_drive_raises_instead_of_looking_corrupt(tmp_path, monkeypatch
     with pytest.raises(StorageError, match="Remount") as raised:
         load_latest(tmp_path / "lstm_20260101_000000", log=pytest.fail)
     assert not isinstance(raised.value, CheckpointError)
-    with pytest.raises(StorageError, match="Remount"):
-        find_resumable_run(tmp_path, "lstm")
 
 
 def test_leftover_temporary_file_is_ignored_then_cleaned_up(tmp_path):
     write_steps(tmp_path, [1])
-    stray = tmp_path / ".step_00000002.pt.tmp-4242"
+    stray = tmp_path / ".step_00000002.pt.tmp-4242-0"
     stray.write_bytes(b"half a checkpoint")
-    trainer_tmp = tmp_path / ".run.json.tmp-4242"  # someone else's: never touched
-    trainer_tmp.write_bytes(b"{")
+    record_tmp = tmp_path / ".run.json.tmp-4242-1"  # the record keeper's: never touched here
+    record_tmp.write_bytes(b"{")
     assert list_checkpoints(tmp_path) == [tmp_path / "step_00000001.pt"]
     assert load_latest(tmp_path, log=pytest.fail)[1]["step"] == 1
-    with CheckpointWriter(tmp_path, log=lambda message: None) as writer:
-        writer.save(tiny_state(3), 3)
-    assert not stray.exists() and trainer_tmp.exists()
+    assert checkpoints.remove_temporaries(tmp_path) == 1
+    assert not stray.exists() and record_tmp.exists()
 
 
-def test_rotation_keeps_newest_and_best_and_truncates_before_deleting(tmp_path, monkeypatch):
+def test_rotation_keeps_newest_and_best_and_empties_what_it_drops(tmp_path, monkeypatch):
     # Drive keeps deleted (and replaced) files in its trash: each must be emptied first.
-    sizes_when_dropped = []
-    real_unlink, real_replace = Path.unlink, os.replace
+    sizes_when_deleted = []
+    real_unlink = Path.unlink
 
     def spy_unlink(self, missing_ok=False):
         if self.suffix == ".pt":
-            sizes_when_dropped.append((self.name, self.stat().st_size))
+            sizes_when_deleted.append((self.name, self.stat().st_size))
         real_unlink(self, missing_ok=missing_ok)
 
-    def spy_replace(src, dst):
-        if Path(dst).suffix == ".pt" and Path(dst).exists():
-            sizes_when_dropped.append((Path(dst).name, Path(dst).stat().st_size))
-        real_replace(src, dst)
-
     monkeypatch.setattr(Path, "unlink", spy_unlink)
-    monkeypatch.setattr(os, "replace", spy_replace)
-    messages = []
-    with CheckpointWriter(tmp_path, keep_last=2, log=messages.append) as writer:
-        for step in range(1, 6):
-            writer.save(tiny_state(step), step, best=step in (2, 4))
+    replaced_best = None
+    for step in range(1, 6):
+        checkpoints.write_checkpoint(tmp_path, to_cpu_snapshot(tiny_state(step)), step, best=step in (2, 4), keep_last=2)
+        if step == 2:  # a second name for the inode of best.pt at step 2: shows what happens to the replaced file
+            replaced_best = tmp_path / "replaced_best"
+            os.link(tmp_path / "best.pt", replaced_best)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "best.pt", "best.pt.sha256", "step_00000004.pt", "step_00000004.pt.sha256", "step_00000005.pt", "step_00000005.pt.sha256",
+        "best.pt", "best.pt.sha256", "replaced_best", "step_00000004.pt", "step_00000004.pt.sha256", "step_00000005.pt",
+        "step_00000005.pt.sha256",
     ]
-    assert sorted(sizes_when_dropped) == [("best.pt", 0), ("step_00000001.pt", 0), ("step_00000002.pt", 0), ("step_00000003.pt", 0)]
+    assert sorted(sizes_when_deleted) == [("step_00000001.pt", 0), ("step_00000002.pt", 0), ("step_00000003.pt", 0)]
+    assert replaced_best.stat().st_size == 0  # emptied after best.pt was replaced, never before
     assert load_state(tmp_path / "best.pt")["step"] == 4
-    assert writer.saves_completed == 5 and writer.last_error is None
-    assert len(messages) == 5 and "step_00000002.pt + best.pt" in messages[1] and "MiB" in messages[1]
 
-    # A save at an earlier step (a resume from an older checkpoint) drops the abandoned later files.
-    with CheckpointWriter(tmp_path, keep_last=2, log=messages.append) as writer:
-        writer.save(tiny_state(3), 3)
+    # Rotation never touches later steps (a write still landing); continuing from an older step on
+    # purpose drops them explicitly.
+    checkpoints.write_checkpoint(tmp_path, to_cpu_snapshot(tiny_state(3)), 3, best=False, keep_last=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000005.pt", "step_00000004.pt", "step_00000003.pt"]
+    assert [p.name for p in checkpoints.discard_newer_than(tmp_path, 3)] == ["step_00000005.pt", "step_00000004.pt"]
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000003.pt"]
 
 
-def test_keep_last_must_be_positive(tmp_path):
-    with pytest.raises(ConfigError, match="keep_last"):
-        CheckpointWriter(tmp_path, keep_last=0)
+def test_a_vanished_run_folder_is_never_recreated(tmp_path):
+    gone = tmp_path / "lstm_20260101_000000"
+    with pytest.raises(StorageError, match="gone: Google Drive's mount dropped") as raised:
+        checkpoints.write_checkpoint(gone, to_cpu_snapshot(tiny_state(1)), 1, best=False, keep_last=2)
+    assert raised.value.transient and not gone.exists()
 
 
-def hold_writes(monkeypatch) -> threading.Event:
-    """Make every checkpoint write wait until the returned event is set (a slow or hung Drive)."""
+def test_the_writer_returns_at_once_and_the_snapshot_is_the_state_at_save_time(tmp_path):
     release = threading.Event()
-    real_save_state = checkpoints.save_state
-
-    def held_save_state(path, state):
-        assert release.wait(timeout=30)
-        return real_save_state(path, state)
-
-    monkeypatch.setattr(checkpoints, "save_state", held_save_state)
-    return release
-
-
-def test_save_returns_before_the_write_and_snapshots_the_live_tensors(tmp_path, monkeypatch):
-    release = hold_writes(monkeypatch)
     live = tiny_state(1)
-    writer = CheckpointWriter(tmp_path, log=lambda message: None)
-    writer.save(live, 1)
-    assert not (tmp_path / "step_00000001.pt").exists()  # save() is back; the write is still held
+    snapshot = to_cpu_snapshot(live)
+
+    def job(abandoned):
+        assert release.wait(timeout=30)  # a slow Drive
+        return checkpoints.write_checkpoint(tmp_path, snapshot, 1, best=False, keep_last=2, abandoned=abandoned)
+
+    writer = BackgroundWriter(log=pytest.fail)
+    future = writer.submit(job, "checkpoint step 1")
+    assert not future.done() and not (tmp_path / "step_00000001.pt").exists()
     live["weights"].add_(100.0)  # training goes on and changes its tensors in place
     release.set()
-    writer.close()
+    assert writer.close(timeout=30) and future.result().step == 1
     assert torch.equal(load_state(tmp_path / "step_00000001.pt")["weights"], torch.ones(1000))
 
 
-def test_a_hung_write_skips_later_saves_instead_of_stalling_training(tmp_path, monkeypatch):
-    release = hold_writes(monkeypatch)
+def test_a_hung_write_is_skipped_then_abandoned_and_discards_its_file(tmp_path):
+    release = threading.Event()
+
+    def write(step, hang=False):
+        def job(abandoned):
+            if hang:
+                release.wait(timeout=30)
+            return checkpoints.write_checkpoint(tmp_path, to_cpu_snapshot(tiny_state(step)), step, False, 2, abandoned)
+        return job
+
     messages = []
-    writer = CheckpointWriter(tmp_path, log=messages.append, busy_timeout_s=0.05)
-    writer.save(tiny_state(1), 1)
-    writer.save(tiny_state(2), 2)  # the first write hangs: this one gives up instead of waiting
-    assert writer.saves_skipped == 1 and "step 2 skipped" in messages[-1]
-    release.set()
-    writer.save(tiny_state(3), 3, wait=True)  # the final save always waits, then lands
-    writer.close()
-    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000003.pt", "step_00000001.pt"]
+    writer = BackgroundWriter(log=messages.append, busy_wait_s=0.05, abandon_after_s=0.3)
+    hung = writer.submit(write(1, hang=True), "checkpoint step 1")
+    started = time.monotonic()
+    assert writer.submit(write(2), "checkpoint step 2") is None  # skipped, after waiting busy_wait_s only
+    assert time.monotonic() - started < 1.0 and "step 2: skipped" in messages[-1]
+    time.sleep(0.3)
+    landed = writer.submit(write(3), "checkpoint step 3")  # the hung write is abandoned; this one goes on
+    assert "step 1: abandoned" in messages[-1]
+    assert writer.close(timeout=30) and landed.result().step == 3
+    release.set()  # the abandoned write returns at last: its file is discarded, not installed
+    with pytest.raises(checkpoints.WriteAbandoned):
+        hung.result(timeout=30)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000003.pt"]
+    assert not list(tmp_path.glob(".*.tmp-*"))
 
 
-def flaky_torch_save(monkeypatch, failures):
-    """torch.save that fails like a dropped Drive mount `failures` times (None: always)."""
-    real_save = torch.save
-    calls = {"n": 0}
+def test_retrying_waits_out_a_dropped_mount_and_says_so_once():
+    failures = iter([OSError(errno.ENOTCONN, "Transport endpoint is not connected"), RuntimeError("wrapped")])
 
-    def save(obj, f, *args, **kwargs):
-        calls["n"] += 1
-        if failures is None or calls["n"] <= failures:
-            f.write(b"partial")
-            raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
-        return real_save(obj, f, *args, **kwargs)
+    def flaky():
+        failure = next(failures, None)
+        if isinstance(failure, RuntimeError):  # as torch.save wraps a failing file: the OSError is __context__
+            try:
+                raise OSError(errno.EIO, "Input/output error")
+            except OSError:
+                raise failure
+        if failure is not None:
+            raise failure
+        return "landed"
 
-    monkeypatch.setattr(torch, "save", save)
-    return calls
-
-
-def test_failed_writes_are_retried_and_land(tmp_path, monkeypatch):
-    calls = flaky_torch_save(monkeypatch, failures=2)
     messages = []
-    with CheckpointWriter(tmp_path, retries=3, retry_wait_s=0.01, log=messages.append) as writer:
-        writer.save(tiny_state(7), 7)
-    assert calls["n"] == 3
-    assert sum("retrying" in m for m in messages) == 2 and "Checkpoint saved" in messages[-1]
-    assert writer.last_error is None and writer.saves_completed == 1
-    assert load_latest(tmp_path, log=pytest.fail)[1]["step"] == 7
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000007.pt", "step_00000007.pt.sha256"]
+    assert checkpoints.retrying(flaky, "Checkpoint step 7", messages.append, retry_wait_s=0.01) == "landed"
+    assert len(messages) == 2 and "Remount" in messages[0] and "landed after 3 attempts" in messages[1]
+
+    def wrong_kind_of_file():
+        raise OSError(errno.EISDIR, "Is a directory")
+
+    with pytest.raises(OSError):  # not a disk hiccup: raised at once, never retried
+        checkpoints.retrying(wrong_kind_of_file, "x", pytest.fail)
 
 
-def test_a_write_that_keeps_failing_is_reported_not_raised(tmp_path, monkeypatch):
-    flaky_torch_save(monkeypatch, failures=None)
-    messages = []
-    writer = CheckpointWriter(tmp_path, retries=1, retry_wait_s=0.01, log=messages.append)
-    writer.save(tiny_state(1), 1)
-    writer.wait()
-    assert isinstance(writer.last_error, StorageError)
-    assert writer.last_error.__cause__.errno == errno.ENOTCONN and "Remount" in str(writer.last_error)
-    assert "NOT saved" in messages[-1] and writer.saves_completed == 0
-    assert list(tmp_path.iterdir()) == []
-
-    monkeypatch.undo()  # Drive is back: the next save catches up
-    writer.save(tiny_state(2), 2, wait=True)
-    writer.close()
-    assert writer.last_error is None and writer.saves_completed == 1
-    assert load_latest(tmp_path, log=pytest.fail)[1]["step"] == 2
-
-
-def make_run(checkpoints_dir, run_id, status, steps=(1,), damage=None):
-    run_dir = checkpoints_dir / run_id
-    paths = write_steps(run_dir, steps)
-    write_run_info(run_dir, {"run_id": run_id, "model_type": run_id.split("_")[0], "status": status, "dataset": "nottingham"})
-    if damage == "unverified":
-        checkpoints.checksum_path(paths[-1]).unlink()
-    elif damage == "corrupt":
-        with open(paths[-1], "r+b") as handle:
-            handle.truncate(10)
-    return run_dir
-
-
-def test_find_resumable_run_skips_finished_and_invalid_runs(tmp_path):
-    resumable = make_run(tmp_path, "lstm_20260101_000000", "running", steps=(3, 4))
-    make_run(tmp_path, "lstm_20260102_000000", "finished")
-    make_run(tmp_path, "lstm_20260103_000000", "running", damage="corrupt")
-    make_run(tmp_path, "lstm_20260104_000000", "running", damage="unverified")
-    (tmp_path / "lstm_20260105_000000").mkdir()  # killed before its first checkpoint
-    transformer = make_run(tmp_path, "transformer_20250101_000000", "running")
-    assert find_resumable_run(tmp_path, "lstm") == resumable
-    assert find_resumable_run(tmp_path, "transformer") == transformer
-    assert find_resumable_run(tmp_path, "gru") is None
-    assert find_resumable_run(tmp_path / "missing", "lstm") is None
-    assert read_run_info(resumable)["status"] == "running" and "updated" in read_run_info(resumable)
-
-
-def test_inspect_and_list_runs_report_each_file(tmp_path):
-    run_dir = make_run(tmp_path, "gru_20260101_000000", "running", steps=(1, 2, 3))
+def test_inspect_run_reports_each_file(tmp_path):
+    run_dir = tmp_path / "gru_20260101_000000"
+    write_steps(run_dir, (1, 2, 3))
     checkpoints.checksum_path(run_dir / "step_00000003.pt").unlink()
     with open(run_dir / "step_00000002.pt", "r+b") as handle:
         handle.truncate(10)
@@ -386,8 +339,6 @@ def test_inspect_and_list_runs_report_each_file(tmp_path):
         ("step_00000003.pt", 3, "unverified"), ("step_00000002.pt", 2, "corrupt"), ("step_00000001.pt", 1, "valid"), ("best.pt", 1, "valid"),
     ]
     assert files[1]["size_bytes"] == 10 and files[0]["age_s"] >= 0
-    (run,) = list_runs(tmp_path)
-    assert (run["run_id"], run["model_type"], run["status"], run["newest_step"]) == ("gru_20260101_000000", "gru", "running", 1)
 
     remove_file(run_dir / "step_00000003.pt")
     assert not (run_dir / "step_00000003.pt").exists()
@@ -397,20 +348,23 @@ def test_inspect_and_list_runs_report_each_file(tmp_path):
 # so the test can SIGKILL many real writers without paying for the import each time.
 WRITERS = """
 import os, sys, torch
-from midikit.checkpoints import CheckpointWriter, load_latest
-run_dir = sys.argv[1]
+from pathlib import Path
+from midikit.checkpoints import load_latest, write_checkpoint
+run_dir = Path(sys.argv[1])
+run_dir.mkdir(parents=True, exist_ok=True)
 for _ in sys.stdin:
     pid = os.fork()
     if pid == 0:
         latest = load_latest(run_dir, log=lambda message: None)
         step = latest[1]["step"] if latest else 0
-        writer = CheckpointWriter(run_dir, keep_last=2, log=lambda message: None)
+        first = True
         while True:
             step += 1
-            writer.save({"step": step, "weights": torch.full((1_000_000,), float(step))}, step, best=step % 3 == 0)
-            if writer.saves_completed == 0:  # say the pid once there is something to resume from
-                writer.wait()
+            write_checkpoint(run_dir, {"step": step, "weights": torch.full((1_000_000,), float(step))}, step,
+                             best=step % 3 == 0, keep_last=2)
+            if first:  # say the pid once there is something to resume from
                 print(os.getpid(), flush=True)
+                first = False
     os.waitpid(pid, 0)
     print("reaped", flush=True)
 """

@@ -7,16 +7,17 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import symusic
 import torch
 
 from midikit import checkpoints
+from midikit import runs as registry
 from midikit.cli import main
 from midikit.data import DatasetError, load_dataset, tokens_to_score
 from midikit.generate import (
-    SLIDE_KEEP, GenerationError, SampleConfig, _tokenize_seed, decode, generate, list_finished_runs, load_run,
-    next_tokens,
+    SLIDE_KEEP, GenerationError, SampleConfig, _tokenize_seed, decode, generate, load_run, next_tokens,
 )
 from midikit.models import MODEL_TYPES, ConfigError, ModelConfig, build_model
 from midikit.storage import DatasetPaths
@@ -186,9 +187,9 @@ def test_a_seed_midi_without_notes_is_refused(loaded, tmp_path):
 
 def test_every_way_to_name_a_run_loads_the_same_model(runs, loaded):
     paths, result = runs["paths"], runs["results"]["transformer"]
-    finished = list_finished_runs(paths)
-    assert {run["run_id"] for run in finished} == {r.run_id for r in runs["results"].values()}
-    assert [run["run_id"] for run in list_finished_runs(paths, "gru")] == [runs["results"]["gru"].run_id]
+    finished = registry.finished_runs(paths)
+    assert {run.run_id for run in finished} == {r.run_id for r in runs["results"].values()}
+    assert [run.run_id for run in registry.finished_runs(paths, "gru")] == [runs["results"]["gru"].run_id]
     latest = load_run("latest", paths, model_type="transformer", device="cpu")
     by_sidecar = load_run(result.artifacts["sidecar"], device="cpu")
     by_checkpoint = load_run(paths.run_checkpoints(result.run_id) / "best.pt", device="cpu")
@@ -259,20 +260,24 @@ def test_a_tokenizer_file_naming_another_class_is_refused(runs, tmp_path):
         load_run(weights, device="cpu")
 
 
-def test_finished_runs_sort_by_run_id_and_skip_foreign_sidecars(runs, tmp_path):
+def test_finished_runs_sort_by_run_id_and_skip_foreign_folders(runs, tmp_path):
     paths = runs["paths"]
-    listed = [run["run_id"] for run in list_finished_runs(paths)]
+    listed = [run.run_id for run in registry.finished_runs(paths)]
     assert listed == sorted(listed, key=lambda run_id: run_id.split("_", 1)[1], reverse=True) and len(listed) == 3
     own = DatasetPaths(tmp_path, paths.dataset)
     shutil.copytree(paths.models, own.models)
-    (own.models / "notes.json").write_text(json.dumps({"run_id": "../escape", "status": "finished"}))
-    (own.models / "notes.pth").write_bytes(b"")
-    assert [run["run_id"] for run in list_finished_runs(own)] == listed
+    shutil.copytree(paths.checkpoints, own.checkpoints)
+    (own.checkpoints / "notes").mkdir()  # not a run id: never listed
+    (own.checkpoints / "lstm_20200101_000000").mkdir()  # a run id without a record or weights
+    (own.checkpoints / "lstm_20200101_000000" / "run.json").write_text("{not json")
+    assert [run.run_id for run in registry.finished_runs(own)] == listed
 
 
 @pytest.mark.parametrize("values, flag", [
-    (dict(p=0.0), "--p"), (dict(p=1.5), "--p"), (dict(k=0), "--k"), (dict(temperature=0.0), "--temperature"),
-    (dict(temperature=-1.0), "--temperature"), (dict(strategy="beam"), "strategy"), (dict(num_tokens=0), "--num_tokens"),
+    (dict(p=0.0), "p must be a number > 0.0 and <= 1.0, got 0.0. Try 0.9"), (dict(p=1.5), "p must be"), (dict(k=0), "k must be an integer >= 1"),
+    (dict(temperature=0.0), "temperature must be a number > 0.0, got 0.0. 1.0 samples the model as trained"),
+    (dict(temperature=-1.0), "temperature must be"), (dict(strategy="beam"), "Unknown strategy 'beam'"),
+    (dict(num_tokens=0), "num_tokens must be an integer >= 1"), (dict(seed=np.int64(3), k=np.float64(2.0)), "k must be an integer"),
 ])
 def test_bad_sampling_values_are_refused(values, flag):
     with pytest.raises(ConfigError, match=flag):

@@ -22,7 +22,7 @@ import pytest
 import symusic
 from IPython.core.inputtransformer2 import TransformerManager
 
-from midikit import widgets
+from midikit import runs, widgets
 from midikit.data import load_dataset
 from midikit.generate import GenerationResult
 from midikit.models import ConfigError
@@ -166,8 +166,8 @@ def test_preprocess_form_shows_the_folder_field_only_for_folders(tmp_path):
 def _finished_run(paths, run_id="lstm_20260101_000000"):
     paths.models.mkdir(parents=True)
     paths.best_weights(run_id).write_bytes(b"")
-    sidecar = {"run_id": run_id, "model_type": "lstm", "status": "finished", "metrics": {"best_val_loss": 2.5}}
-    paths.weights_sidecar(run_id).write_text(json.dumps(sidecar))
+    runs.write_record(paths.run_checkpoints(run_id), {"run_id": run_id, "model_type": "lstm", "status": "finished",
+                                                      "best_val_loss": 2.5})
 
 
 def test_generate_form_shows_the_sampling_error(tmp_path):
@@ -180,7 +180,7 @@ def test_generate_form_shows_the_sampling_error(tmp_path):
     form.fields["p"].value = 1.5
     with pytest.raises(ConfigError) as raised:
         form.value
-    assert "--p must be in (0, 1]" in str(raised.value) and "(0, 1]" in form.message.value
+    assert "p must be a number > 0.0 and <= 1.0, got 1.5" in str(raised.value) and "&lt;= 1.0" in form.message.value
     form.fields["p"].value = 0.5
     form.fields["seed"].value = -1
     assert form.value[1].seed is None and "✓" in form.message.value
@@ -276,7 +276,7 @@ def test_train_form_refuses_a_context_longer_than_the_dataset(tiny_dataset):
 
 def test_a_form_displays_its_box_in_ipywidgets_7_and_8(tmp_path, monkeypatch):
     shown = []
-    monkeypatch.setattr(widgets, "display", shown.append)
+    monkeypatch.setattr(widgets.forms, "display", shown.append)
     form = widgets.FolderForm(tmp_path)
     form._ipython_display_()  # what IPython calls; ipywidgets 7 widgets have no _repr_mimebundle_
     assert shown == [form.box]
@@ -316,7 +316,7 @@ def test_a_generated_piece_without_notes_is_reported_not_drawn(tiny_dataset, not
     result = GenerationResult(tokens=[[], [1]], midi_paths=paths, scores=[empty, tune], invalid_token_share=[0.0, 0.0],
                               seconds=1.0, tokens_per_second=1.0)
     shown = []
-    monkeypatch.setattr(widgets, "display", shown.append)
+    monkeypatch.setattr(widgets.displays, "display", shown.append)
     widgets.show_generation(result, tiny_dataset, max_dataset_files=4)
     assert "sample00.mid: no notes" in capsys.readouterr().out
     assert [type(item).__name__ for item in shown] == ["Image", "Audio", "HTML"]  # the tune's roll and audio, the table

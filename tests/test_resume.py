@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 
-from midikit import checkpoints
+from midikit import checkpoints, runs
 from midikit.storage import DatasetPaths
 
 STEPS = 60
@@ -75,7 +75,9 @@ def assert_identical(paths: DatasetPaths, reference: DatasetPaths) -> None:
     for index, moments in expected["optimizer"]["state"].items():
         for key, tensor in moments.items():
             assert torch.equal(state["optimizer"]["state"][index][key], tensor), (index, key)
-    for key in ("train_loss", "train_step", "val_loss", "val_step", "lr"):
+    for key in ("train_loss", "lr"):
+        assert torch.equal(state["history"][key], expected["history"][key]), key
+    for key in ("val_loss", "val_step"):
         assert state["history"][key] == expected["history"][key], key
     assert len(state["history"]["train_loss"]) == STEPS
     assert (state["best_val_loss"], state["best_step"]) == (expected["best_val_loss"], expected["best_step"])
@@ -93,14 +95,17 @@ def test_killed_or_stopped_runs_resume_bit_identical(tiny_dataset, tmp_path):
     to_stop.send_signal(signal.SIGINT)
     finish(to_stop, 130)
 
-    for paths in (killed, stopped):
+    for paths, status in ((killed, "running"), (stopped, "interrupted")):
         run_dir = the_run(paths)
-        assert checkpoints.read_run_info(run_dir)["status"] == "running"
+        record = runs.read_record(run_dir)
+        assert record.status == status
+        # A killed run's owner is a process that no longer exists on this host: it is resumed at once.
+        assert record.owner_state() == ("dead" if status == "running" else "released")
         _, state = checkpoints.load_latest(run_dir)
         assert 20 <= state["step"] < STEPS
         output = finish(start(paths))
         assert f"Resuming {run_dir.name}" in output and f"step {state['step']} of {STEPS}" in output
-        assert checkpoints.read_run_info(run_dir)["status"] == "finished"
+        assert runs.read_record(run_dir).status == "max_steps"
 
     finish(uninterrupted)
     assert_identical(killed, reference)

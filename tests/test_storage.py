@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from midikit import storage
-from midikit.artifacts import write_run_artifacts
+from midikit import runs, storage
+from midikit.artifacts import RunReport, write_run_artifacts
 from midikit.models import ModelConfig
 from midikit.storage import DatasetPaths, StorageError
 
@@ -88,12 +88,15 @@ def test_a_diverged_run_still_gets_its_artifacts(tmp_path):
     paths = storage.dataset_paths(tmp_path, "d")
     run_id = storage.make_run_id("gru", "20261128_214500")
     config = ModelConfig(model_type="gru", vocab_size=10, hidden_size=8, embed_size=4, num_layers=1).to_dict()
-    history = {"train_loss": [2.0, math.nan], "train_step": [1, 2], "val_loss": [math.inf], "val_step": [2], "lr": [1e-3, 1e-3]}
+    history = {"train_loss": torch.tensor([2.0, math.nan]), "val_loss": [math.inf], "val_step": [2]}
     metrics = {"best_val_loss": math.inf, "best_step": 2, "final_train_loss": math.nan, "steps": 2, "epochs": 0,
-               "tokens_seen": 64, "elapsed_seconds": 1.0, "parameters": 100, "stop_reason": "finished"}
-    artifacts = write_run_artifacts(paths, run_id, config, {"lr": 1e-3}, {"name": "d"}, history, metrics, "finished",
-                                    best_weights={"w": torch.zeros(2)})
+               "total_steps": 2, "tokens_seen": 64, "elapsed_seconds": 1.0, "parameters": 100}
+    report = RunReport(run_id, "finished", config, {"lr": 1e-3}, {"name": "d"}, metrics, history, weights_step=2)
+    artifacts = write_run_artifacts(paths, report)
+    runs.write_record(paths.run_checkpoints(run_id), report.record_fields())
+    runs.rebuild_models_csv(paths)
     sidecar = json.loads(artifacts["sidecar"].read_text())
     assert sidecar["metrics"]["best_val_loss"] is None and sidecar["metrics"]["final_train_loss"] is None
     assert np.isnan(np.load(artifacts["train_losses"], allow_pickle=False)[1])
+    assert runs.read_record(paths.run_checkpoints(run_id)).get("best_val_loss") is None
     assert run_id in artifacts["csv"].read_text()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from midikit import checkpoints
+from midikit import checkpoints, runs
 from midikit.cli import main as cli_main
 from midikit.data import DatasetError, load_dataset
 from midikit.models import MODEL_TYPES, ConfigError, ModelConfig, build_model
@@ -65,7 +65,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 def finished_run(one_thread, tiny_dataset, tmp_path_factory):
     """One short LSTM run to the end, shared by the tests that inspect its results."""
     paths = own_root(tiny_dataset, tmp_path_factory.mktemp("finished"))
-    config = tiny_config(paths, "lstm", max_steps=120, eval_every=30, checkpoint_every_steps=50)
+    config = tiny_config(paths, "lstm", max_steps=120, eval_every=30, checkpoint_every_steps=30)
     return paths, train(config, log=quiet, model_overrides=TINY_MODELS["lstm"])
 
 
@@ -91,19 +91,20 @@ def test_changing_a_future_token_never_changes_earlier_logits(model_type, tiny_d
 def test_a_saved_config_alone_rebuilds_the_model(finished_run):
     paths, result = finished_run
     sidecar = json.loads(result.artifacts["sidecar"].read_text())
-    _, state = checkpoints.load_latest(result.artifacts["checkpoints"])
+    best = checkpoints.load_state(result.artifacts["checkpoints"] / "best.pt")
     tokens = torch.randint(0, sidecar["dataset"]["vocab_size"], (2, 16))
     outputs = []
     for config, weights in (
         (sidecar["model_config"], torch.load(result.artifacts["weights"], weights_only=True)),
-        (state["model_config"], state["model"]),
+        (best["model_config"], best["model"]),
     ):
         model = build_model(ModelConfig.from_dict(config)).eval()
         model.load_state_dict(weights)
         outputs.append(model(tokens))
     assert outputs[0].shape == (2, 16, sidecar["dataset"]["vocab_size"])
-    # The run's best evaluation was its last, so the best weights are the final ones.
-    assert result.best_val_loss == result.history["val_loss"][-1]
+    # The .pth holds the weights of the best evaluation, which best.pt was saved at (every evaluation here
+    # is checkpointed, so whichever step was best, both hold it).
+    assert sidecar["weights_step"] == sidecar["metrics"]["best_step"] == best["step"] == best["best_step"]
     torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
 
 
@@ -130,7 +131,7 @@ def test_artifacts_exist_and_are_sane(finished_run):
     # The seed's snippet, with weights_only=True spelled out (torch's default since 2.6).
     n_params = sum(p.numel() for p in torch.load(artifacts["weights"], weights_only=True).values())
     sidecar = json.loads(artifacts["sidecar"].read_text())
-    assert sidecar["run_id"] == run_id and sidecar["status"] == "finished"
+    assert sidecar["run_id"] == run_id and sidecar["status"] == "max_steps"
     assert sidecar["metrics"]["parameters"] == n_params
     assert sidecar["metrics"]["steps"] == 120 and sidecar["metrics"]["best_val_loss"] == result.best_val_loss
     assert sidecar["dataset"]["vocab_size"] == load_dataset(paths).vocab_size
@@ -153,8 +154,10 @@ def test_artifacts_exist_and_are_sane(finished_run):
     image = matplotlib.image.imread(artifacts["plot"])
     assert image.ndim == 3 and image.shape[0] > 300 and image.shape[1] > 600  # 150 dpi
 
-    run_info = checkpoints.read_run_info(artifacts["checkpoints"])
-    assert run_info["status"] == "finished" and run_info["run_id"] == run_id
+    record = runs.read_record(artifacts["checkpoints"])
+    assert (record.status, record.run_id, record.get("step"), record.get("total_steps")) == ("max_steps", run_id, 120, 120)
+    assert record.get("best_val_loss") == result.best_val_loss and record.get("weights") == {"file": f"{run_id}.pth", "step": record.get("best_step")}
+    assert record.owner.released and record.get("dataset")["fingerprint"] == load_dataset(paths).fingerprint
     assert (artifacts["checkpoints"] / "best.pt").is_file()
     assert len(checkpoints.list_checkpoints(artifacts["checkpoints"])) <= 2  # keep_last
 
@@ -165,11 +168,11 @@ def test_resume_auto_continues_unfinished_runs_only(tiny_dataset, tmp_path):
 
     stopped = train(config, on_eval=interrupt, log=quiet, model_overrides=TINY_MODELS["gru"])
     assert stopped.status == "interrupted" and stopped.steps == 10
-    assert checkpoints.read_run_info(paths.run_checkpoints(stopped.run_id))["status"] == "running"
-    assert json.loads(stopped.artifacts["sidecar"].read_text())["status"] == "running"
+    assert runs.read_record(paths.run_checkpoints(stopped.run_id)).status == "interrupted"
+    assert json.loads(stopped.artifacts["sidecar"].read_text())["status"] == "interrupted"
 
     described = describe_resumable(config)
-    assert described["run_id"] == stopped.run_id and described["step"] == 10
+    assert described["run_id"] == stopped.run_id and described["step"] == 10 and described["owner_state"] == "released"
     assert describe_resumable(tiny_config(paths, "lstm")) is None  # another model type
     assert describe_resumable(tiny_config(paths, "gru", resume="never")) is None
 
@@ -177,15 +180,20 @@ def test_resume_auto_continues_unfinished_runs_only(tiny_dataset, tmp_path):
     assert resumed.run_id == stopped.run_id and resumed.resumed_from_step == 10
     assert resumed.steps == 40 and resumed.status == "max_steps"
     assert resumed.history["val_step"] == [10, 20, 30, 40]
-    assert checkpoints.read_run_info(paths.run_checkpoints(stopped.run_id))["status"] == "finished"
+    assert runs.read_record(paths.run_checkpoints(stopped.run_id)).status == "max_steps"
 
     assert describe_resumable(config) is None
     fresh = train(replace(config, max_steps=5), log=quiet, model_overrides=TINY_MODELS["gru"])
     assert fresh.run_id != stopped.run_id and fresh.resumed_from_step is None
 
-    # A run can still be continued on purpose, by path.
-    again = train(replace(config, max_steps=50, resume=str(paths.run_checkpoints(stopped.run_id))), log=quiet)
+    # A finished run is continued only on purpose: by path, with a new horizon (extend).
+    by_path = replace(config, max_steps=50, resume=str(paths.run_checkpoints(stopped.run_id)))
+    with pytest.raises(ConfigError, match="already finished .*--extend"):
+        train(by_path, log=quiet)
+    messages = []
+    again = train(replace(by_path, extend=True), log=messages.append)
     assert again.run_id == stopped.run_id and again.resumed_from_step == 40 and again.steps == 50
+    assert any("horizon 40 -> 50 steps" in m for m in messages)
 
 
 def test_epoch_length_follows_max_batches_and_subsample_ratio(tiny_dataset, tmp_path):
@@ -203,12 +211,12 @@ def test_epoch_length_follows_max_batches_and_subsample_ratio(tiny_dataset, tmp_
 
 
 def test_out_of_gpu_memory_suggests_a_smaller_batch(tiny_dataset, tmp_path, monkeypatch):
-    import midikit.train
+    import midikit.train.loop
 
     def out_of_memory(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(midikit.train, "train_step", out_of_memory)
+    monkeypatch.setattr(midikit.train.loop, "train_step", out_of_memory)
     paths = own_root(tiny_dataset, tmp_path)
     with pytest.raises(ConfigError, match="batch_size=8.*Try --batch_size 4"):
         train(tiny_config(paths), log=quiet, model_overrides=TINY_MODELS["lstm"])
@@ -223,9 +231,14 @@ def test_out_of_gpu_memory_suggests_a_smaller_batch(tiny_dataset, tmp_path, monk
         (dict(model_type="cnn"), {}, "Unknown model_type 'cnn'"),
         (dict(batch_size=0), {}, "batch_size must be an integer > 0"),
         (dict(epochs=-1), {}, "epochs must be an integer > 0"),
-        (dict(lr=0.0), {}, "lr must be a number > 0"),
+        (dict(lr=0.0), {}, "lr must be a number > 0.0"),
+        (dict(lr=float("nan")), {}, "lr must be a finite number, got nan"),
+        (dict(grad_clip=float("nan")), {}, "grad_clip must be a finite number"),
+        (dict(seed=2**32), {}, "seed must be an integer >= 0 and < 4294967296"),
+        (dict(subsample_ratio="0.5"), {}, "subsample_ratio must be a number, got '0.5'"),
+        (dict(keep_last=0), {}, "keep_last must be an integer >= 1"),
         (dict(precision="fp8"), {}, "Unknown precision 'fp8'"),
-        (dict(model_type="lstm"), dict(hidden_size=0), "hidden_size must be a positive integer"),
+        (dict(model_type="lstm"), dict(hidden_size=0), "hidden_size must be an integer > 0"),
         (dict(model_type="transformer"), dict(d_model=30, nhead=4), "nhead=4 does not divide d_model=30"),
         (dict(), dict(context_length=10**8), "context_length=100000000 is longer than dataset"),
         (dict(val_split=0.3), {}, "val_split=0.3 was asked for"),

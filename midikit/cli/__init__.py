@@ -1,11 +1,16 @@
 """`python -m midikit <command>`: one sub-module per command, each with `add_arguments(parser)`
-and `run(args) -> int`. The commands only build config objects and call the package."""
+and `run(args) -> int`. The commands only build config objects and call the package; their flags
+are generated from the config classes (`midikit.configs`). Command modules import torch and
+miditok only inside `run`, so `--help` answers at once."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
+
+from ..errors import ConfigError, StorageError
 
 # command name -> (module under midikit.cli, one-line help)
 COMMANDS = {
@@ -13,6 +18,8 @@ COMMANDS = {
     "train": ("train", "train (or resume) an LSTM, GRU or Transformer on a preprocessed dataset"),
     "generate": ("generate", "generate MIDI from a trained run"),
 }
+# "-5,-3,-1,0,1,3,5" (the seed's --transpositions) would read as a flag: joined to its flag instead.
+_NEGATIVE_LIST = re.compile(r"^-\d[\d,\s-]*$")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,11 +34,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    from ..models import ConfigError
-    from ..storage import StorageError
+def join_negative_values(argv: list[str]) -> list[str]:
+    """`--flag -5,-3` -> `--flag=-5,-3`, so a value that starts with a minus is not taken for a flag."""
+    joined, index = [], 0
+    while index < len(argv):
+        item = argv[index]
+        if item.startswith("--") and "=" not in item and index + 1 < len(argv) and _NEGATIVE_LIST.match(argv[index + 1]):
+            joined.append(f"{item}={argv[index + 1]}")
+            index += 2
+            continue
+        joined.append(item)
+        index += 1
+    return joined
 
-    args = build_parser().parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(join_negative_values(list(sys.argv[1:] if argv is None else argv)))
     try:
         return int(args._run(args) or 0)
     except (ConfigError, StorageError) as exc:

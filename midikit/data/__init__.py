@@ -8,16 +8,18 @@ tokenization, split by file, transposition, the token store and the window sampl
 
 from importlib import import_module
 
-from .sampler import evaluation_windows, sample_windows
-from .store import DatasetError, TokenDataset, load_dataset
+from ..configs import TOKENIZERS, TRACK_MODES, PreprocessConfig
+from ..errors import DatasetError
+from .store import TokenDataset, load_dataset
 
-# The rest imports miditok (and through it much else): loaded on first use, so training and the
-# synthetic GPU benchmarks run where miditok is absent and start faster.
+# The rest imports torch (the sampler) or miditok (and through it much else): loaded on first use,
+# so `--help`, the forms and the synthetic GPU benchmarks start fast and run where miditok is absent.
 _LAZY = {
-    "PreprocessConfig": "preprocess", "PreprocessResult": "preprocess", "preprocess": "preprocess",
+    "sample_windows": "sampler", "evaluation_windows": "sampler",
+    "PreprocessResult": "preprocess", "preprocess": "preprocess",
     "split_files": "preprocess", "NOTTINGHAM_URL": "sources", "corpus_dir": "sources",
-    "download_nottingham": "sources", "list_music_files": "sources", "TOKENIZERS": "tokenization",
-    "TRACK_MODES": "tokenization", "load_tokenizer": "tokenization", "tokens_to_score": "tokenization",
+    "download_nottingham": "sources", "list_music_files": "sources",
+    "load_tokenizer": "tokenization", "tokens_to_score": "tokenization",
 }
 
 

@@ -13,89 +13,22 @@ import importlib.metadata
 import json
 import multiprocessing
 import os
-import shlex
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import __version__, storage
-from ..models import ConfigError
+from ..configs import PreprocessConfig, parse_transpositions  # noqa: F401  (re-exported)
+from ..errors import ConfigError, DatasetError
 from ..storage import DatasetPaths
 from . import sources
-from .store import STORE_FORMAT, STORE_VERSION, DatasetError, load_dataset, write_config, write_store
+from .store import STORE_FORMAT, STORE_VERSION, load_dataset, write_config, write_store
 from .tokenization import FileTokenizer, build_tokenizer, init_worker, special_ids, tokenize_in_worker, tokenizer_spec
 
 REPORT_MAX_SKIPPED = 20  # skipped files listed in the printed report (config.json lists all)
-
-
-@dataclass
-class PreprocessConfig:
-    """Everything `python -m midikit preprocess` takes. `source` None means: "folder" when
-    `input_dir` is given, else "nottingham" (the seed's default, downloaded once)."""
-
-    source: str | None = None
-    input_dir: str | None = None
-    dataset: str = "nottingham"
-    checkpoint_dir: str | None = None
-    val_split: float = 0.05
-    transpositions: tuple = (-5, -3, -1, 0, 1, 3, 5)
-    seq_length: int = 100
-    limit: int | None = None
-    tokenizer: str = "REMI"
-    tracks: str = "merged"
-    tokenizer_params: dict = field(default_factory=dict)  # extra miditok TokenizerConfig options
-    augment_validation: bool = False
-    seed: int = 42
-    workers: int | None = None
-
-    def __post_init__(self):
-        if self.source is None:
-            self.source = "folder" if self.input_dir else "nottingham"
-        if isinstance(self.transpositions, str):
-            self.transpositions = parse_transpositions(self.transpositions)
-
-    def validate(self) -> "PreprocessConfig":
-        if self.source not in sources.SOURCES:
-            raise ConfigError(f"Unknown source {self.source!r}: choose one of {', '.join(sources.SOURCES)}.")
-        if self.source == "folder" and not self.input_dir:
-            raise ConfigError("source='folder' needs input_dir: pass --input_dir DIR (a folder of .mid/.midi/.abc files).")
-        if self.source != "folder" and self.input_dir:
-            raise ConfigError(f"Pass either --input_dir or --source {self.source}, not both.")
-        DatasetPaths(Path("."), self.dataset)  # validates the name
-        if not 0.0 < float(self.val_split) < 1.0:
-            raise ConfigError(f"val_split must be between 0 and 1 (exclusive), got {self.val_split!r}; the seed uses 0.05.")
-        self.transpositions = tuple(sorted({_as_int("transpositions", k) for k in self.transpositions}))
-        if not self.transpositions:
-            raise ConfigError("transpositions is empty: give at least 0 (no augmentation), e.g. --transpositions 0.")
-        for name in ("seq_length", "limit", "workers"):
-            value = getattr(self, name)
-            if value is not None and (_as_int(name, value) <= 0):
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
-        build_tokenizer(tokenizer_spec(self.tokenizer, self.tracks, self.tokenizer_params))  # checks option values too
-        return self
-
-    def command(self, root: Path) -> str:
-        """The equivalent `python -m midikit preprocess` command line (stored in config.json)."""
-        args = ["python", "-m", "midikit", "preprocess", "--checkpoint_dir", str(root), "--dataset", self.dataset]
-        if self.source == "folder":
-            args += ["--input_dir", str(Path(self.input_dir).expanduser().absolute())]
-        else:
-            args += ["--source", self.source]
-        defaults = PreprocessConfig()
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name in ("source", "input_dir", "dataset", "checkpoint_dir", "workers") or value == getattr(defaults, f.name):
-                continue
-            if f.name == "augment_validation":
-                args.append("--augment_validation")
-            elif f.name == "transpositions":  # `=` keeps the leading minus from reading as a flag
-                args.append("--transpositions=" + ",".join(map(str, value)))
-            else:
-                args += [f"--{f.name}", json.dumps(value) if f.name == "tokenizer_params" else str(value)]
-        return shlex.join(args)
 
 
 @dataclass
@@ -104,19 +37,6 @@ class PreprocessResult:
     config: dict  # the dataset's config.json
     cache_hit: bool
     report: str
-
-
-def parse_transpositions(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.replace(" ", "").split(",") if part)
-    except ValueError as exc:
-        raise ConfigError(f"transpositions must be comma-separated semitones such as -5,-3,-1,0,1,3,5, got {text!r}.") from exc
-
-
-def _as_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{name} must be integers, got {value!r}.")
-    return value
 
 
 def preprocess(config: PreprocessConfig, progress: bool = True, log=print) -> PreprocessResult:

@@ -14,10 +14,10 @@ import zipfile
 from pathlib import Path
 
 from .. import storage
-from .store import DatasetError
+from ..configs import SOURCES
+from ..errors import DatasetError
 
 MUSIC_SUFFIXES = (".mid", ".midi", ".abc")
-SOURCES = ("folder", "nottingham", "corpus")
 
 # The seed's default dataset: the top-level MIDI/*.mid of jukedeck/nottingham-dataset.
 NOTTINGHAM_URL = "https://github.com/jukedeck/nottingham-dataset/archive/refs/heads/master.zip"

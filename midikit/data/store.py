@@ -18,17 +18,14 @@ from functools import cached_property
 import numpy as np
 
 from .. import storage
-from ..storage import DatasetPaths, StorageError
+from ..errors import DatasetError
+from ..storage import DatasetPaths
 
 STORE_FORMAT = "midikit-token-store"
 STORE_VERSION = 1
 SPLITS = ("train", "val")
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
-
-
-class DatasetError(StorageError):
-    """A dataset is missing, incomplete or unusable; the message says what to run."""
 
 
 def tokens_file(paths: DatasetPaths, split: str):

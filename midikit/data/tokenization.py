@@ -36,11 +36,9 @@ import symusic
 from miditok import TokenizerConfig
 from miditok.data_augmentation import augment_score
 
-from ..models import ConfigError
-from .store import DatasetError
+from ..configs import TOKENIZERS, TRACK_MODES
+from ..errors import ConfigError, DatasetError
 
-TOKENIZERS = ("REMI", "TSD", "MIDILike")  # single-stream, one vocabulary
-TRACK_MODES = ("merged", "separate")
 SPECIAL_TOKENS = ["PAD", "BOS", "EOS", "MASK"]
 # TokenizerConfig arguments set by `tracks`, not by free tokenizer options.
 _TRACK_KEYS = ("use_programs", "one_token_stream_for_programs")

@@ -1,0 +1,193 @@
+"""Field metadata for config dataclasses, and what is generated from it: value checks, argparse
+flags and (in `midikit.forms`) widgets. One declaration per setting, so a flag, a form field and
+the check behind both can never disagree.
+
+    epochs: int = setting(20, "passes over the training tokens", group="training", ge=1)
+
+No torch and no miditok here: `python -m midikit --help` imports this and nothing heavy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import math
+import os
+import typing
+from dataclasses import MISSING, Field, field, fields
+
+from .errors import ConfigError
+
+NUMBER_TYPES = (int, float)
+
+
+def setting(default=MISSING, help: str = "", *, group: str = "", label: str | None = None, choices=None,
+            ge=None, gt=None, le=None, lt=None, none: str | None = None, model_types=None, seed_flags=(),
+            flag: str | None = None, cli: bool = True, hint: str = "", default_factory=MISSING) -> Field:
+    """A dataclass field with its metadata.
+
+    help: one line for --help and the form's tooltip; group: the --help section; label: the form's
+    text (default: the name); choices / ge / gt / le / lt: what values are valid; none: what None
+    means ("the preset's"), for --help and the form; hint: advice added to the error for a bad value;
+    model_types: the model types a model field applies to; seed_flags: the seed project's spellings of the same flag (without --); flag: a
+    different flag spelling (e.g. "--no_progress" for a bool that defaults to True); cli: False
+    for fields with no flag (set by the program, not the user).
+    """
+    metadata = dict(help=help, group=group, label=label, choices=tuple(choices) if choices else None, ge=ge, gt=gt,
+                    le=le, lt=lt, none=none, model_types=tuple(model_types) if model_types else None,
+                    seed_flags=tuple(seed_flags), flag=flag, cli=cli, hint=hint)
+    if default_factory is not MISSING:
+        return field(default_factory=default_factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def value_type(cls, name: str) -> tuple[type, bool]:
+    """(the field's base type, whether None is allowed), from its annotation."""
+    hint = _type_hints(cls)[name]
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), hint) if args else hint
+    return (typing.get_origin(base) or base), optional
+
+
+@functools.lru_cache(maxsize=None)
+def _type_hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def plain(value):
+    """numpy scalars as Python numbers (a checkpoint loads only plain Python with weights_only=True)."""
+    kind = type(value).__module__
+    if kind == "numpy" and hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+def check_fields(config) -> None:
+    """Check every field of a config dataclass against its metadata, converting numpy scalars to
+    Python numbers in place. Raises ConfigError naming the field, the bad value and what is valid."""
+    for f in fields(config):
+        value = plain(getattr(config, f.name))
+        base, optional = value_type(type(config), f.name)
+        if value is None:
+            if not optional:
+                raise ConfigError(f"{f.name} must be set, got None.")
+            continue
+        value = _check_type(f.name, value, base)
+        _check_range(f, value)
+        object.__setattr__(config, f.name, value)
+
+
+def _check_type(name: str, value, base: type):
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if base in (int, float):
+        if isinstance(value, bool) or not isinstance(value, base):
+            raise ConfigError(f"{name} must be {'an integer' if base is int else 'a number'}, got {value!r}.")
+        if base is float and not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number, got {value!r}.")
+    elif base is bool and not isinstance(value, bool):
+        raise ConfigError(f"{name} must be True or False, got {value!r}.")
+    elif base is str and isinstance(value, os.PathLike):
+        value = os.fspath(value)  # folders may come as Path objects
+    elif base is str and not isinstance(value, str):
+        raise ConfigError(f"{name} must be a string, got {value!r}.")
+    return value
+
+
+def _check_range(f: Field, value) -> None:
+    meta = f.metadata
+    if meta.get("choices") and value not in meta["choices"]:
+        raise ConfigError(f"Unknown {f.name} {value!r}: choose one of {', '.join(map(str, meta['choices']))}.")
+    bounds = (("ge", ">=", value >= meta["ge"] if meta.get("ge") is not None else True),
+              ("gt", ">", value > meta["gt"] if meta.get("gt") is not None else True),
+              ("le", "<=", value <= meta["le"] if meta.get("le") is not None else True),
+              ("lt", "<", value < meta["lt"] if meta.get("lt") is not None else True))
+    broken = [f"{sign} {meta[key]}" for key, sign, ok in bounds if not ok]
+    if broken:
+        kind = "an integer" if isinstance(value, int) else "a number"
+        wanted = kind + " " + " and ".join(f"{sign} {meta[key]}" for key, sign, _ in bounds if meta.get(key) is not None)
+        hint = f" {meta['hint']}" if meta.get("hint") else ""
+        raise ConfigError(f"{f.name} must be {wanted}, got {value!r}.{hint}")
+
+
+def describe_valid(f: Field) -> str:
+    """What values a field takes, in words (for --help)."""
+    meta = f.metadata
+    parts = [f"{sign} {meta[key]}" for key, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+             if meta.get(key) is not None]
+    return " and ".join(parts)
+
+
+# --------------------------------------------------------------------------- argparse
+
+
+def add_flags(parser: argparse.ArgumentParser, cls, *, skip=(), only=None, optional_overrides: bool = False,
+              groups: dict[str, argparse._ArgumentGroup] | None = None) -> dict:
+    """One flag per field of `cls` (with its seed spellings as aliases), in argparse groups named by
+    the fields' `group`. With `optional_overrides`, every flag defaults to "not given", so the
+    caller can tell what the user set (model sizes override a preset's). Returns the groups."""
+    groups = {} if groups is None else groups
+    for f in fields(cls):
+        if not f.metadata.get("cli", True) or f.name in skip or (only is not None and f.name not in only):
+            continue
+        title = f.metadata.get("group") or "options"
+        if title not in groups:
+            groups[title] = parser.add_argument_group(title)
+        default = f.default if f.default is not MISSING else f.default_factory()  # not __post_init__'s resolution
+        _add_flag(groups[title], cls, f, default, optional_overrides)
+    return groups
+
+
+def _add_flag(group, cls, f: Field, default, optional_overrides: bool) -> None:
+    meta = f.metadata
+    base, _ = value_type(cls, f.name)
+    names = [meta.get("flag") or f"--{f.name}"] + [f"--{alias}" for alias in meta.get("seed_flags", ())]
+    help_text = meta.get("help", "")
+    if meta.get("seed_flags"):
+        help_text += f" (the seed's {', '.join(names[1:])} also works)"
+    if base is bool:
+        inverted = (meta.get("flag") or "").startswith("--no_")
+        action = "store_false" if inverted else "store_true"
+        group.add_argument(*names, dest=f.name, action=action, default=argparse.SUPPRESS if optional_overrides else default,
+                           help=help_text)
+        return
+    shown = meta.get("none") if default is None and meta.get("none") else default
+    if isinstance(shown, tuple):
+        shown = ",".join(map(str, shown))
+    if optional_overrides:
+        help_text += " (default: " + (meta.get("none") or "the preset's") + ")"
+    elif shown not in (None, ""):
+        help_text += f" (default: {shown})"
+    valid = describe_valid(f)
+    if valid:
+        help_text += f"; {valid}"
+    kwargs = dict(dest=f.name, type=_parser_for(base, f.name), help=help_text.replace("%", "%%"),
+                  default=argparse.SUPPRESS if optional_overrides else default)
+    if meta.get("choices"):
+        kwargs["choices"] = meta["choices"]
+        kwargs["metavar"] = "{" + ",".join(map(str, meta["choices"])) + "}"
+    group.add_argument(*names, **kwargs)
+
+
+def _parser_for(base: type, name: str):
+    if base is int:
+        return int
+    if base is float:
+        return float
+    return str
+
+
+def from_args(cls, args: argparse.Namespace, **extra):
+    """An instance of `cls` from the parsed flags (fields without a flag keep their defaults)."""
+    values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+    values.update(extra)
+    return cls(**values)
+
+
+def given(cls, args: argparse.Namespace) -> dict:
+    """The fields of `cls` the user set on the command line (flags added with optional_overrides)."""
+    return {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}

@@ -1,0 +1,19 @@
+"""Training: `train()` (the loop, `loop.py`) and what it delegates, each in its own file:
+`start.py` (new run or resume), `state.py` (TrainState: the run and the checkpoint schema),
+`setup.py` (model, optimizer, schedule, precision), `recorder.py` (every file a run writes)."""
+
+from ..configs import RUN_DEFINING, TrainConfig
+from .loop import GracefulStop, TrainResult, evaluate_loss, train, train_step
+from .setup import (
+    Training, build_training, configure_backends, lr_factor, make_optimizer, make_scheduler, resolve_compile,
+    resolve_precision, restore_training, seed_everything,
+)
+from .start import check_context, describe_resumable
+from .state import LossHistory, TrainState
+
+__all__ = [
+    "RUN_DEFINING", "TrainConfig", "TrainResult", "train", "train_step", "evaluate_loss", "GracefulStop", "Training",
+    "build_training", "configure_backends", "lr_factor", "make_optimizer", "make_scheduler", "resolve_compile",
+    "resolve_precision", "restore_training", "seed_everything", "check_context", "describe_resumable", "LossHistory",
+    "TrainState",
+]

@@ -1,0 +1,311 @@
+"""`train()`: the loop, readable top to bottom (nanoGPT's train.py is the model).
+
+The training tokens live on the device as one tensor; each step draws random windows from it with
+a seeded CPU generator whose state is checkpointed with everything else, so a resumed run continues
+with exactly the batches, dropout masks and schedule it would have seen. What the loop delegates has
+a name: `find_start` (new run or resume), `open_run` (the run's one writer), `build_training` (model,
+optimizer, schedule), `TrainState` (the run and the checkpoint schema) and the `Recorder` (every file).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..artifacts import artifact_paths
+from ..checkpoints import capture_rng_state, restore_rng_state
+from ..configs import ModelConfig, TrainConfig
+from ..data.sampler import evaluation_windows, sample_windows
+from ..errors import ConfigError
+from ..models import resolve_device
+from ..runs import DONE
+from .recorder import Recorder, open_run
+from .setup import Training, build_training, resolve_precision, restore_training, seed_everything
+from .start import find_start, open_dataset
+from .state import TrainState
+
+LOSS_FLUSH_EVERY = 20  # steps between GPU->CPU syncs of the per-step losses
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    status: str  # finished | early_stopped | max_steps | interrupted | failed | taken_over
+    resumed_from_step: int | None
+    steps: int
+    epochs: int
+    best_val_loss: float | None
+    history: dict  # plain lists: train_loss, train_step, val_loss, val_step, lr
+    artifacts: dict[str, Path] = field(default_factory=dict)
+
+
+def train(train_config: TrainConfig, model_config: ModelConfig | None = None, on_eval=None, log=print,
+          model_overrides: dict | None = None) -> TrainResult:
+    """Train a new run, or continue one (`train_config.resume`), and write its checkpoints and artifacts.
+
+    model_config None: the preset's sizes for `train_config.model_type` (`train_config.preset`, else the
+    one for this hardware), with the dataset's vocab_size; `model_overrides` (e.g. from explicit CLI
+    flags) replace single fields. `on_eval(history)` runs after each evaluation. Every bad input
+    raises ConfigError/StorageError before training starts."""
+    tc = replace(train_config).validate()
+    paths, dataset = open_dataset(tc)
+    device = resolve_device(tc.device)
+    resolve_precision(tc.precision, device)  # a precision this device lacks fails before anything is written
+    start = find_start(tc, model_config, dict(model_overrides or {}), paths, dataset, device, log)
+    say = tqdm.write if (log is print and tc.progress) else log  # keeps the progress bar intact
+    paths.ensure()
+
+    # Set-up: become the run's one writer, then build the model, optimizer and data on the device.
+    owner, keeper, weights_step, pending_weights = open_run(paths, start, say, takeover=tc.takeover)
+    try:
+        state = start.state
+        generator = seed_everything(state.train_config.seed)  # a resume then overwrites every RNG from the checkpoint
+        training = build_training(state.model_config, state.train_config, device, state.total_steps)
+        if start.checkpoint is not None:
+            restore_training(training, start.checkpoint)
+            restore_rng_state(start.checkpoint["rng"], generator)
+        state = replace(state, train_config=replace(state.train_config, device=str(device), precision=training.precision,
+                                                    compile="on" if training.compiled else "off"))
+        train_tokens, val_inputs, val_targets = tokens_on_device(dataset, device, state)
+    except BaseException as exc:
+        keeper.close()
+        raise _out_of_memory(state, start.kind == "resumed") if isinstance(exc, torch.cuda.OutOfMemoryError) else exc
+    recorder = Recorder(paths, state, owner, keeper, training.raw_model, say, resumed_step=_resumed_step(start),
+                        weights_step=weights_step, pending_weights=pending_weights)
+    del start  # the model and optimizer hold their own copies of the checkpoint now
+    say(_describe(state, training, recorder))
+
+    # The loop: step, evaluate on schedule, checkpoint on schedule.
+    tc, batch, context = state.train_config, state.train_config.batch_size, state.model_config.context_length
+    pending_losses, status, in_step, failure = [], None, False, None
+    progress = Progress(state, enabled=tc.progress)
+    try:
+        with GracefulStop(say) as stop:
+            while status is None and state.step < state.total_steps:
+                in_step = True
+                inputs, targets = sample_windows(train_tokens, batch, context, generator)
+                state.history.add_lr(training.scheduler.get_last_lr()[0])
+                pending_losses.append(train_step(training, inputs, targets, tc.grad_clip))
+                state.step += 1
+                state.tokens_seen += state.tokens_per_step
+                if len(pending_losses) >= LOSS_FLUSH_EVERY:
+                    flush_losses(state, pending_losses)
+                    progress.show_loss(state)
+                improved = evaluated = state.evaluation_due()
+                if evaluated:
+                    # Evaluations follow the step count alone, so patience and the best step never depend on time.
+                    improved = state.record_evaluation(evaluate_loss(training, val_inputs, val_targets, batch))
+                    if improved:
+                        recorder.new_best(training.raw_model, state.step)
+                    progress.show_evaluation(state)
+                in_step = False
+                progress.update()
+                if evaluated and on_eval is not None:
+                    flush_losses(state, pending_losses)
+                    on_eval(state.history.as_lists())
+                status = stop_status(state, stop, recorder)
+                if status is None and recorder.due(state, improved):
+                    flush_losses(state, pending_losses)
+                    recorder.save(state, training, capture_rng_state(generator), best=improved)
+            status = status or state.end_status()
+    except KeyboardInterrupt:
+        status = "interrupted"
+    except torch.cuda.OutOfMemoryError:
+        recorder.close(timeout=0)
+        raise _out_of_memory(state, recorder.resumed_step is not None) from None
+    except Exception as exc:  # an on_eval callback, a bug: save what is consistent, then raise it
+        status, failure = "failed", exc
+    finally:
+        progress.close()
+    flush_losses(state, pending_losses)
+    result = finish(state, status, in_step, recorder, training, generator, say)
+    if failure is not None:
+        raise failure
+    return result
+
+
+# --------------------------------------------------------------------------- one step
+
+
+def tokens_on_device(dataset, device: torch.device, state: TrainState):
+    """The training tokens as one int32 tensor (uint16 has too few ops) and the fixed validation windows."""
+    train_tokens = torch.from_numpy(np.asarray(dataset.train_tokens, dtype=np.int32)).to(device)
+    val_tokens = torch.from_numpy(np.asarray(dataset.val_tokens, dtype=np.int32)).to(device)
+    val_inputs, val_targets = evaluation_windows(val_tokens, state.model_config.context_length,
+                                                 max_windows=state.train_config.eval_windows)
+    return train_tokens, val_inputs, val_targets
+
+
+def train_step(training: Training, inputs, targets, grad_clip: float) -> torch.Tensor:
+    """One optimizer step on one batch; returns the loss, left on the device (no sync)."""
+    with training.autocast:
+        logits = training.model(inputs)
+        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    training.scaler.scale(loss).backward()
+    if grad_clip > 0:
+        training.scaler.unscale_(training.optimizer)  # clip the true gradients, not the fp16-scaled ones
+        torch.nn.utils.clip_grad_norm_(training.raw_model.parameters(), grad_clip)
+    training.scaler.step(training.optimizer)
+    training.scaler.update()
+    training.optimizer.zero_grad(set_to_none=True)
+    training.scheduler.step()
+    return loss.detach()
+
+
+@torch.no_grad()
+def evaluate_loss(training: Training, inputs, targets, batch_size: int) -> float:
+    """Mean cross-entropy per token over fixed windows (model in eval mode, dropout off)."""
+    model = training.raw_model
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), device=inputs.device)
+    for start in range(0, len(inputs), batch_size):
+        with training.autocast:
+            logits = model(inputs[start : start + batch_size])
+        total += F.cross_entropy(logits.flatten(0, 1).float(), targets[start : start + batch_size].flatten(), reduction="sum")
+    model.train(was_training)
+    return total.item() / targets.numel()
+
+
+def flush_losses(state: TrainState, pending: list) -> None:
+    if pending:
+        state.history.add_losses(torch.stack(pending))  # one device sync for many steps
+        pending.clear()
+
+
+def stop_status(state: TrainState, stop: "GracefulStop", recorder: Recorder) -> str | None:
+    """Why the loop stops after this step, or None to go on. A stop asked for during the last step
+    ends the run as finished: the run is complete, nothing is left to resume."""
+    if recorder.taken_over:
+        return "taken_over"
+    if state.out_of_patience():
+        return "early_stopped"
+    if state.step >= state.total_steps:
+        return None
+    return "interrupted" if stop.requested else None
+
+
+# --------------------------------------------------------------------------- the end
+
+
+def finish(state: TrainState, status: str, in_step: bool, recorder: Recorder, training, generator, say) -> TrainResult:
+    """The final checkpoint (unless the stop came inside a step, whose state is half-applied, or the
+    run was taken over), then the run is released and summed up."""
+    wait_s = state.train_config.final_wait_minutes * 60
+    if status == "taken_over" or in_step:
+        why = ("another runtime took this run over; this one did not save" if status == "taken_over" else
+               f"stopped in the middle of step {state.step + 1}; resume continues from the last checkpoint")
+        say(f"{state.run_id}: {why}.")
+        recorder.close(timeout=wait_s)
+        return _result(state, "interrupted" if in_step else status, recorder)
+    state.finished, state.stop_reason = status in DONE, status
+    with GracefulStop(say, "Saving the final checkpoint first (interrupt again to stop at once)."):
+        best = state.best_val_loss is not None and state.best_step == state.step
+        submitted = recorder.save(state, training, capture_rng_state(generator), status=status, best=best, wait_s=wait_s) is not None
+        landed = recorder.close(timeout=wait_s) and submitted
+    outcome = recorder.last_outcome
+    if not landed:
+        say(f"The final checkpoint of {state.run_id} (step {state.step}) did not reach the disk within {wait_s:.0f} s "
+            f"(Drive slow or hung). The run stays resumable from its last checkpoint that landed.")
+    elif outcome is not None and not outcome.state_saved:
+        say(f"The final checkpoint of {state.run_id} could not be written; the run stays resumable from its last good one.")
+    best_text = "n/a" if state.best_val_loss is None else f"{state.best_val_loss:.4f} at step {state.best_step}"
+    say(f"{state.run_id}: {status} at step {state.step} (epoch {state.epoch}); best validation loss {best_text}.")
+    return _result(state, status, recorder)
+
+
+def _result(state: TrainState, status: str, recorder: Recorder) -> TrainResult:
+    return TrainResult(state.run_id, status, recorder.resumed_step, state.step, state.epoch, state.best_val_loss,
+                       state.history.as_lists(), artifact_paths(recorder.paths, state.run_id))
+
+
+def _resumed_step(start) -> int | None:
+    return start.state.step if start.kind == "resumed" else None
+
+
+def _describe(state: TrainState, training: Training, recorder: Recorder) -> str:
+    mc, tc = state.model_config, state.train_config
+    verb = "Resuming" if recorder.resumed_step is not None else "Starting"
+    return (f"{verb} {state.run_id}: {mc.model_type}, {recorder.parameters / 1e6:.2f}M parameters, {training.device}, "
+            f"{training.precision}{', compiled' if training.compiled else ''}; batch {tc.batch_size} x {mc.context_length} "
+            f"tokens, {state.steps_per_epoch} steps/epoch, step {state.step} of {state.total_steps}; "
+            f"checkpoints in {recorder.run_dir}")
+
+
+def _out_of_memory(state: TrainState, resuming: bool) -> ConfigError:
+    torch.cuda.empty_cache()
+    batch_size, mc = state.train_config.batch_size, state.model_config
+    smaller = max(1, batch_size // 2)
+    if resuming:  # a resumed run keeps its batch size, so a smaller one means a new run
+        return ConfigError(
+            f"The GPU ran out of memory continuing a run with batch_size={batch_size} ({mc.model_type}); this GPU is "
+            f"smaller than the one that started it. Use a larger GPU to continue it, or start a new run with "
+            f"--resume never --batch_size {smaller} (resume='never', batch_size={smaller})."
+        )
+    return ConfigError(
+        f"The GPU ran out of memory with batch_size={batch_size} ({mc.model_type}, context {mc.context_length}). "
+        f"Try --batch_size {smaller} (batch_size={smaller}), a smaller --preset, or a shorter --context_length."
+    )
+
+
+# --------------------------------------------------------------------------- stop button, progress bar
+
+
+class GracefulStop:
+    """The first Ctrl-C (Colab's stop button) asks the loop to stop after the current step, so the
+    saved state is a consistent one; a second one interrupts at once."""
+
+    def __init__(self, log, message="Stop requested: saving a checkpoint after this step (interrupt again to stop at once)."):
+        self.requested = False
+        self.log = log
+        self.message = message
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.log(self.message)
+
+    def __exit__(self, *exc_info):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+class Progress:
+    """The tqdm bar: steps, loss, tokens/s, latest and best validation loss."""
+
+    def __init__(self, state: TrainState, enabled: bool):
+        import time
+
+        self._clock = time.monotonic
+        self.bar = tqdm(total=state.total_steps, initial=state.step, disable=not enabled, unit="step", dynamic_ncols=True)
+        self.postfix = {}
+        self.started, self.start_tokens = self._clock(), state.tokens_seen
+
+    def show_loss(self, state: TrainState) -> None:
+        rate = (state.tokens_seen - self.start_tokens) / max(1e-9, self._clock() - self.started)
+        self.postfix.update(loss=f"{state.final_train_loss():.3f}", tok_s=f"{rate:,.0f}")
+        self.bar.set_postfix(self.postfix, refresh=False)
+
+    def show_evaluation(self, state: TrainState) -> None:
+        self.postfix.update(val=f"{state.history.val_loss[-1]:.3f}", best=f"{state.best_val_loss:.3f}")
+        self.bar.set_postfix(self.postfix, refresh=False)
+
+    def update(self) -> None:
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()

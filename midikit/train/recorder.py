@@ -1,0 +1,267 @@
+"""The `Recorder`: everything a run leaves on disk, written off the training thread.
+
+It owns the best weights (a device copy until they are on disk), `models/<run_id>.pth`, the seed's
+artifacts, the run's record (through its `RecordKeeper`) and the background writer. The training
+thread calls `new_best`, `due` and `save`; each save becomes one immutable `SaveJob` (CPU snapshots
+of the state and, when they changed, the best weights) handed to the writer, and comes back as a
+`SaveOutcome` through a Future. Nothing else is shared between the two threads.
+
+Order within one save: the .pth (when the best changed), the state file (+ best.pt), the
+artifacts, the record. A .pth that cannot be written is carried inside the state file instead
+(`best_model`), so a disconnect right after never loses the best weights.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
+
+from .. import checkpoints, runs
+from ..artifacts import RunReport, write_run_artifacts, write_weights
+from ..checkpoints import BackgroundWriter, retrying, to_cpu_snapshot
+from ..models import count_parameters
+from ..storage import DatasetPaths
+from .state import TrainState
+
+BEST_SAVE_COST_FACTOR = 20  # a new best is checkpointed when the last save cost < 1/20 of the time since
+PLOT_EVERY_SECONDS = 60.0  # the loss plot is redrawn at most this often (and at the end)
+RECORD_WAIT_SECONDS = 30.0  # how long a save waits for run.json to be written
+
+
+@dataclass(frozen=True)
+class SaveJob:
+    step: int
+    best: bool
+    state: dict | None  # CPU snapshot; None when the state on disk is already this step's
+    weights: dict | None  # CPU snapshot for the .pth, or None when it is unchanged
+    weights_step: int | None
+    previous_weights_step: int | None  # what the .pth holds if this job's weights do not land
+    report: RunReport
+    plot: bool
+
+
+@dataclass(frozen=True)
+class SaveOutcome:
+    step: int
+    state_saved: bool
+    weights_step: int | None  # what the .pth holds after this save
+    taken_over: bool = False
+
+
+class Recorder:
+    def __init__(self, paths: DatasetPaths, state: TrainState, owner: runs.Owner, keeper: runs.RecordKeeper, model,
+                 log=print, resumed_step: int | None = None, weights_step: int | None = None, pending_weights=None,
+                 writer: BackgroundWriter | None = None, retry_wait_s: float = 2.0):
+        self.paths, self.run_dir, self.log = paths, paths.run_checkpoints(state.run_id), log
+        self.owner, self.keeper = owner, keeper
+        self.writer = writer or BackgroundWriter(log=log)
+        self.retry_wait_s = retry_wait_s
+        self.parameters = count_parameters(model)
+        self.resumed_step = resumed_step  # the step already on disk when this process started
+        self.weights_step = weights_step  # the step whose weights the .pth holds (None: no .pth yet)
+        self._best, self._best_step = pending_weights, (state.best_step if pending_weights is not None else None)
+        self._last_job: tuple[SaveJob, Future] | None = None
+        self._pending: list[Future] = []
+        self._last_save_end, self._last_save_cost, self._last_plot = time.monotonic(), 0.0, -float("inf")
+        self._taken_over = False
+        self.last_outcome: SaveOutcome | None = None
+
+    # -- on the training thread ------------------------------------------------
+    def new_best(self, model, step: int) -> None:
+        """Keep a device copy of the best weights until they are on disk."""
+        self._best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self._best_step = step
+
+    def due(self, state: TrainState, improved: bool) -> bool:
+        """Checkpoint on schedule, and at a new best unless saving has been costly lately."""
+        tc, now = state.train_config, time.monotonic()
+        time_due = tc.checkpoint_every_minutes > 0 and now - self._last_save_end >= tc.checkpoint_every_minutes * 60
+        step_due = bool(tc.checkpoint_every_steps) and state.step % tc.checkpoint_every_steps == 0
+        best_due = improved and now - self._last_save_end >= BEST_SAVE_COST_FACTOR * self._last_save_cost
+        return state.step < state.total_steps and (time_due or step_due or best_due)
+
+    def save(self, state: TrainState, training, rng: dict, status: str = "running", best: bool = False,
+             wait_s: float = 0.0) -> Future | None:
+        """Hand one save to the writer; None when it was skipped (the previous write still runs after
+        `wait_s`, or the writer's short wait; the final save passes the time it may wait)."""
+        started = time.monotonic()
+        if wait_s:
+            self.writer.wait(wait_s)
+        if self.taken_over:
+            return None
+        weights, weights_step = self._weights_to_send(state, training.raw_model)
+        on_disk = status != "running" and state.step == self.resumed_step  # resumed at the end: nothing new to save
+        snapshot = None if on_disk else to_cpu_snapshot(
+            state.to_state(training.raw_model, training.optimizer, training.scheduler, training.scaler, rng),
+            reuse=self._reusable_snapshot())
+        plot = status != "running" or started - self._last_plot >= PLOT_EVERY_SECONDS
+        job = SaveJob(state.step, best, snapshot, weights, weights_step, self.weights_step,
+                      self.report(state, status, snapshot), plot)
+        future = self.writer.submit(functools.partial(self._write, job), f"checkpoint step {state.step}")
+        if future is not None:
+            self._last_job = (job, future)
+            self._pending.append(future)
+            self._last_plot = started if plot else self._last_plot
+        self._last_save_end = time.monotonic()
+        self._last_save_cost = self._last_save_end - started
+        return future
+
+    def _weights_to_send(self, state: TrainState, model) -> tuple[dict | None, int | None]:
+        if self._best is not None and self._best_step != self.weights_step:
+            return to_cpu_snapshot(self._best), self._best_step
+        if state.best_val_loss is None and self.weights_step is None:  # before the first evaluation: the current ones
+            return to_cpu_snapshot(model.state_dict()), state.step
+        return None, None
+
+    def _reusable_snapshot(self) -> dict | None:
+        # A snapshot still held by a write in flight or abandoned is never reused: a file's checksum
+        # must cover one consistent state.
+        if self._last_job is not None and self._last_job[1].done() and self._last_job[0].state is not None:
+            return self._last_job[0].state
+        return None
+
+    def collect(self) -> None:
+        """Take in the outcomes of finished saves: what the .pth holds now, whether the run was taken over."""
+        for future in [f for f in self._pending if f.done()]:
+            self._pending.remove(future)
+            outcome = future.result() if future.exception() is None else None
+            if outcome is None:
+                continue
+            self.last_outcome = outcome
+            self._taken_over = self._taken_over or outcome.taken_over
+            if outcome.weights_step is not None:
+                self.weights_step = outcome.weights_step
+            if self._best is not None and self.weights_step == self._best_step:
+                self._best = None  # on disk now: free the device copy
+        if self.keeper.lost.is_set():
+            self._taken_over = True
+
+    @property
+    def taken_over(self) -> bool:
+        """Whether another process claimed the run (learnt from the last save or the heartbeat)."""
+        self.collect()
+        return self._taken_over
+
+    def report(self, state: TrainState, status: str, snapshot: dict | None = None) -> RunReport:
+        history = snapshot["history"] if snapshot is not None else to_cpu_snapshot(state.history.to_state())
+        metrics = {
+            "steps": state.step, "epochs": state.epoch, "total_steps": state.total_steps, "tokens_seen": state.tokens_seen,
+            "elapsed_seconds": state.elapsed_seconds(), "parameters": self.parameters, "best_val_loss": state.best_val_loss,
+            "best_step": state.best_step if state.best_val_loss is not None else None,
+            "final_train_loss": state.final_train_loss(),
+        }
+        return RunReport(state.run_id, status, state.model_config.to_dict(), state.train_config.to_dict(), dict(state.dataset),
+                         metrics, history, self.weights_step)
+
+    def close(self, timeout: float | None) -> bool:
+        """Wait (at most `timeout`) for the last save, then release the run; True when it landed."""
+        landed = self.writer.close(timeout)
+        self.collect()
+        self.keeper.close(release=not self._taken_over, timeout=min(timeout or RECORD_WAIT_SECONDS, RECORD_WAIT_SECONDS))
+        return landed
+
+    # -- on the writer's thread -------------------------------------------------
+    def _write(self, job: SaveJob, abandoned) -> SaveOutcome:
+        if self.keeper.lost.is_set() or runs.newer_claim(self.run_dir, self.owner) is not None:
+            self.log(f"{job.report.run_id} was taken over by another runtime: this one stops writing it.")
+            return SaveOutcome(job.step, False, None, taken_over=True)
+        weights_step = job.previous_weights_step
+        if job.weights is not None and self._try(f"Best weights (step {job.weights_step})", abandoned,
+                                                 write_weights, self.paths, job.report.run_id, job.weights, abandoned):
+            weights_step = job.weights_step
+        elif job.weights is not None and job.state is not None:
+            job.state["best_model"], job.state["best_model_step"] = job.weights, job.weights_step  # carried instead
+        state_saved = job.state is None or self._try(
+            f"Checkpoint step {job.step}", abandoned, checkpoints.write_checkpoint, self.run_dir, job.state, job.step,
+            job.best, job.report.train_config["keep_last"], abandoned)
+        if abandoned.is_set():
+            return SaveOutcome(job.step, False, weights_step)
+        if job.state is not None and state_saved:
+            self.log(f"Checkpoint saved: {self.run_dir.name}/step {job.step}{' + best' if job.best else ''}.")
+        report = replace(job.report, weights_step=weights_step,
+                         status=job.report.status if state_saved or job.report.status == "running" else "interrupted")
+        self._try("The run's artifacts", abandoned, write_run_artifacts, self.paths, report, job.plot)
+        fields = report.record_fields() if state_saved else {"weights": report.record_fields()["weights"], "status": report.status}
+        self._try("The run's record (run.json)", abandoned, lambda: self.keeper.update(**fields).result(RECORD_WAIT_SECONDS))
+        return SaveOutcome(job.step, state_saved, weights_step)
+
+    def _try(self, what: str, abandoned, action, *args) -> bool:
+        """Run one write with retries; a failure is logged (with its fix), never raised into training."""
+        try:
+            retrying(functools.partial(action, *args), what, self.log, retry_wait_s=self.retry_wait_s, abandoned=abandoned)
+            return True
+        except checkpoints.WriteAbandoned:
+            return False
+        except Exception as exc:
+            self.log(f"{what} NOT saved: {exc} Training continues; the next checkpoint tries again.")
+            return False
+
+
+def open_run(paths: DatasetPaths, start, log, takeover: bool = False, heartbeat_s: float = runs.HEARTBEAT_SECONDS):
+    """Make this process the run's one writer and get its folder ready: claim the record (refused
+    while another runtime holds it), clean up what killed or abandoned writes left, drop the step
+    files of a timeline this run abandoned, and find out what models/<run_id>.pth holds.
+
+    Returns (owner, keeper, weights_step, pending_weights): the step whose weights the .pth holds,
+    and best weights that must still be written there (recovered from the checkpoints)."""
+    state = start.state
+    run_dir = paths.run_checkpoints(state.run_id)
+    previous = runs.read_record(run_dir)
+    record = {**(previous.data if previous is not None else {}), "run_id": state.run_id,
+              "model_type": state.model_config.model_type, "status": "running", "model_config": state.model_config.to_dict(),
+              "train_config": state.train_config.to_dict(), "dataset": dict(state.dataset), "step": state.step,
+              "total_steps": state.total_steps}
+    record.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S"))
+    owner = runs.claim(run_dir, record, takeover=takeover, log=log)
+    strays = checkpoints.remove_temporaries(run_dir) + _remove_weight_temporaries(paths, state.run_id)
+    if strays:
+        log(f"Removed {strays} temporary file(s) left by an interrupted write of {state.run_id}.")
+    if start.kind == "resumed":
+        dropped = checkpoints.discard_newer_than(run_dir, state.step)
+        if dropped:
+            log(f"Removed {', '.join(p.name for p in dropped)}: newer than step {state.step}, where this run continues.")
+    weights_step, pending = _weights_on_disk(paths, start, previous, log)
+    keeper = runs.RecordKeeper(paths, run_dir, record, owner, log, heartbeat_s=heartbeat_s)
+    return owner, keeper, weights_step, pending
+
+
+def _remove_weight_temporaries(paths: DatasetPaths, run_id: str) -> int:
+    strays = list(paths.models.glob(f".{run_id}.*.tmp-*")) if paths.models.is_dir() else []
+    for stray in strays:
+        checkpoints.remove_file(stray)
+    return len(strays)
+
+
+def _weights_on_disk(paths: DatasetPaths, start, previous, log) -> tuple[int | None, dict | None]:
+    """(the step the .pth holds, best weights still to write). A resumed run checks rather than
+    assumes: a .pth write may have failed before the disconnect."""
+    state, checkpoint = start.state, start.checkpoint
+    recorded = ((previous.get("weights") or {}) if previous is not None else {}).get("step")
+    weights_step = recorded if recorded is not None and paths.best_weights(state.run_id).is_file() else None
+    if checkpoint is None or state.best_val_loss is None:
+        return weights_step, None
+    if "best_model" in checkpoint:  # its .pth write had failed: the weights travelled in the state file
+        return weights_step, checkpoint["best_model"]
+    if weights_step == state.best_step:
+        return weights_step, None
+    if state.best_step == state.step:
+        best = checkpoint["model"]
+    else:
+        found = _best_checkpoint_weights(paths.run_checkpoints(state.run_id), state.best_step)
+        if found is None:
+            log(f"models/{state.run_id}.pth does not hold the best weights (step {state.best_step}) and no checkpoint "
+                "has them any more; it will hold the next best.")
+            return weights_step, None
+        best = found
+    log(f"models/{state.run_id}.pth is missing or out of date: writing the best weights (step {state.best_step}) again.")
+    return weights_step, best
+
+
+def _best_checkpoint_weights(run_dir, best_step: int) -> dict | None:
+    try:
+        best = checkpoints.load_state(run_dir / checkpoints.BEST_FILE)
+    except Exception:
+        return None
+    return best["model"] if best.get("step") == best_step else None

@@ -1,0 +1,119 @@
+"""Everything a training step needs, built once for a model config, a run's settings and a device:
+`build_training` gives the model (compiled where it pays), AdamW, the warm-up + cosine schedule,
+the fp16 grad scaler and the autocast context. `train()` and `bench/train_bench.py` both use it,
+so the benchmark times exactly what training runs."""
+
+from __future__ import annotations
+
+import math
+import random
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..configs import ModelConfig, TrainConfig
+from ..errors import ConfigError
+from ..models import build_model
+
+
+@dataclass
+class Training:
+    """The live objects of one run on one device."""
+
+    raw_model: torch.nn.Module  # the plain module: its state_dict is what checkpoints hold
+    model: torch.nn.Module  # what the step calls: raw_model, or torch.compile of it
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    autocast: object  # a context manager
+    device: torch.device
+    precision: str  # "bf16" | "fp16" | "fp32": what "auto" became
+    compiled: bool
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32."""
+    bf16_ok = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8  # Ampere+
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if bf16_ok else torch.float16  # a T4 (sm_75) only has fast fp16
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("precision fp16 needs a CUDA GPU; use fp32 (or bf16) on the CPU.")
+    if precision == "bf16" and device.type == "cuda" and not bf16_ok:
+        raise ConfigError("This GPU has no fast bf16 (it needs an Ampere or newer GPU); use --precision fp16.")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+
+
+def configure_backends(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 leftovers (e.g. the optimizer) on tensor cores
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest RNN kernels
+
+
+def resolve_compile(mode: str, model_type: str, device: torch.device) -> bool:
+    """auto: compile the transformer on CUDA (the RNNs already run as fused cuDNN kernels)."""
+    return mode == "on" or (mode == "auto" and model_type == "transformer" and device.type == "cuda")
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Linear warm-up, then cosine decay to a tenth of the peak learning rate."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_scheduler(optimizer, warmup_steps: int, total_steps: int):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup_steps, total_steps))
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device):
+    """AdamW decaying matrices and embeddings only (not biases or norms); fused kernel on CUDA."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=lr, fused=device.type == "cuda")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed every RNG a run draws from; returns the CPU generator of the data order (any device)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def build_training(mc: ModelConfig, tc: TrainConfig, device: torch.device, total_steps: int) -> Training:
+    """Model, optimizer, schedule, scaler and autocast for one run; `tc` is the resolved config."""
+    configure_backends(device)
+    amp_dtype = resolve_precision(tc.precision, device)
+    raw_model = build_model(mc).to(device)
+    compiled = resolve_compile(tc.compile, mc.model_type, device)
+    optimizer = make_optimizer(raw_model, tc.lr, tc.weight_decay, device)
+    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+    return Training(
+        raw_model=raw_model, model=torch.compile(raw_model) if compiled else raw_model, optimizer=optimizer,
+        scheduler=make_scheduler(optimizer, tc.warmup_steps, total_steps),
+        scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16), autocast=autocast,
+        device=device, precision={None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype], compiled=compiled,
+    )
+
+
+def restore_training(training: Training, state: dict) -> None:
+    """Load a checkpoint's model, optimizer, schedule and scaler into freshly built objects."""
+    training.raw_model.load_state_dict(state["model"])
+    # The saving machine's kernel choice travels in param_groups: a CPU run saved unfused AdamW, whose
+    # `step` counters torch would leave on the CPU, where GPU's fused kernel fails. Marking the groups
+    # fused before loading makes torch put them on the device.
+    fused = training.device.type == "cuda"
+    saved = state["optimizer"]
+    training.optimizer.load_state_dict({**saved, "param_groups": [{**g, "fused": fused} for g in saved["param_groups"]]})
+    training.scheduler.load_state_dict(state["scheduler"])
+    if training.scaler.is_enabled() and state["scaler"] is not None:
+        training.scaler.load_state_dict(state["scaler"])
