@@ -48,18 +48,7 @@ def preprocess(config: PreprocessConfig, progress: bool = True, log=print) -> Pr
     paths = DatasetPaths(root, config.dataset)
 
     base, files, location = _find_inputs(config, root, log)
-    inputs = [_describe_input(path, base) for path in files]
-    settings = {
-        "tokenizer": spec,
-        "transpositions": list(config.transpositions),
-        "augment_validation": config.augment_validation,
-        "val_split": config.val_split,
-        "seed": config.seed,
-        "miditok": importlib.metadata.version("miditok"),
-        "store_version": STORE_VERSION,
-    }
-    fingerprint = hashlib.sha256(json.dumps({"settings": settings, "inputs": inputs}, sort_keys=True).encode()).hexdigest()[:16]
-
+    settings, fingerprint = _fingerprint(config, spec, files, base)
     cached = _reusable(paths, fingerprint, log)
     if cached is not None:
         if cached["seq_length"] != config.seq_length:  # only a default for training: no re-tokenizing
@@ -86,47 +75,45 @@ def preprocess(config: PreprocessConfig, progress: bool = True, log=print) -> Pr
     if len(tokenizer) > 65536:
         raise ConfigError(f"The vocabulary has {len(tokenizer)} tokens, more than uint16 storage holds; use fewer tokenizer options.")
     store_config = {
-        "format": STORE_FORMAT,
-        "version": STORE_VERSION,
-        "name": config.dataset,
-        "fingerprint": fingerprint,
-        "vocab_size": len(tokenizer),
-        **special_ids(tokenizer),
-        "seq_length": config.seq_length,
+        "format": STORE_FORMAT, "version": STORE_VERSION, "name": config.dataset, "fingerprint": fingerprint,
+        "vocab_size": len(tokenizer), **special_ids(tokenizer), "seq_length": config.seq_length,
         "tokenizer": {**spec, "config": tokenizer.config.to_dict(serialize=True)},
-        "augmentation": {
-            "transpositions": list(config.transpositions),
-            "augment_validation": config.augment_validation,
-            "method": "miditok.data_augmentation.augment_score (pitch tokens shifted where exact)",
-            "skipped_out_of_range": sum(out_of_range.values()),
-            "skipped_out_of_range_by_offset": {str(k): n for k, n in sorted(out_of_range.items())},
-        },
+        "augmentation": _augmentation_record(config, out_of_range),
         "split": {"val_split": config.val_split, "seed": config.seed, "by": "source file, before augmentation"},
-        "splits": {
-            split: {
-                "files": len(names),
-                "sequences": len(splits[split]),
-                "tokens": int(sum(len(seq) for seq in splits[split])),
-            }
-            for split, names in (("train", train_files), ("val", val_files))
-        },
-        "source": {"kind": config.source, "location": str(location)},
-        "files_found": len(files),
-        "files_processed": len(usable),
-        "files_skipped": skipped,
-        "train_files": train_files,
-        "val_files": val_files,
-        "settings": settings,
-        "command": config.command(root),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "seconds": round(time.perf_counter() - started, 2),
-        "midikit_version": __version__,
+        "splits": {split: {"files": len(names), "sequences": len(splits[split]),
+                           "tokens": int(sum(len(seq) for seq in splits[split]))}
+                   for split, names in (("train", train_files), ("val", val_files))},
+        "source": {"kind": config.source, "location": str(location)}, "files_found": len(files),
+        "files_processed": len(usable), "files_skipped": skipped, "train_files": train_files, "val_files": val_files,
+        "settings": settings, "command": config.command(root), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(time.perf_counter() - started, 2), "midikit_version": __version__,
     }
     paths.ensure()
     write_store(paths, splits, json.dumps(tokenizer.to_dict(), indent=2), store_config)
     report = format_report(store_config, paths)
     log(report)
     return PreprocessResult(paths, store_config, False, report)
+
+
+def _fingerprint(config: PreprocessConfig, spec: dict, files: list[Path], base: Path) -> tuple[dict, str]:
+    """(the settings that shape the tokens, a hash of them and of every input file): equal means a cache hit."""
+    inputs = [_describe_input(path, base) for path in files]
+    settings = {
+        "tokenizer": spec, "transpositions": list(config.transpositions), "augment_validation": config.augment_validation,
+        "val_split": config.val_split, "seed": config.seed, "miditok": importlib.metadata.version("miditok"),
+        "store_version": STORE_VERSION,
+    }
+    digest = hashlib.sha256(json.dumps({"settings": settings, "inputs": inputs}, sort_keys=True).encode()).hexdigest()[:16]
+    return settings, digest
+
+
+def _augmentation_record(config: PreprocessConfig, out_of_range: dict) -> dict:
+    return {
+        "transpositions": list(config.transpositions), "augment_validation": config.augment_validation,
+        "method": "miditok.data_augmentation.augment_score (pitch tokens shifted where exact)",
+        "skipped_out_of_range": sum(out_of_range.values()),
+        "skipped_out_of_range_by_offset": {str(k): n for k, n in sorted(out_of_range.items())},
+    }
 
 
 def _assemble_splits(usable: dict, files: dict, config: PreprocessConfig):

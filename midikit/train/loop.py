@@ -64,19 +64,7 @@ def train(train_config: TrainConfig, model_config: ModelConfig | None = None, on
 
     # Set-up: become the run's one writer, then build the model, optimizer and data on the device.
     owner, keeper, weights_step, pending_weights = open_run(paths, start, say, takeover=tc.takeover)
-    try:
-        state = start.state
-        generator = seed_everything(state.train_config.seed)  # a resume then overwrites every RNG from the checkpoint
-        training = build_training(state.model_config, state.train_config, device, state.total_steps)
-        if start.checkpoint is not None:
-            restore_training(training, start.checkpoint)
-            restore_rng_state(start.checkpoint["rng"], generator)
-        state = replace(state, train_config=replace(state.train_config, device=str(device), precision=training.precision,
-                                                    compile="on" if training.compiled else "off"))
-        train_tokens, val_inputs, val_targets = tokens_on_device(dataset, device, state)
-    except BaseException as exc:
-        keeper.close()
-        raise _out_of_memory(state, start.kind == "resumed") if isinstance(exc, torch.cuda.OutOfMemoryError) else exc
+    state, training, generator, (train_tokens, val_inputs, val_targets) = set_up(start, device, dataset, keeper)
     recorder = Recorder(paths, state, owner, keeper, training.raw_model, say, resumed_step=_resumed_step(start),
                         weights_step=weights_step, pending_weights=pending_weights)
     del start  # the model and optimizer hold their own copies of the checkpoint now
@@ -131,7 +119,25 @@ def train(train_config: TrainConfig, model_config: ModelConfig | None = None, on
     return result
 
 
-# --------------------------------------------------------------------------- one step
+# --------------------------------------------------------------------------- set-up, one step
+
+
+def set_up(start, device: torch.device, dataset, keeper):
+    """The run's model, optimizer and schedule on the device (restored from its checkpoint when it
+    resumes), its data-order generator and its tokens; the run's record is released if this fails."""
+    state = start.state
+    try:
+        generator = seed_everything(state.train_config.seed)  # a resume then overwrites every RNG from the checkpoint
+        training = build_training(state.model_config, state.train_config, device, state.total_steps)
+        if start.checkpoint is not None:
+            restore_training(training, start.checkpoint)
+            restore_rng_state(start.checkpoint["rng"], generator)
+        state = replace(state, train_config=replace(state.train_config, device=str(device), precision=training.precision,
+                                                    compile="on" if training.compiled else "off"))
+        return state, training, generator, tokens_on_device(dataset, device, state)
+    except BaseException as exc:
+        keeper.close()
+        raise _out_of_memory(state, start.kind == "resumed") if isinstance(exc, torch.cuda.OutOfMemoryError) else exc
 
 
 def tokens_on_device(dataset, device: torch.device, state: TrainState):
