@@ -50,6 +50,24 @@ class RunReport:
         }
 
 
+def remove_temporaries(paths: DatasetPaths, run_id: str) -> int:
+    """Delete what interrupted writes of this run's artifacts left behind (hidden `.*.tmp-*` files in
+    models/, logs/ and outputs/plots/). Only the run's one writer calls this, when no artifact write
+    of its own is live: at its start, and after its final save."""
+    from .checkpoints import remove_file
+
+    strays = []
+    for folder in (paths.models, paths.logs, paths.plots):
+        if folder.is_dir():
+            strays += [p for p in folder.glob(".*.tmp-*") if run_id in p.name]
+    for stray in strays:
+        try:
+            remove_file(stray)
+        except OSError:
+            pass
+    return len(strays)
+
+
 def finite_or_none(value):
     """A diverged run (NaN/inf loss) still gets its artifacts: non-finite numbers become null."""
     return None if isinstance(value, float) and not math.isfinite(value) else value
@@ -80,8 +98,7 @@ def write_run_artifacts(paths: DatasetPaths, report: RunReport, plot: bool = Tru
     """Write (or refresh) the sidecar, loss arrays, loss plot and summary of one run; returns every
     artifact's path by name (the .pth and models.csv included)."""
     run_id = report.run_id
-    artifacts = artifact_paths(paths, run_id)
-    paths.ensure()
+    artifacts = artifact_paths(paths, run_id)  # the folders exist since the run started: never made again here
     metrics = {k: finite_or_none(v) for k, v in report.metrics.items()}
     sidecar = {
         "run_id": run_id, "model_type": report.model_config["model_type"], "model_config": report.model_config,

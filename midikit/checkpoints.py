@@ -570,3 +570,43 @@ def _explain(exc: BaseException) -> str:
 def disk_full(exc: BaseException) -> bool:
     cause = os_error_in(exc)
     return cause is not None and cause.errno == errno.ENOSPC
+
+
+def describe_full_disk(dataset_dir: Path, run_dir: Path, snapshot: dict) -> str:
+    """What a checkpoint needs and what takes the space, for a save that does not fit."""
+    needed = _tensor_bytes(snapshot)
+    try:
+        free = shutil.disk_usage(run_dir).free
+    except OSError:
+        free = None
+    largest = _largest_files(dataset_dir)
+    mib = lambda n: f"{n / 2**20:,.0f} MiB"  # noqa: E731
+    return (f"The disk is full: a checkpoint of this run needs about {mib(needed)} (twice that while best.pt is "
+            f"replaced){'' if free is None else f'; {mib(free)} are free'}. Largest files under {dataset_dir}: "
+            f"{', '.join(f'{p.relative_to(dataset_dir)} ({mib(size)})' for p, size in largest) or 'none'}. Free space "
+            "(on Drive: empty the trash, delete old runs' checkpoints/ folders) or lower --keep_last.")
+
+
+def _tensor_bytes(obj) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(value) for value in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(value) for value in obj)
+    return 0
+
+
+def _largest_files(folder: Path, count: int = 5) -> list[tuple[Path, int]]:
+    sizes = []
+    try:
+        for parent, _, names in os.walk(folder):
+            for name in names:
+                path = Path(parent, name)
+                try:
+                    sizes.append((path, path.stat().st_size))
+                except OSError:
+                    continue
+    except OSError:
+        return []
+    return sorted(sizes, key=lambda item: item[1], reverse=True)[:count]

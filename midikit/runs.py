@@ -193,14 +193,16 @@ def _upgrade_legacy(run_dir: Path, data: dict) -> dict:
     return {**merged, **data}
 
 
-def write_record(run_dir: str | os.PathLike, data: dict) -> None:
-    """Write run.json atomically, `updated` set to now."""
+def write_record(run_dir: str | os.PathLike, data: dict, create: bool = True) -> None:
+    """Write run.json atomically, `updated` set to now. Without `create` a missing run folder is an
+    error, never made again: under a dropped Drive mount it would be a local folder hiding the real one."""
     run_dir = Path(run_dir)
     data = {**data, "format": RUN_FORMAT, "version": RUN_VERSION, "updated": datetime.now().isoformat(timespec="seconds")}
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise explain_os_error(exc, run_dir) from exc
+    if create:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise explain_os_error(exc, run_dir) from exc
     atomic_write_text(run_dir / RUN_FILE, json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
@@ -224,6 +226,28 @@ def list_runs(paths: DatasetPaths, model_type: str | None = None, status=None) -
 def finished_runs(paths: DatasetPaths, model_type: str | None = None) -> list[RunRecord]:
     """Done runs whose best weights are on disk, newest first: what generation can load."""
     return [record for record in list_runs(paths, model_type, status="done") if paths.best_weights(record.run_id).is_file()]
+
+
+# Fields of run.json that only the registry and the run's writer set.
+_REGISTRY_FIELDS = ("owner", "run_id", "model_type", "status", "format", "version", "updated")
+
+
+def annotate(run_dir: str | os.PathLike, **fields) -> RunRecord:
+    """Add `fields` to a finished run's run.json: what is learnt about a run after it ended (its
+    quality report's headline numbers). run.json is re-read and written back atomically with the new
+    fields; its owner and the registry's own fields stay as they are. A run that is not done is
+    refused: until it ends, its writer owns the record."""
+    run_dir = Path(run_dir)
+    reserved = sorted(set(fields) & set(_REGISTRY_FIELDS))
+    if reserved:
+        raise ValueError(f"annotate() does not change the registry's own fields {reserved}.")
+    record = read_record(run_dir)
+    if record is None:
+        raise StorageError(f"{run_dir} has no readable {RUN_FILE}: it is not a midikit run folder.")
+    if not record.done:
+        raise StorageError(f"Run {record.run_id} is {record.status}, not finished: its numbers are added once it has ended.")
+    write_record(run_dir, {**record.data, **fields})
+    return read_record(run_dir)
 
 
 def _run_dirs(checkpoints_dir: Path) -> list[Path]:
@@ -335,7 +359,7 @@ class RecordKeeper:
                 self._record.update(update)
             owner = dict(self._record["owner"], heartbeat=time.time(), released=release)
             self._record["owner"] = owner
-            write_record(self.run_dir, self._record)
+            write_record(self.run_dir, self._record, create=False)
             if any(updates):
                 rebuild_models_csv(self.paths)
         except Exception as exc:  # never into training: the caller learns from the Future
@@ -382,7 +406,8 @@ def rebuild_models_csv(paths: DatasetPaths, attempts: int = 50, wait_s: float = 
     """Rewrite logs/models.csv from every run.json, under a lock file: re-read, then write, so two
     runs finishing together cannot lose a row or put back older values. Rows of runs that have no
     run.json any more (a deleted checkpoint folder) are kept as they were."""
-    paths.logs.mkdir(parents=True, exist_ok=True)
+    if paths.base.is_dir() and not paths.logs.is_dir():  # only inside a dataset folder that is really there
+        paths.logs.mkdir(exist_ok=True)
     with _Lock(paths.logs / ".models.csv.lock", attempts, wait_s):
         records = {record.run_id: record for record in list_runs(paths) if record.status != "unknown"}
         rows = [row for row in read_models_csv(paths) if row.get("run_id") not in records]

@@ -109,17 +109,26 @@ def check_writable(folder: Path) -> None:
 
 
 def explain_os_error(exc: OSError, path: Path) -> StorageError:
-    """Translate a raw OSError on `path` into a StorageError that says what to do."""
+    """Translate a raw OSError on `path` into a StorageError that says what to do (its `errno` kept)."""
     if exc.errno == errno.ENOSPC:
-        return StorageError(f"The disk holding {path} is full. Free some space (on Drive: empty the trash) or choose another folder.")
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return StorageError(f"Cannot write to {path} ({exc.strerror}). Choose a folder you can write to.")
-    if exc.errno == errno.ENOTCONN:
-        return StorageError(
+        error = StorageError(f"The disk holding {path} is full. Free some space (on Drive: empty the trash) or choose another folder.")
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        error = StorageError(f"Cannot write to {path} ({exc.strerror}). Choose a folder you can write to.")
+    elif exc.errno == errno.ENOTCONN:
+        error = StorageError(
             f"Google Drive dropped its connection while using {path} (Transport endpoint is not connected). "
-            "Remount with `midikit.storage.mount_drive(force_remount=True)` and run the cell again."
+            "If it does not come back by itself, remount with `midikit.storage.mount_drive(force_remount=True)`."
         )
-    return StorageError(f"Cannot use {path}: {exc.strerror or exc}.")
+    elif exc.errno == errno.ENOENT:
+        error = StorageError(f"{path.parent} is gone (No such file or directory): on Google Drive the mount dropped, or "
+                             "the folder was moved. Remount with `midikit.storage.mount_drive(force_remount=True)`.")
+    elif exc.errno == errno.EIO:
+        error = StorageError(f"The disk failed to read or write {path} (Input/output error): on Drive, a dropped or "
+                             "overloaded connection. If it persists, remount with `midikit.storage.mount_drive(force_remount=True)`.")
+    else:
+        error = StorageError(f"Cannot use {path}: {exc.strerror or exc}.")
+    error.errno = exc.errno
+    return error
 
 
 def _is_under(path: Path, parent: Path) -> bool:
@@ -315,6 +324,11 @@ class DatasetPaths:
         parse_run_id(run_id)
         suffix = f"_{tag}" if tag else ""
         return self.generated / f"{run_id}_{strategy}{suffix}_sample{sample_index:02d}.mid"
+
+    def quality_report(self, run_id: str, suffix: str = ".json") -> Path:
+        """outputs/quality/<run_id>.json (a run's quality report; ".png" its figure)."""
+        parse_run_id(run_id)
+        return self.outputs / "quality" / f"{run_id}{suffix}"
 
     def ensure(self) -> "DatasetPaths":
         for folder in (self.models, self.plots, self.generated, self.logs, self.data, self.checkpoints):

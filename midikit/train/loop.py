@@ -44,6 +44,7 @@ class TrainResult:
     best_val_loss: float | None
     history: dict  # plain lists: train_loss, train_step, val_loss, val_step, lr
     artifacts: dict[str, Path] = field(default_factory=dict)
+    longest_save_stall_s: float = 0.0  # the longest any save held the training loop
 
 
 def train(train_config: TrainConfig, model_config: ModelConfig | None = None, on_eval=None, log=print,
@@ -229,7 +230,7 @@ def finish(state: TrainState, status: str, in_step: bool, recorder: Recorder, tr
 
 def _result(state: TrainState, status: str, recorder: Recorder) -> TrainResult:
     return TrainResult(state.run_id, status, recorder.resumed_step, state.step, state.epoch, state.best_val_loss,
-                       state.history.as_lists(), artifact_paths(recorder.paths, state.run_id))
+                       state.history.as_lists(), artifact_paths(recorder.paths, state.run_id), recorder.longest_stall)
 
 
 def _resumed_step(start) -> int | None:

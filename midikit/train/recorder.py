@@ -19,7 +19,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, replace
 
 from .. import checkpoints, runs
-from ..artifacts import RunReport, write_run_artifacts, write_weights
+from ..artifacts import RunReport, remove_temporaries, write_run_artifacts, write_weights
 from ..checkpoints import BackgroundWriter, retrying, to_cpu_snapshot
 from ..models import count_parameters
 from ..storage import DatasetPaths
@@ -65,6 +65,7 @@ class Recorder:
         self._last_job: tuple[SaveJob, Future] | None = None
         self._pending: list[Future] = []
         self._last_save_end, self._last_save_cost, self._last_plot = time.monotonic(), 0.0, -float("inf")
+        self.longest_stall = 0.0  # the longest a save held the training thread, in seconds
         self._taken_over = False
         self.last_outcome: SaveOutcome | None = None
 
@@ -106,6 +107,8 @@ class Recorder:
             self._last_plot = started if plot else self._last_plot
         self._last_save_end = time.monotonic()
         self._last_save_cost = self._last_save_end - started
+        if status == "running":  # the final save may wait (bounded): training is over by then
+            self.longest_stall = max(self.longest_stall, self._last_save_cost)
         return future
 
     def _weights_to_send(self, state: TrainState, model) -> tuple[dict | None, int | None]:
@@ -150,7 +153,7 @@ class Recorder:
             "steps": state.step, "epochs": state.epoch, "total_steps": state.total_steps, "tokens_seen": state.tokens_seen,
             "elapsed_seconds": state.elapsed_seconds(), "parameters": self.parameters, "best_val_loss": state.best_val_loss,
             "best_step": state.best_step if state.best_val_loss is not None else None,
-            "final_train_loss": state.final_train_loss(),
+            "final_train_loss": state.final_train_loss(), "longest_save_stall_s": round(self.longest_stall, 3),
         }
         return RunReport(state.run_id, status, state.model_config.to_dict(), state.train_config.to_dict(), dict(state.dataset),
                          metrics, history, self.weights_step)
@@ -173,9 +176,7 @@ class Recorder:
             weights_step = job.weights_step
         elif job.weights is not None and job.state is not None:
             job.state["best_model"], job.state["best_model_step"] = job.weights, job.weights_step  # carried instead
-        state_saved = job.state is None or self._try(
-            f"Checkpoint step {job.step}", abandoned, checkpoints.write_checkpoint, self.run_dir, job.state, job.step,
-            job.best, job.report.train_config["keep_last"], abandoned)
+        state_saved = job.state is None or self._save_state(job, abandoned)
         if abandoned.is_set():
             return SaveOutcome(job.step, False, weights_step)
         if job.state is not None and state_saved:
@@ -185,7 +186,40 @@ class Recorder:
         self._try("The run's artifacts", abandoned, write_run_artifacts, self.paths, report, job.plot)
         fields = report.record_fields() if state_saved else {"weights": report.record_fields()["weights"], "status": report.status}
         self._try("The run's record (run.json)", abandoned, lambda: self.keeper.update(**fields).result(RECORD_WAIT_SECONDS))
+        if job.report.status != "running":  # the last write of this process: sweep what failed writes left
+            checkpoints.remove_temporaries(self.run_dir)
+            remove_temporaries(self.paths, job.report.run_id)
         return SaveOutcome(job.step, state_saved, weights_step)
+
+    def _save_state(self, job: SaveJob, abandoned) -> bool:
+        """The state file (+ best.pt). On a full disk, older step files make room first (never below the
+        newest verified one and best.pt); if it still does not fit, say what a checkpoint needs."""
+        what = f"Checkpoint step {job.step}"
+        write = functools.partial(checkpoints.write_checkpoint, self.run_dir, job.state, job.step, job.best,
+                                  job.report.train_config["keep_last"], abandoned)
+        try:
+            retrying(write, what, self.log, retry_wait_s=self.retry_wait_s, abandoned=abandoned)
+            return True
+        except checkpoints.WriteAbandoned:
+            return False
+        except Exception as exc:
+            if not checkpoints.disk_full(exc):
+                self.log(f"{what} NOT saved: {exc} Training continues; the next checkpoint tries again.")
+                return False
+        removed = checkpoints.free_space_for(self.run_dir, job.step)
+        if removed:
+            self.log(f"{what}: the disk is full; removed {', '.join(p.name for p in removed)} to make room "
+                     "(the newest verified checkpoint and best.pt stay).")
+        try:
+            retrying(write, what, self.log, retry_wait_s=self.retry_wait_s, abandoned=abandoned)
+            return True
+        except Exception as exc:
+            if not checkpoints.disk_full(exc):
+                self.log(f"{what} NOT saved: {exc}")
+                return False
+        self.log(f"{what} NOT saved: {checkpoints.describe_full_disk(self.paths.base, self.run_dir, job.state)} "
+                 "Training continues; the next checkpoint tries again.")
+        return False
 
     def _try(self, what: str, abandoned, action, *args) -> bool:
         """Run one write with retries; a failure is logged (with its fix), never raised into training."""
@@ -215,7 +249,7 @@ def open_run(paths: DatasetPaths, start, log, takeover: bool = False, heartbeat_
               "total_steps": state.total_steps}
     record.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S"))
     owner = runs.claim(run_dir, record, takeover=takeover, log=log)
-    strays = checkpoints.remove_temporaries(run_dir) + _remove_weight_temporaries(paths, state.run_id)
+    strays = checkpoints.remove_temporaries(run_dir) + remove_temporaries(paths, state.run_id)
     if strays:
         log(f"Removed {strays} temporary file(s) left by an interrupted write of {state.run_id}.")
     if start.kind == "resumed":
@@ -225,13 +259,6 @@ def open_run(paths: DatasetPaths, start, log, takeover: bool = False, heartbeat_
     weights_step, pending = _weights_on_disk(paths, start, previous, log)
     keeper = runs.RecordKeeper(paths, run_dir, record, owner, log, heartbeat_s=heartbeat_s)
     return owner, keeper, weights_step, pending
-
-
-def _remove_weight_temporaries(paths: DatasetPaths, run_id: str) -> int:
-    strays = list(paths.models.glob(f".{run_id}.*.tmp-*")) if paths.models.is_dir() else []
-    for stray in strays:
-        checkpoints.remove_file(stray)
-    return len(strays)
 
 
 def _weights_on_disk(paths: DatasetPaths, start, previous, log) -> tuple[int | None, dict | None]:

@@ -1,0 +1,164 @@
+"""Drive faults beneath `torch.save` (midikit.testing.faults: a file-system layer under the real
+writes, never a replacement of the code under test), each survived by a real training run:
+what the user reads, what is on disk afterwards, and that training reached its last step."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from midikit import checkpoints, runs
+from midikit.storage import RUN_ID_PATTERN, DatasetPaths
+from midikit.testing.faults import FaultyFS
+from midikit.train import TrainConfig, train
+
+TINY = dict(embed_size=16, hidden_size=32, num_layers=1, dropout=0.1, context_length=32)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def own_root(tiny_dataset: DatasetPaths, tmp_path) -> DatasetPaths:
+    paths = DatasetPaths(tmp_path / "root", tiny_dataset.dataset)
+    shutil.copytree(tiny_dataset.data, paths.data)
+    return paths
+
+
+def config(paths: DatasetPaths, **changes) -> TrainConfig:
+    values = dict(dataset=paths.dataset, checkpoint_dir=str(paths.root), model_type="gru", preset="cpu", batch_size=8,
+                  lr=3e-3, max_steps=40, eval_every=10, eval_windows=16, device="cpu", progress=False,
+                  checkpoint_every_minutes=0, checkpoint_every_steps=10, patience=0)
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+def the_run(paths: DatasetPaths):
+    (run_dir,) = [p for p in paths.checkpoints.iterdir() if RUN_ID_PATTERN.match(p.name)]
+    return run_dir
+
+
+def strays(paths: DatasetPaths) -> list:
+    return [p for p in paths.base.rglob(".*.tmp-*")]
+
+
+def valid_steps(run_dir) -> list[int]:
+    return [checkpoints.step_of(p) for p in checkpoints.list_checkpoints(run_dir) if checkpoints.verify_checkpoint(p)[0] == "valid"]
+
+
+@pytest.mark.parametrize("fault, explained", [
+    ({"fail_writes": dict(error=errno.ENOTCONN, after_bytes=20_000)}, "Google Drive dropped its connection"),
+    ({"fail_writes": dict(error=errno.EIO, after_bytes=20_000)}, "Input/output error"),
+    ({"fail_fsync": dict(error=errno.EIO)}, "Input/output error"),
+    ({"fail_rename": dict(error=errno.EIO)}, "Input/output error"),
+])
+def test_a_failing_write_is_retried_explained_once_and_lands(fault, explained, tiny_dataset, tmp_path):
+    paths = own_root(tiny_dataset, tmp_path)
+    messages = []
+    with FaultyFS(paths.root) as fs:
+        (method, kwargs), = fault.items()
+        getattr(fs, method)(**kwargs, times=1, match="*step_*.pt*")  # the first state file's write fails, under torch.save
+        result = train(config(paths), log=messages.append, model_overrides=TINY)
+        assert [e for e in fs.events if e.kind == "fail"], "the fault never fired"
+    assert result.status == "max_steps" and result.steps == 40
+    retried = [m for m in messages if m.startswith("Checkpoint step 10")]
+    assert len([m for m in retried if explained in m]) == 1 and "landed after 2 attempts" in retried[-1], messages
+    # While step 10 waited to retry, later saves may have been skipped (training never waits): the last catches up.
+    assert valid_steps(the_run(paths))[0] == 40 and not strays(paths)
+
+
+def test_a_full_disk_makes_room_and_every_checkpoint_lands(tiny_dataset, tmp_path):
+    pilot = train(config(own_root(tiny_dataset, tmp_path / "pilot"), max_steps=10), log=lambda m: None, model_overrides=TINY)
+    checkpoint = checkpoints.list_checkpoints(pilot.artifacts["checkpoints"])[0].stat().st_size
+    paths = own_root(tiny_dataset, tmp_path)
+    messages = []
+    with FaultyFS(paths.root) as fs:
+        # Room for the data, the artifacts and about five checkpoints, counted as Drive does: a deleted or
+        # replaced file keeps its size in the trash until it is emptied.
+        fs.set_quota(fs.usage + 6 * checkpoint + 200_000, trash=True)
+        result = train(config(paths, max_steps=80, eval_every=5, checkpoint_every_steps=5), log=messages.append,
+                       model_overrides=TINY)
+    assert result.status == "max_steps" and result.steps == 80
+    assert not [m for m in messages if "NOT saved" in m], messages
+    run_dir = the_run(paths)
+    assert valid_steps(run_dir)[0] == 80 and len(checkpoints.list_checkpoints(run_dir)) <= 2 and not strays(paths)
+    assert runs.read_record(run_dir).status == "max_steps"
+
+
+def test_a_disk_too_small_for_a_checkpoint_says_what_it_needs(tiny_dataset, tmp_path):
+    paths = own_root(tiny_dataset, tmp_path)
+    messages = []
+    with FaultyFS(paths.root) as fs:
+        fs.set_quota(fs.usage + 150_000)  # the artifacts fit; a checkpoint does not
+        result = train(config(paths, max_steps=20), log=messages.append, model_overrides=TINY)
+    assert result.steps == 20  # training went on to the end
+    full = [m for m in messages if "The disk is full: a checkpoint of this run needs about" in m]
+    assert full and "Largest files under" in full[0] and "--keep_last" in full[0]
+    assert any("final checkpoint" in m and "could not be written" in m for m in messages)
+    assert runs.read_record(the_run(paths)).status == "interrupted" and not strays(paths)
+
+
+def test_a_hung_drive_never_holds_training_and_the_end_is_bounded(tiny_dataset, tmp_path):
+    paths = own_root(tiny_dataset, tmp_path)
+    messages = []
+    with FaultyFS(paths.root) as fs:
+        fs.block_writes(match="*step_*.pt*")  # every state write hangs
+        started = time.monotonic()
+        result = train(config(paths, final_wait_minutes=0.02), log=messages.append, model_overrides=TINY)
+        took = time.monotonic() - started
+        assert result.steps == 40 and took < 15
+        assert any("skipped, the previous write" in m for m in messages)
+        assert any("did not reach the disk within 1 s" in m for m in messages)
+        assert result.longest_save_stall_s < 1.5  # each save held training about a second at most
+        fs.release()
+    time.sleep(0.5)  # the released write sees it was given up on and discards its file
+    assert checkpoints.list_checkpoints(the_run(paths)) == [] and not strays(paths)
+    assert runs.read_record(the_run(paths)).status == "running"  # nothing landed: resumable, never "finished"
+
+
+def test_a_dropped_mount_waits_says_how_to_remount_and_lands_when_back(tiny_dataset, tmp_path):
+    paths = own_root(tiny_dataset, tmp_path)
+    messages = []
+    with FaultyFS(paths.root) as fs:
+        def drop_at_step_20(history):
+            if history["val_step"][-1] == 20:
+                fs.unmount(vanish=True)  # the folder is gone, as under a dropped mount
+                threading.Timer(2.5, fs.remount).start()
+
+        result = train(config(paths), on_eval=drop_at_step_20, log=messages.append, model_overrides=TINY)
+        mkdirs = [e for e in fs.events if "mkdir" in e.kind]
+    assert result.status == "max_steps" and result.steps == 40
+    assert not mkdirs  # nothing was made again where the real folder should be
+    # The writes under way wait for the mount, each says once how to remount, then land.
+    explained = [m for m in messages if "mount_drive(force_remount=True)" in m and "Retrying" in m]
+    assert explained and all(m.count("is gone") == 1 for m in explained), messages
+    assert any("landed after" in m for m in messages), messages
+    assert valid_steps(the_run(paths))[0] == 40 and not strays(paths)
+
+
+def test_the_command_exits_on_the_first_ctrl_c_even_with_a_hung_drive(tiny_dataset, tmp_path):
+    paths = own_root(tiny_dataset, tmp_path)
+    spec = json.dumps([{"block_writes": {"match": "*step_*.pt*"}}])
+    args = ["train", "--dataset", paths.dataset, "--checkpoint_dir", str(paths.root), "--model_type", "gru", "--preset", "cpu",
+            "--device", "cpu", "--batch_size", "8", "--max_steps", "100000", "--eval_every", "100000", "--eval_windows", "8",
+            "--checkpoint_every_steps", "20", "--checkpoint_every_minutes", "0", "--final_wait_minutes", "0.02", "--no_progress",
+            *sum(([f"--{k}", str(v)] for k, v in TINY.items()), [])]
+    process = subprocess.Popen([sys.executable, "-m", "midikit.testing.faults", "--spec", spec, "--", *args],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    deadline = time.monotonic() + 60
+    while not (paths.checkpoints.is_dir() and list(paths.checkpoints.rglob(".step_*"))):  # a write has started, and hangs
+        assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
+        time.sleep(0.05)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGINT)
+    started = time.monotonic()
+    output = process.communicate(timeout=30)[0]
+    assert time.monotonic() - started < 15 and process.returncode == 130, output
+    assert "did not reach the disk" in output
