@@ -457,7 +457,7 @@ class BackgroundWriter:
     `max_abandoned` abandoned writes are kept waiting (each holds a state in memory). Daemon threads:
     a hung Drive never keeps the process from exiting."""
 
-    def __init__(self, log=print, busy_wait_s: float = 1.0, abandon_after_s: float = 120.0, max_abandoned: int = 2):
+    def __init__(self, log=print, busy_wait_s: float = 0.5, abandon_after_s: float = 120.0, max_abandoned: int = 2):
         self.log = log
         self.busy_wait_s, self.abandon_after_s, self.max_abandoned = busy_wait_s, abandon_after_s, max_abandoned
         self._active: _Write | None = None

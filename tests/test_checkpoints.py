@@ -200,7 +200,7 @@ def test_a_dropped_drive_raises_instead_of_looking_corrupt(tmp_path, monkeypatch
         raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
 
     monkeypatch.setattr(checkpoints, "_sha256_of", dropped)
-    with pytest.raises(StorageError, match="Remount") as raised:
+    with pytest.raises(StorageError, match="remount") as raised:
         load_latest(tmp_path / "lstm_20260101_000000", log=pytest.fail)
     assert not isinstance(raised.value, CheckpointError)
 
@@ -318,7 +318,7 @@ def test_retrying_waits_out_a_dropped_mount_and_says_so_once():
 
     messages = []
     assert checkpoints.retrying(flaky, "Checkpoint step 7", messages.append, retry_wait_s=0.01) == "landed"
-    assert len(messages) == 2 and "Remount" in messages[0] and "landed after 3 attempts" in messages[1]
+    assert len(messages) == 2 and "remount" in messages[0] and "landed after 3 attempts" in messages[1]
 
     def wrong_kind_of_file():
         raise OSError(errno.EISDIR, "Is a directory")

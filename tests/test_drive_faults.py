@@ -98,7 +98,7 @@ def test_a_disk_too_small_for_a_checkpoint_says_what_it_needs(tiny_dataset, tmp_
     with FaultyFS(paths.root) as fs:
         fs.set_quota(fs.usage + 150_000)  # the artifacts fit; a checkpoint does not
         result = train(config(paths, max_steps=20), log=messages.append, model_overrides=TINY)
-    assert result.steps == 20  # training went on to the end
+    assert result.steps == 20 and result.status == "interrupted"  # trained to the end; resumable from what is on disk
     full = [m for m in messages if "The disk is full: a checkpoint of this run needs about" in m]
     assert full and "Largest files under" in full[0] and "--keep_last" in full[0]
     assert any("final checkpoint" in m and "could not be written" in m for m in messages)
@@ -113,10 +113,10 @@ def test_a_hung_drive_never_holds_training_and_the_end_is_bounded(tiny_dataset, 
         started = time.monotonic()
         result = train(config(paths, final_wait_minutes=0.02), log=messages.append, model_overrides=TINY)
         took = time.monotonic() - started
-        assert result.steps == 40 and took < 15
+        assert result.steps == 40 and result.status == "interrupted" and took < 15  # resumable, not "finished"
         assert any("skipped, the previous write" in m for m in messages)
         assert any("did not reach the disk within 1 s" in m for m in messages)
-        assert result.longest_save_stall_s < 1.5  # each save held training about a second at most
+        assert result.longest_save_stall_s < 1.0  # each save held training half a second at most
         fs.release()
     time.sleep(0.5)  # the released write sees it was given up on and discards its file
     assert checkpoints.list_checkpoints(the_run(paths)) == [] and not strays(paths)

@@ -223,6 +223,8 @@ def finish(state: TrainState, status: str, in_step: bool, recorder: Recorder, tr
             f"(Drive slow or hung). The run stays resumable from its last checkpoint that landed.")
     elif outcome is not None and not outcome.state_saved:
         say(f"The final checkpoint of {state.run_id} could not be written; the run stays resumable from its last good one.")
+    if not landed or (outcome is not None and not outcome.state_saved):
+        status = "interrupted"  # what is on disk: the same command continues the run
     best_text = "n/a" if state.best_val_loss is None else f"{state.best_val_loss:.4f} at step {state.best_step}"
     say(f"{state.run_id}: {status} at step {state.step} (epoch {state.epoch}); best validation loss {best_text}.")
     return _result(state, status, recorder)
