@@ -189,5 +189,6 @@ def from_args(cls, args: argparse.Namespace, **extra):
 
 
 def given(cls, args: argparse.Namespace) -> dict:
-    """The fields of `cls` the user set on the command line (flags added with optional_overrides)."""
-    return {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+    """The fields of `cls` the user set on the command line (flags added with optional_overrides);
+    fields without a flag of their own (a model's model_type: the command's) are not the user's."""
+    return {f.name: getattr(args, f.name) for f in fields(cls) if f.metadata.get("cli", True) and hasattr(args, f.name)}
