@@ -70,30 +70,36 @@ _PLAIN = (str, int, float, bool, type(None), bytes, torch.dtype, torch.device, t
 _DICTS = (dict, OrderedDict)
 
 
-def to_cpu_snapshot(obj, reuse=None, _where: str = "state"):
+def to_cpu_snapshot(obj, reuse=None, _where: str = "state", non_blocking: bool = False):
     """Deep copy of a state made of dicts/lists/tuples, tensors and plain values, every tensor
     detached and cloned to CPU, so the caller may keep training (and mutate its tensors) at once.
 
     `reuse`, a previous snapshot nobody reads any more, lends its tensors wherever shape and dtype
     match: copying into memory already touched is several times faster than into fresh memory,
-    whose page faults dominate for a GB-sized state. Anything else (numpy arrays and scalars,
-    Generators, other objects) raises TypeError naming where it is: it would not load with
-    `weights_only=True`.
+    whose page faults dominate for a GB-sized state. With `non_blocking`, GPU tensors go into pinned
+    memory and the copies are only queued on the current CUDA stream: the caller records an event
+    and makes sure it has completed before anything reads the snapshot. Anything else (numpy arrays
+    and scalars, Generators, other objects) raises TypeError naming where it is: it would not load
+    with `weights_only=True`.
     """
     kind = type(obj)
     if isinstance(obj, torch.Tensor):
-        if isinstance(reuse, torch.Tensor) and reuse.shape == obj.shape and reuse.dtype == obj.dtype:
-            return reuse.copy_(obj.detach())
+        pinned = non_blocking and obj.is_cuda
+        if isinstance(reuse, torch.Tensor) and reuse.shape == obj.shape and reuse.dtype == obj.dtype and (
+                not pinned or reuse.is_pinned()):
+            return reuse.copy_(obj.detach(), non_blocking=pinned)
+        if pinned:
+            return torch.empty(obj.shape, dtype=obj.dtype, pin_memory=True).copy_(obj.detach(), non_blocking=True)
         return obj.detach().to("cpu", copy=True)
     if kind in _DICTS:
         previous = reuse if type(reuse) in _DICTS else {}
         copied = copy.copy(obj)  # keeps the dict type and, for state_dicts, their `_metadata`
         for key, value in obj.items():
-            copied[key] = to_cpu_snapshot(value, previous.get(key), f"{_where}[{key!r}]")
+            copied[key] = to_cpu_snapshot(value, previous.get(key), f"{_where}[{key!r}]", non_blocking)
         return copied
     if kind in (list, tuple):
         previous = reuse if type(reuse) is kind and len(reuse) == len(obj) else [None] * len(obj)
-        items = [to_cpu_snapshot(value, old, f"{_where}[{i}]") for i, (value, old) in enumerate(zip(obj, previous))]
+        items = [to_cpu_snapshot(value, old, f"{_where}[{i}]", non_blocking) for i, (value, old) in enumerate(zip(obj, previous))]
         return items if kind is list else tuple(items)
     if kind in _PLAIN:
         return obj
@@ -102,6 +108,82 @@ def to_cpu_snapshot(obj, reuse=None, _where: str = "state"):
         "Python (dict, list, tuple, str, int, float, bool, None) so that torch.load(weights_only=True) "
         "reads it. Convert it, e.g. float(x), x.item(), x.tolist() or torch.from_numpy(x)."
     )
+
+
+class SnapshotPool:
+    """At most `size` CPU copies of a run's state, reused from save to save (pinned on a GPU, so the
+    copies run asynchronously). A copy still held by a write in flight, or by one that was given up
+    on, is never handed out again: a file's checksum must cover one consistent state. `take` gives
+    None when every copy is held, and the save is then skipped."""
+
+    def __init__(self, size: int = 2):
+        self.size = size
+        self._slots: list[tuple[dict, object]] = []  # (snapshot, the Future of the write holding it)
+
+    def take(self, state: dict) -> tuple[dict, object] | None:
+        """(a snapshot of `state`, a CUDA event that completes once its copies have, or None on the CPU),
+        or None when no copy is free. The next optimizer step must wait for the event (`after_copy`)."""
+        free = next((i for i, (_, holder) in enumerate(self._slots) if holder is None or holder.done()), None)
+        if free is None and len(self._slots) >= self.size:
+            return None
+        reuse = self._slots.pop(free)[0] if free is not None else None
+        if not _has_cuda_tensors(state):
+            return to_cpu_snapshot(state, reuse=reuse), None
+        side = _copy_stream()
+        side.wait_stream(torch.cuda.current_stream())  # copy what the last step wrote
+        with torch.cuda.stream(side):
+            snapshot = to_cpu_snapshot(state, reuse=reuse, non_blocking=True)
+            _keep_alive(state, side)
+        return snapshot, side.record_event()
+
+    def hold(self, snapshot: dict, holder) -> None:
+        """`snapshot` belongs to the write whose Future is `holder` until that write is done."""
+        self._slots.append((snapshot, holder))
+
+    def give_back(self, snapshot: dict) -> None:
+        """A snapshot that no write took (the save was skipped) is free again."""
+        self._slots.append((snapshot, None))
+
+
+def after_copy(event) -> None:
+    """Make the GPU's next writes to the model and optimizer wait for a snapshot's copies (GPU-side:
+    the host does not wait)."""
+    if event is not None:
+        torch.cuda.current_stream().wait_event(event)
+
+
+_copy_streams: dict = {}
+
+
+def _copy_stream():
+    device = torch.cuda.current_device()
+    if device not in _copy_streams:
+        _copy_streams[device] = torch.cuda.Stream(device)
+    return _copy_streams[device]
+
+
+def _has_cuda_tensors(obj) -> bool:
+    if isinstance(obj, torch.Tensor):
+        return obj.is_cuda
+    if isinstance(obj, dict):
+        return any(_has_cuda_tensors(value) for value in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return any(_has_cuda_tensors(value) for value in obj)
+    return False
+
+
+def _keep_alive(obj, stream) -> None:
+    """Tell the caching allocator that `stream` reads these GPU tensors, so their memory is not
+    handed out again before the copies are done."""
+    if isinstance(obj, torch.Tensor):
+        if obj.is_cuda:
+            obj.record_stream(stream)
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            _keep_alive(value, stream)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            _keep_alive(value, stream)
 
 
 # --------------------------------------------------------------------------- RNG
@@ -457,7 +539,7 @@ class BackgroundWriter:
     `max_abandoned` abandoned writes are kept waiting (each holds a state in memory). Daemon threads:
     a hung Drive never keeps the process from exiting."""
 
-    def __init__(self, log=print, busy_wait_s: float = 0.5, abandon_after_s: float = 120.0, max_abandoned: int = 2):
+    def __init__(self, log=print, busy_wait_s: float = 0.5, abandon_after_s: float = 120.0, max_abandoned: int = 1):
         self.log = log
         self.busy_wait_s, self.abandon_after_s, self.max_abandoned = busy_wait_s, abandon_after_s, max_abandoned
         self._active: _Write | None = None
@@ -466,9 +548,20 @@ class BackgroundWriter:
 
     def submit(self, job, label: str) -> Future | None:
         """Start `job(abandoned_event)` on its own thread; None when the save was skipped."""
-        if not self._make_room(label):
-            self.skipped += 1
+        if not self.make_room(label):
             return None
+        return self.start(job, label)
+
+    def make_room(self, label: str) -> bool:
+        """Whether a new write may start now (waiting briefly, or abandoning a hung write); a False
+        is logged and counted as a skipped save."""
+        if self._make_room(label):
+            return True
+        self.skipped += 1
+        return False
+
+    def start(self, job, label: str) -> Future:
+        """Start `job(abandoned_event)` on its own thread (after `make_room` said yes)."""
         write = _Write(label, Future(), threading.Event(), time.monotonic())
         thread = threading.Thread(target=self._run, args=(job, write), name=f"midikit-writer-{label}", daemon=True)
         self._active = write

@@ -302,6 +302,25 @@ def test_a_hung_write_is_skipped_then_abandoned_and_discards_its_file(tmp_path):
     assert not list(tmp_path.glob(".*.tmp-*"))
 
 
+def test_the_snapshot_pool_never_hands_out_a_copy_a_write_still_holds():
+    from concurrent.futures import Future
+
+    pool = checkpoints.SnapshotPool(size=2)
+    first, event = pool.take(tiny_state(1))
+    assert event is None  # CPU tensors: copied at once
+    in_flight, hung = Future(), Future()
+    pool.hold(first, in_flight)
+    second, _ = pool.take(tiny_state(2))
+    assert second["weights"] is not first["weights"]
+    pool.hold(second, hung)
+    assert pool.take(tiny_state(3)) is None  # both copies held: the save is skipped, nothing is overwritten
+    assert torch.equal(first["weights"], torch.full((1000,), 1.0))
+    in_flight.set_result(None)
+    third, _ = pool.take(tiny_state(3))
+    assert third["weights"] is first["weights"] and torch.equal(third["weights"], torch.full((1000,), 3.0))
+    assert torch.equal(second["weights"], torch.full((1000,), 2.0))  # the hung write's copy is untouched
+
+
 def test_retrying_waits_out_a_dropped_mount_and_says_so_once():
     failures = iter([OSError(errno.ENOTCONN, "Transport endpoint is not connected"), RuntimeError("wrapped")])
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..artifacts import artifact_paths
-from ..checkpoints import capture_rng_state, restore_rng_state
+from ..checkpoints import after_copy, capture_rng_state, restore_rng_state
 from ..configs import ModelConfig, TrainConfig
 from ..data.sampler import evaluation_windows, sample_windows
 from ..errors import ConfigError
@@ -156,6 +156,8 @@ def train_step(training: Training, inputs, targets, grad_clip: float) -> torch.T
         logits = training.model(inputs)
         loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
     training.scaler.scale(loss).backward()
+    after_copy(training.copy_done)  # forward and backward ran beside a checkpoint's copies; the update may not
+    training.copy_done = None
     if grad_clip > 0:
         training.scaler.unscale_(training.optimizer)  # clip the true gradients, not the fp16-scaled ones
         torch.nn.utils.clip_grad_norm_(training.raw_model.parameters(), grad_clip)

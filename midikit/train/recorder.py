@@ -35,6 +35,7 @@ class SaveJob:
     step: int
     best: bool
     state: dict | None  # CPU snapshot; None when the state on disk is already this step's
+    copied: object  # a CUDA event the snapshot's copies complete (None on the CPU)
     weights: dict | None  # CPU snapshot for the .pth, or None when it is unchanged
     weights_step: int | None
     previous_weights_step: int | None  # what the .pth holds if this job's weights do not land
@@ -57,12 +58,12 @@ class Recorder:
         self.paths, self.run_dir, self.log = paths, paths.run_checkpoints(state.run_id), log
         self.owner, self.keeper = owner, keeper
         self.writer = writer or BackgroundWriter(log=log)
+        self.pool = checkpoints.SnapshotPool(size=2)  # double-buffered: one write in flight, one being filled
         self.retry_wait_s = retry_wait_s
         self.parameters = count_parameters(model)
         self.resumed_step = resumed_step  # the step already on disk when this process started
         self.weights_step = weights_step  # the step whose weights the .pth holds (None: no .pth yet)
         self._best, self._best_step = pending_weights, (state.best_step if pending_weights is not None else None)
-        self._last_job: tuple[SaveJob, Future] | None = None
         self._pending: list[Future] = []
         self._last_save_end, self._last_save_cost, self._last_plot = time.monotonic(), 0.0, -float("inf")
         self.longest_stall = 0.0  # the longest a save held the training thread, in seconds
@@ -90,21 +91,27 @@ class Recorder:
         started = time.monotonic()
         if wait_s:
             self.writer.wait(wait_s)
-        if self.taken_over:
+        if self.taken_over or not self.writer.make_room(f"checkpoint step {state.step}"):
             return None
-        weights, weights_step = self._weights_to_send(state, training.raw_model)
         on_disk = status != "running" and state.step == self.resumed_step  # resumed at the end: nothing new to save
-        snapshot = None if on_disk else to_cpu_snapshot(
-            state.to_state(training.raw_model, training.optimizer, training.scheduler, training.scaler, rng),
-            reuse=self._reusable_snapshot())
+        snapshot, copied = None, None
+        if not on_disk:
+            taken = self.pool.take(state.to_state(training.raw_model, training.optimizer, training.scheduler,
+                                                  training.scaler, rng))
+            if taken is None:
+                self.log(f"checkpoint step {state.step}: skipped, every copy of the state is still held by a write.")
+                return None
+            snapshot, copied = taken
+            training.copy_done = copied  # the next optimizer step waits for the copies, on the GPU
+        weights, weights_step = self._weights_to_send(state, training.raw_model)
         plot = status != "running" or started - self._last_plot >= PLOT_EVERY_SECONDS
-        job = SaveJob(state.step, best, snapshot, weights, weights_step, self.weights_step,
+        job = SaveJob(state.step, best, snapshot, copied, weights, weights_step, self.weights_step,
                       self.report(state, status, snapshot), plot)
-        future = self.writer.submit(functools.partial(self._write, job), f"checkpoint step {state.step}")
-        if future is not None:
-            self._last_job = (job, future)
-            self._pending.append(future)
-            self._last_plot = started if plot else self._last_plot
+        future = self.writer.start(functools.partial(self._write, job), f"checkpoint step {state.step}")
+        if snapshot is not None:
+            self.pool.hold(snapshot, future)
+        self._pending.append(future)
+        self._last_plot = started if plot else self._last_plot
         self._last_save_end = time.monotonic()
         self._last_save_cost = self._last_save_end - started
         if status == "running":  # the final save may wait (bounded): training is over by then
@@ -117,13 +124,6 @@ class Recorder:
         if state.best_val_loss is None and self.weights_step is None:  # before the first evaluation: the current ones
             return to_cpu_snapshot(model.state_dict()), state.step
         return None, None
-
-    def _reusable_snapshot(self) -> dict | None:
-        # A snapshot still held by a write in flight or abandoned is never reused: a file's checksum
-        # must cover one consistent state.
-        if self._last_job is not None and self._last_job[1].done() and self._last_job[0].state is not None:
-            return self._last_job[0].state
-        return None
 
     def collect(self) -> None:
         """Take in the outcomes of finished saves: what the .pth holds now, whether the run was taken over."""
@@ -148,6 +148,7 @@ class Recorder:
         return self._taken_over
 
     def report(self, state: TrainState, status: str, snapshot: dict | None = None) -> RunReport:
+        # The history is CPU tensors, copied at once even where the snapshot's GPU copies are still queued.
         history = snapshot["history"] if snapshot is not None else to_cpu_snapshot(state.history.to_state())
         metrics = {
             "steps": state.step, "epochs": state.epoch, "total_steps": state.total_steps, "tokens_seen": state.tokens_seen,
@@ -167,6 +168,8 @@ class Recorder:
 
     # -- on the writer's thread -------------------------------------------------
     def _write(self, job: SaveJob, abandoned) -> SaveOutcome:
+        if job.copied is not None:
+            job.copied.synchronize()  # the snapshot's GPU-to-pinned copies are done before anything reads it
         if self.keeper.lost.is_set() or runs.newer_claim(self.run_dir, self.owner) is not None:
             self.log(f"{job.report.run_id} was taken over by another runtime: this one stops writing it.")
             return SaveOutcome(job.step, False, None, taken_over=True)

@@ -31,6 +31,7 @@ class Training:
     device: torch.device
     precision: str  # "bf16" | "fp16" | "fp32": what "auto" became
     compiled: bool
+    copy_done: object = None  # a checkpoint's GPU-to-CPU copies: the next optimizer step waits for them
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
