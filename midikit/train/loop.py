@@ -74,7 +74,7 @@ def train(train_config: TrainConfig, model_config: ModelConfig | None = None, on
     # The loop: step, evaluate on schedule, checkpoint on schedule.
     tc, batch, context = state.train_config, state.train_config.batch_size, state.model_config.context_length
     pending_losses, status, in_step, failure = [], None, False, None
-    progress = Progress(state, enabled=tc.progress)
+    progress = Progress(state, training, say, enabled=tc.progress)
     try:
         with GracefulStop(say) as stop:
             while status is None and state.step < state.total_steps:
@@ -95,7 +95,7 @@ def train(train_config: TrainConfig, model_config: ModelConfig | None = None, on
                         recorder.new_best(training.raw_model, state.step)
                     progress.show_evaluation(state)
                 in_step = False
-                progress.update()
+                progress.update(state)
                 if evaluated and on_eval is not None:
                     flush_losses(state, pending_losses)
                     on_eval(state.history.as_lists())
@@ -153,8 +153,7 @@ def tokens_on_device(dataset, device: torch.device, state: TrainState):
 def train_step(training: Training, inputs, targets, grad_clip: float) -> torch.Tensor:
     """One optimizer step on one batch; returns the loss, left on the device (no sync)."""
     with training.autocast:
-        logits = training.model(inputs)
-        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        loss = training.loss_of(inputs, targets)
     training.scaler.scale(loss).backward()
     after_copy(training.copy_done)  # forward and backward ran beside a checkpoint's copies; the update may not
     training.copy_done = None
@@ -296,15 +295,17 @@ class GracefulStop:
 
 
 class Progress:
-    """The tqdm bar: steps, loss, tokens/s, latest and best validation loss."""
+    """The tqdm bar: steps, loss, tokens/s, latest and best validation loss; with torch.compile the
+    first step's time (the compilation) is reported on its own and kept out of tokens/s."""
 
-    def __init__(self, state: TrainState, enabled: bool):
+    def __init__(self, state: TrainState, training: Training, say, enabled: bool):
         import time
 
-        self._clock = time.monotonic
+        self._clock, self.training, self.say = time.monotonic, training, say
         self.bar = tqdm(total=state.total_steps, initial=state.step, disable=not enabled, unit="step", dynamic_ncols=True)
         self.postfix = {}
         self.started, self.start_tokens = self._clock(), state.tokens_seen
+        self.first_step = True
 
     def show_loss(self, state: TrainState) -> None:
         rate = (state.tokens_seen - self.start_tokens) / max(1e-9, self._clock() - self.started)
@@ -315,8 +316,16 @@ class Progress:
         self.postfix.update(val=f"{state.history.val_loss[-1]:.3f}", best=f"{state.best_val_loss:.3f}")
         self.bar.set_postfix(self.postfix, refresh=False)
 
-    def update(self) -> None:
+    def update(self, state: TrainState) -> None:
         self.bar.update(1)
+        if self.first_step and self.training.compiled:
+            if self.training.device.type == "cuda":
+                torch.cuda.synchronize(self.training.device)
+            seconds = self._clock() - self.started
+            self.say(f"Compiled, and ran the first step, in {seconds:.1f} s; tokens/s counts from the next step.")
+            self.postfix["compile_s"] = f"{seconds:.0f}"
+            self.started, self.start_tokens = self._clock(), state.tokens_seen
+        self.first_step = False
 
     def close(self) -> None:
         self.bar.close()

@@ -5,6 +5,7 @@ so the benchmark times exactly what training runs."""
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from contextlib import nullcontext
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..configs import ModelConfig, TrainConfig
 from ..errors import ConfigError
@@ -23,7 +25,7 @@ class Training:
     """The live objects of one run on one device."""
 
     raw_model: torch.nn.Module  # the plain module: its state_dict is what checkpoints hold
-    model: torch.nn.Module  # what the step calls: raw_model, or torch.compile of it
+    loss_of: object  # (inputs, targets) -> mean cross-entropy: forward and loss, compiled together where it pays
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
@@ -98,12 +100,19 @@ def build_training(mc: ModelConfig, tc: TrainConfig, device: torch.device, total
     compiled = resolve_compile(tc.compile, mc.model_type, device)
     optimizer = make_optimizer(raw_model, tc.lr, tc.weight_decay, device)
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+    loss_of = functools.partial(_forward_loss, raw_model)
     return Training(
-        raw_model=raw_model, model=torch.compile(raw_model) if compiled else raw_model, optimizer=optimizer,
+        raw_model=raw_model, loss_of=torch.compile(loss_of) if compiled else loss_of, optimizer=optimizer,
         scheduler=make_scheduler(optimizer, tc.warmup_steps, total_steps),
         scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16), autocast=autocast,
         device=device, precision={None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype], compiled=compiled,
     )
+
+
+def _forward_loss(model, inputs, targets):
+    # One function for the model and its loss: compiled, the logits never make a round trip to memory
+    # between the output layer and the cross-entropy, and backward comes from the same graph.
+    return F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten())
 
 
 def restore_training(training: Training, state: dict) -> None:
