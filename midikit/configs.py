@@ -19,6 +19,7 @@ from .settings import check_fields, setting
 
 MODEL_TYPES = ("lstm", "gru", "transformer")
 RNN_TYPES = ("lstm", "gru")
+POSITION_ENCODINGS = ("learned", "rope")
 PRESET_NAMES = ("large", "t4", "small", "cpu")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 COMPILE_MODES = ("auto", "on", "off")
@@ -48,6 +49,10 @@ class ModelConfig:
     d_model: int = setting(256, "width of the Transformer", group="model", gt=0, model_types=("transformer",))
     nhead: int = setting(4, "attention heads (must divide d_model)", group="model", gt=0, model_types=("transformer",))
     dim_feedforward: int = setting(1024, "feed-forward width", group="model", gt=0, model_types=("transformer",))
+    positions: str = setting("learned", "how the Transformer knows where a token is: learned (absolute, the seed's; "
+                             "generation re-primes its window past the context) or rope (rotary, relative; generation "
+                             "rolls its window on without re-priming)", group="model", choices=POSITION_ENCODINGS,
+                             model_types=("transformer",))
 
     def validate(self) -> "ModelConfig":
         check_fields(self)
@@ -57,10 +62,17 @@ class ModelConfig:
             divisors = [h for h in range(1, min(self.d_model, 64) + 1) if self.d_model % h == 0]
             raise ConfigError(f"nhead={self.nhead} does not divide d_model={self.d_model}; choose nhead from "
                               f"{divisors[-6:]} or change d_model.")
+        head_dim = self.d_model // self.nhead
+        if self.model_type == "transformer" and self.positions == "rope" and head_dim % 2:
+            raise ConfigError(f"positions='rope' rotates pairs of features, but d_model/nhead = {self.d_model}/{self.nhead} "
+                              f"= {head_dim} is odd; choose d_model and nhead with an even quotient, or positions='learned'.")
         return self
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    # What a config saved before a field existed meant, whatever that field's default is now.
+    LEGACY_VALUES = {"positions": "learned"}
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
@@ -68,7 +80,7 @@ class ModelConfig:
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"Unknown model config keys {sorted(unknown)}; this checkpoint may come from a newer midikit.")
-        return cls(**data).validate()
+        return cls(**{**cls.LEGACY_VALUES, **data}).validate()
 
 
 def applies_to(name: str, model_type: str) -> bool:

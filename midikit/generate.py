@@ -5,9 +5,12 @@
     result.midi_paths                             # <root>/<dataset>/outputs/generated/*.mid
 
 The Transformer decodes with its key/value cache and the RNNs carry their hidden state, so each
-new token costs one position, not a re-run of the whole window. Past the trained context the
-Transformer's window slides: when the cache is full it is re-primed with the most recent
-`SLIDE_KEEP` of the context and decoding continues, so the music never sees a cut.
+new token costs one position, not a re-run of the whole window. Past the trained context a
+Transformer with learned positions slides its window: when the cache is full it is re-primed with
+the most recent `SLIDE_KEEP` of the context; one with RoPE positions rolls its cache instead (the
+newest key overwrites the oldest). Either way the music never sees a cut. Each token is one
+fixed-shape step with sampling on the device (`Sampler`), which `torch.compile` can turn into a
+CUDA graph (`decode(..., compile_step=...)`).
 """
 
 from __future__ import annotations
@@ -196,8 +199,10 @@ def _run_dataset_paths(path: Path, sidecar: dict, paths: DatasetPaths | None) ->
 # --------------------------------------------------------------------------- sampling
 
 
-def next_tokens(logits: torch.Tensor, sample: SampleConfig, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Pick one token per row of `logits` (B, vocab) with the sample's strategy."""
+def next_tokens(logits: torch.Tensor, sample: SampleConfig, generator: torch.Generator | None = None,
+                noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Pick one token per row of `logits` (B, vocab) with the sample's strategy. Sampling adds
+    Gumbel `noise` (drawn from `generator` when not given; see `gumbel_noise`)."""
     logits = logits.float()
     if sample.strategy == "greedy":
         return logits.argmax(-1)
@@ -212,58 +217,149 @@ def next_tokens(logits: torch.Tensor, sample: SampleConfig, generator: torch.Gen
         probs = sorted_logits.softmax(-1)
         outside = probs.cumsum(-1) - probs >= sample.p
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(outside, float("-inf")))
+    if noise is None:
+        noise = gumbel_noise(torch.empty_like(logits), generator)
     # Gumbel-max: argmax(logits + Gumbel noise) is a draw from softmax(logits), without a GPU sync.
-    noise = torch.empty_like(logits).exponential_(generator=generator).log().neg()
     return (logits + noise).argmax(-1)
+
+
+def gumbel_noise(out: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Fill `out` in place with Gumbel(0, 1) noise (-log of Exponential(1)) and return it."""
+    return out.exponential_(generator=generator).log_().neg_()
+
+
+@dataclass
+class Sampler:
+    """`pick` for `decode` that samples on the device: decode draws the Gumbel noise from
+    `generator` in blocks of FINISHED_CHECK_EVERY steps into a buffer of its own, so a decoding
+    step draws nothing itself (it can be compiled or CUDA-graphed). Also callable as pick(logits)."""
+
+    sample: SampleConfig
+    generator: torch.Generator | None = None
+
+    def __call__(self, logits: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        return next_tokens(logits, self.sample, self.generator, noise)
+
+    @property
+    def needs_noise(self) -> bool:
+        return self.sample.strategy != "greedy"
+
+
+class _Decoding:
+    """One decode call's state, kept on the device and allocated once: the last token, how many
+    tokens there are, which rows ended, bars per row, the model's cache (or RNN hidden state) and,
+    for a Sampler, a block of noise. `step()` makes one token without reading anything back; its
+    shapes depend on the batch and the model only, so one compiled step serves every length."""
+
+    def __init__(self, model, prime: torch.Tensor, pick, stop_ids, banned_ids, fill_id: int, bar_ids,
+                 max_bars: int | None):
+        batch, prime_length = prime.shape
+        device = prime.device
+        self.model, self.pick, self.fill_id, self.max_bars = model, pick, fill_id, max_bars
+        self.last = prime[:, -1:].clone()  # what the next step feeds the model
+        self.length = torch.tensor(prime_length, device=device)  # tokens so far: picks the noise row
+        self.stop_ids = torch.tensor(list(stop_ids), dtype=torch.long, device=device)
+        self.bar_ids = torch.tensor(list(bar_ids), dtype=torch.long, device=device)
+        self.banned = torch.tensor(list(banned_ids), dtype=torch.long, device=device)  # made once: no copy per token
+        self.finished = torch.zeros(batch, dtype=torch.bool, device=device)
+        self.bars_seen = torch.zeros(batch, dtype=torch.long, device=device)
+        self.state = model.init_state(batch)
+        uses_noise = isinstance(pick, Sampler) and pick.needs_noise
+        self.noise = torch.empty(FINISHED_CHECK_EVERY, batch, model.config.vocab_size, device=device) if uses_noise else None
+
+    def device_tensors(self) -> list[torch.Tensor]:
+        """What a step reads and writes in place (for CUDA graphs: addresses that never change)."""
+        held = [self.last, self.length, self.finished, self.bars_seen, *([self.noise] if self.noise is not None else [])]
+        return held + (self.state.tensors() if hasattr(self.state, "tensors") else [])
+
+    def draw_noise(self) -> None:
+        if self.noise is not None:
+            gumbel_noise(self.noise, self.pick.generator)
+
+    def prime(self, window: torch.Tensor) -> torch.Tensor:
+        """Start the model over on `window` (B, T); the token that follows it."""
+        if hasattr(self.state, "reset"):
+            self.state.reset()
+        else:
+            self.state = self.model.init_state(window.shape[0])
+        logits, self.state = self.model.step(window, self.state)
+        return self._next(logits[:, -1])
+
+    def step(self) -> torch.Tensor:
+        """The last token through the model (one position); the token that follows it."""
+        logits, state = self.model.step(self.last, self.state)
+        if state is not self.state:  # an RNN's new hidden state; the Transformer's cache is written in place
+            self.state = state
+        return self._next(logits[:, -1])
+
+    def _next(self, logits: torch.Tensor) -> torch.Tensor:
+        """Pick, end rows at a stop token or past the last bar, fill ended rows; (B,) to append."""
+        logits = logits.index_fill(-1, self.banned, float("-inf"))
+        if self.noise is not None:
+            token = self.pick(logits, self.noise.index_select(0, self.length.view(1) % FINISHED_CHECK_EVERY)[0])
+        else:
+            token = self.pick(logits)
+        ends = torch.isin(token, self.stop_ids)
+        if self.max_bars is not None:
+            self.bars_seen.add_(torch.isin(token, self.bar_ids))
+            past_last_bar = self.bars_seen > self.max_bars
+            token = torch.where(past_last_bar & ~ends, self.stop_ids[0], token)
+            ends = ends | past_last_bar
+        written = torch.where(self.finished, self.fill_id, token)
+        self.finished.logical_or_(ends)
+        self.last.copy_(written[:, None])
+        self.length.add_(1)
+        return written
 
 
 @torch.inference_mode()
 def decode(model, prime: torch.Tensor, max_new_tokens: int, pick, *, stop_ids=(), banned_ids=(), fill_id: int = 0,
-           bar_ids=(), max_bars: int | None = None, progress: bool = False) -> torch.Tensor:
-    """Extend `prime` (B, P) by up to `max_new_tokens` tokens chosen by `pick(logits (B, V))`.
+           bar_ids=(), max_bars: int | None = None, progress: bool = False, compile_step=None) -> torch.Tensor:
+    """Extend `prime` (B, P) by up to `max_new_tokens` tokens chosen by `pick`.
 
-    Each token is one position through `model.step` (KV cache / hidden state). An RNN sees
-    everything so far; a Transformer sees a window that starts over at the last SLIDE_KEEP of its
-    context whenever it would grow past the context (the cache is then primed afresh), which gives
-    exactly what re-running `model(window)` for every token would.
+    `pick` is a `Sampler` (sampling on the device, noise drawn in blocks) or any function of the
+    logits (B, vocab) -> tokens (B,). Each token is one fixed-shape step through `model.step` (KV
+    cache / hidden state); `compile_step` wraps that step, e.g.
+    `functools.partial(torch.compile, mode="reduce-overhead")` (CUDA graphs).
+
+    What the model sees: an RNN everything so far. A Transformer with learned positions a window
+    that starts over at the last SLIDE_KEEP of its context whenever it would grow past the context
+    (the cache is primed afresh): exactly what re-running `model(window)` for every token gives. A
+    RoPE Transformer never starts over: its cache rolls, each layer attending to the last
+    context_length positions, which is `model(sequence, window=context_length)`.
 
     A row ends at a token in `stop_ids` or, given `max_bars`, at the bar token that would start bar
     max_bars + 1 (written as the first stop id); later positions hold `fill_id`. Decoding stops
     early once every row has ended. Returns (B, P + steps).
     """
-    batch, prime_length = prime.shape
-    device = prime.device
-    context = model.config.context_length if model.config.model_type == "transformer" else None
-    keep = max(1, int(context * SLIDE_KEEP)) if context else 0
-    out = torch.empty(batch, prime_length + max_new_tokens, dtype=torch.long, device=device)
-    out[:, :prime_length] = prime
-    length, window_start = prime_length, 0
-    stop_ids = torch.tensor(list(stop_ids), dtype=torch.long, device=device)
-    bar_ids = torch.tensor(list(bar_ids), dtype=torch.long, device=device)
-    banned = torch.tensor(list(banned_ids), dtype=torch.long, device=device)  # made once: no copy per token
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    bars_seen = torch.zeros(batch, dtype=torch.long, device=device)
-    state = None
-    for step in tqdm(range(max_new_tokens), desc="generating", unit="tok", disable=not progress, leave=False):
-        if context is not None and length - window_start > context:
-            window_start = length - keep  # slide: start over from the most recent tokens
-            state = None
-        if state is None:  # first step, or the window just slid: prime a fresh cache
-            logits, state = model.step(out[:, window_start:length], model.init_state(batch))
+    length = prime.shape[1]
+    config = model.config
+    slides = config.model_type == "transformer" and config.positions == "learned"
+    context = config.context_length
+    keep = max(1, int(context * SLIDE_KEEP))
+    if compile_step is not None and config.model_type != "transformer":
+        raise ConfigError(f"compile_step is for the Transformer's fixed-shape step; a {config.model_type} already runs "
+                          "as one fused RNN kernel per token and torch.compile cannot trace it: pass compile_step=None.")
+    decoding = _Decoding(model, prime, pick, stop_ids, banned_ids, fill_id, bar_ids, max_bars)
+    out = torch.empty(prime.shape[0], length + max_new_tokens, dtype=torch.long, device=prime.device)
+    out[:, :length] = prime
+    step = decoding.step
+    if compile_step is not None:
+        for tensor in decoding.device_tensors():
+            torch._dynamo.mark_static_address(tensor)  # written in place: CUDA graphs may keep their addresses
+        step = compile_step(decoding.step)
+    window_start = 0
+    for n in tqdm(range(max_new_tokens), desc="generating", unit="tok", disable=not progress, leave=False):
+        if n == 0 or length % FINISHED_CHECK_EVERY == 0:
+            decoding.draw_noise()
+        if n == 0 or (slides and length - window_start > context):
+            if slides and length - window_start > context:
+                window_start = length - keep  # slide: start over from the most recent tokens
+            out[:, length] = decoding.prime(out[:, window_start:length])
         else:
-            logits, state = model.step(out[:, length - 1 : length], state)
-        logits = logits[:, -1].index_fill(-1, banned, float("-inf"))
-        token = pick(logits)
-        ends = torch.isin(token, stop_ids)
-        if max_bars is not None:
-            bars_seen += torch.isin(token, bar_ids)
-            past_last_bar = bars_seen > max_bars
-            token = torch.where(past_last_bar & ~ends, stop_ids[0], token)
-            ends |= past_last_bar
-        out[:, length] = torch.where(finished, fill_id, token)
-        finished |= ends
+            out[:, length] = step()
         length += 1
-        if step % FINISHED_CHECK_EVERY == FINISHED_CHECK_EVERY - 1 and bool(finished.all()):
+        if n % FINISHED_CHECK_EVERY == FINISHED_CHECK_EVERY - 1 and bool(decoding.finished.all()):
             break
     return out[:, :length]
 
@@ -302,7 +398,7 @@ def generate(run: LoadedRun, sample: SampleConfig, seed_midi: Path | None = None
     max_new = sample.num_tokens if sample.bars is None else sample.bars * MAX_TOKENS_PER_BAR
     started = time.perf_counter()
     out = decode(
-        run.model, prime, max_new, lambda logits: next_tokens(logits, sample, generator),
+        run.model, prime, max_new, Sampler(sample, generator),
         stop_ids=[special.eos_id], banned_ids=[i for i in tokenizer.special_tokens_ids if i != special.eos_id],
         fill_id=special.pad_id, bar_ids=bar_ids, max_bars=sample.bars, progress=progress,
     ).tolist()  # waits for the GPU, so the time below is the decoding's

@@ -4,7 +4,12 @@ Every model offers the same two ways in:
 
 * ``model(idx)`` -> logits ``(B, T, vocab)`` for training (teacher forcing);
 * ``state = model.init_state(batch_size, device)`` then ``logits, state = model.step(idx, state)``
-  for incremental decoding: the RNNs carry their hidden state, the Transformer a key/value cache.
+  for incremental decoding: the RNNs carry their hidden state, the Transformer a key/value cache
+  allocated once, written in place at a position kept on the device (so a one-token step has the
+  same shapes every time and can be compiled or CUDA-graphed).
+
+Logits always have `vocab_size` columns; the Transformer pads its vocabulary to a multiple of 64
+inside and cuts the padding off.
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ def flops_per_token(config: ModelConfig) -> float:
     """Training FLOPs per token (forward + backward), as in the PaLM/nanoGPT MFU estimate."""
     if config.model_type == "transformer":
         d, L, T, ff = config.d_model, config.num_layers, config.context_length, config.dim_feedforward
-        matmul_params = L * (4 * d * d + 2 * d * ff) + d * config.vocab_size
+        matmul_params = L * (4 * d * d + 2 * d * ff) + d * padded_vocab_size(config.vocab_size)
         return 6 * matmul_params + 12 * L * d * T  # weights plus attention scores/values
     gates = 4 if config.model_type == "lstm" else 3
     params = 0
@@ -99,16 +104,42 @@ class RNNGenerator(nn.Module):
 
 # --------------------------------------------------------------------------- Transformer
 
+VOCAB_MULTIPLE = 64  # embedding and output rows are padded to this: matrix shapes the GPU's kernels like
+
+
+def padded_vocab_size(vocab_size: int) -> int:
+    return -(-vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+
 
 class KVCache:
-    """Preallocated keys/values for every layer, filled left to right up to context_length."""
+    """Keys and values of the last `slots` positions of every layer, allocated once.
 
-    def __init__(self, num_layers, batch_size, nhead, max_len, head_dim, device, dtype):
-        shape = (num_layers, batch_size, nhead, max_len, head_dim)
-        self.keys = torch.zeros(shape, device=device, dtype=dtype)
-        self.values = torch.zeros(shape, device=device, dtype=dtype)
-        self.length = 0
-        self.max_len = max_len
+    The token at absolute position p lives in slot p % slots, so nothing ever moves and every step
+    has the same shapes: past `slots` positions (RoPE only) the newest key overwrites the oldest, a
+    ring buffer. `position` is a device tensor, the absolute position of the next token, so a step
+    never reads a number back to the host.
+    """
+
+    def __init__(self, num_layers, batch_size, nhead, slots, head_dim, device, dtype):
+        shape = (batch_size, nhead, slots, head_dim)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
+        self.position = torch.zeros((), dtype=torch.long, device=device)
+        self.slots = slots
+
+    def reset(self) -> None:
+        """Start over at position 0; stale slots are masked out by their positions."""
+        self.position.zero_()
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [*self.keys, *self.values, self.position]
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE (GPT-NeoX layout): feature pairs (i, i + head_dim/2) turned by position * frequency_i."""
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # under autocast q and k are bf16/fp16: stay so
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat((first * cos - second * sin, second * cos + first * sin), dim=-1)
 
 
 class CausalSelfAttention(nn.Module):
@@ -121,26 +152,41 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.resid_drop = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x, rope=None, mask=None, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        """`rope`: (cos, sin) of the T positions, or None; `mask`: which keys each query sees (None:
+        causal); with a cache, `mask` covers its slots (T == 1) or its slots then the T new keys."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.nhead, self.head_dim).permute(2, 0, 3, 1, 4)
+        if rope is not None:
+            q, k = rotate(q, *rope), rotate(k, *rope)  # each key keeps the position it was written at
         if cache is None:
-            # Causal mask: position t attends to positions <= t only (the seed's model saw the future).
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
+            # Causal: position t attends to positions <= t only (the seed's model saw the future).
+            drop = self.dropout if self.training else 0.0
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop, is_causal=mask is None)
+        elif T == 1:
+            # Write first, then attend over every slot: the one overwritten (RoPE, full ring) is the
+            # key that has just left the window. Same shapes at every step.
+            slot = (cache.position % cache.slots).view(1)
+            keys = cache.keys[layer].index_copy_(2, slot, k.to(cache.keys[layer].dtype))
+            values = cache.values[layer].index_copy_(2, slot, v.to(cache.values[layer].dtype))
+            y = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask)
         else:
-            start = cache.length
-            cache.keys[layer, :, :, start : start + T] = k
-            cache.values[layer, :, :, start : start + T] = v
-            k = cache.keys[layer, :, :, : start + T]
-            v = cache.values[layer, :, :, : start + T]
-            if T == 1:
-                y = F.scaled_dot_product_attention(q, k, v)  # one new query sees every cached key
-            else:
-                # Query i sits at absolute position start+i and may see keys 0..start+i.
-                mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            y = self._attend_then_write(q, k, v, mask, cache, layer)
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.resid_drop(self.proj(y))
+
+    @staticmethod
+    def _attend_then_write(q, k, v, mask, cache: KVCache, layer: int) -> torch.Tensor:
+        """Several new tokens (priming): attend over the old slots and the new keys together, then
+        keep the newest `slots` of them; writing first would overwrite keys the first queries need."""
+        keys = torch.cat((cache.keys[layer].to(q.dtype), k), dim=2)
+        values = torch.cat((cache.values[layer].to(q.dtype), v), dim=2)
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+        T, kept = k.shape[2], min(k.shape[2], cache.slots)
+        slots = (cache.position + torch.arange(T - kept, T, device=k.device)) % cache.slots
+        cache.keys[layer].index_copy_(2, slots, k[:, :, T - kept :].to(cache.keys[layer].dtype))
+        cache.values[layer].index_copy_(2, slots, v[:, :, T - kept :].to(cache.values[layer].dtype))
+        return y
 
 
 class Block(nn.Module):
@@ -158,23 +204,54 @@ class Block(nn.Module):
             nn.Dropout(config.dropout),
         )
 
-    def forward(self, x, cache=None, layer=0):
-        x = x + self.attn(self.ln1(x), cache, layer)
+    def forward(self, x, rope=None, mask=None, cache=None, layer=0):
+        x = x + self.attn(self.ln1(x), rope, mask, cache, layer)
         return x + self.mlp(self.ln2(x))
 
 
+def window_mask(length: int, window: int, device) -> torch.Tensor:
+    """(length, length): query i sees keys i-window+1 .. i (causal, at most `window` of them)."""
+    distance = torch.arange(length, device=device)[:, None] - torch.arange(length, device=device)
+    return (distance >= 0) & (distance < window)
+
+
+def cache_mask(start: torch.Tensor, T: int, slots: int) -> torch.Tensor:
+    """Which keys the T queries at absolute positions start.. may see in a KVCache of `slots`.
+
+    T == 1 (after the write): slot j holds the last position <= the query's that is j modulo
+    `slots`, valid when that position is >= 0. T > 1: the old slots (holding positions < start)
+    then the T new keys, each query seeing only the last `slots` positions up to its own.
+    """
+    device = start.device
+    slot = torch.arange(slots, device=device)
+    if T == 1:
+        return (start - (start - slot) % slots >= 0).view(1, slots)
+    query = start + torch.arange(T, device=device)
+    old = (start - 1) - (start - 1 - slot) % slots
+    sees_old = (old >= 0) & (query[:, None] - old < slots)
+    return torch.cat((sees_old, window_mask(T, slots, device)), dim=1)
+
+
 class TransformerGenerator(nn.Module):
-    """Decoder-only Transformer with learned positions, SDPA attention and a KV cache."""
+    """Decoder-only Transformer: learned or rotary (RoPE) positions, SDPA attention, a KV cache of
+    fixed shapes, and a vocabulary padded to VOCAB_MULTIPLE inside (logits keep `vocab_size`)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.token_emb = nn.Embedding(config.vocab_size, config.d_model)
-        self.pos_emb = nn.Embedding(config.context_length, config.d_model)
+        self.padded_vocab = padded_vocab_size(config.vocab_size)
+        self.token_emb = nn.Embedding(self.padded_vocab, config.d_model)
+        self.rope = config.positions == "rope"
+        if self.rope:
+            head_dim = config.d_model // config.nhead
+            # Not saved in checkpoints: a function of the config.
+            self.register_buffer("inv_freq", 10000.0 ** -(torch.arange(0, head_dim, 2).float() / head_dim), persistent=False)
+        else:
+            self.pos_emb = nn.Embedding(config.context_length, config.d_model)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
         self.ln_f = nn.LayerNorm(config.d_model)
-        self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.head = nn.Linear(config.d_model, self.padded_vocab, bias=False)
         self.apply(self._init_weights)
         # GPT-2's scaled init of residual projections keeps activations stable with depth.
         for name, param in self.named_parameters():
@@ -190,31 +267,57 @@ class TransformerGenerator(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def _run(self, idx: torch.Tensor, start: int, cache: KVCache | None) -> torch.Tensor:
-        T = idx.shape[1]
-        if start + T > self.config.context_length:
-            raise ConfigError(
-                f"Sequence of {start + T} tokens is longer than the model's context_length "
-                f"{self.config.context_length}; use a shorter sequence (generation slides its window)."
-            )
-        positions = torch.arange(start, start + T, device=idx.device)
-        x = self.drop(self.token_emb(idx) + self.pos_emb(positions))
-        for layer, block in enumerate(self.blocks):
-            x = block(x, cache, layer)
-        return self.head(self.ln_f(x))
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints from before the padded vocabulary have vocab_size rows: pad them with zeros
+        # (never looked up, and their logits are cut off).
+        for name in ("token_emb.weight", "head.weight"):
+            weight = state_dict.get(prefix + name)
+            if weight is not None and weight.dim() == 2 and weight.shape[0] == self.config.vocab_size < self.padded_vocab:
+                state_dict[prefix + name] = F.pad(weight, (0, 0, 0, self.padded_vocab - weight.shape[0]))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return self._run(idx, 0, None)
+    def _run(self, idx: torch.Tensor, cache: KVCache | None = None, window: int | None = None) -> torch.Tensor:
+        T = idx.shape[1]
+        if not self.rope and T > self.config.context_length:
+            raise ConfigError(
+                f"Sequence of {T} tokens is longer than the model's context_length {self.config.context_length} "
+                "(learned positions); use a shorter sequence (generation slides its window), or positions='rope'."
+            )
+        positions = torch.arange(T, device=idx.device)
+        if cache is not None:
+            positions = positions + cache.position
+            mask = cache_mask(cache.position, T, cache.slots)
+        else:
+            mask = window_mask(T, window, idx.device) if window is not None and T > window else None
+        x = self.token_emb(idx)
+        rope = None
+        if self.rope:
+            angles = positions[:, None].float() * self.inv_freq
+            rope = (angles.cos(), angles.sin())
+        else:
+            x = x + self.pos_emb(positions)
+        x = self.drop(x)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, rope, mask, cache, layer)
+        if cache is not None:
+            cache.position.add_(T)
+        return self.head(self.ln_f(x))[..., : self.config.vocab_size]
+
+    def forward(self, idx: torch.Tensor, window: int | None = None) -> torch.Tensor:
+        """Logits (B, T, vocab_size) for every position, positions counted from 0. With `window`,
+        each position sees only the last `window` tokens up to itself: what decoding with a
+        rolling cache of `window` slots computes (RoPE), a reference for it."""
+        return self._run(idx, window=window)
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> KVCache:
+        """An empty cache of context_length slots, in the model's dtype unless told otherwise."""
         param = self.head.weight
         c = self.config
-        return KVCache(
-            c.num_layers, batch_size, c.nhead, c.context_length, c.d_model // c.nhead,
-            device or param.device, dtype or param.dtype,
-        )
+        return KVCache(c.num_layers, batch_size, c.nhead, c.context_length, c.d_model // c.nhead,
+                       device or param.device, dtype or param.dtype)
 
     def step(self, idx: torch.Tensor, state: KVCache):
-        logits = self._run(idx, state.length, state)
-        state.length += idx.shape[1]
-        return logits, state
+        """Append idx (B, T) at the cache's position; logits (B, T, vocab_size). T == 1 is the
+        fixed-shape decoding step (no host sync, no new shapes). Learned positions stop at
+        context_length: `reset()` the cache and prime it again (midikit.generate.decode does)."""
+        return self._run(idx, cache=state), state

@@ -17,7 +17,8 @@ from midikit import runs as registry
 from midikit.cli import main
 from midikit.data import DatasetError, load_dataset, tokens_to_score
 from midikit.generate import (
-    SLIDE_KEEP, GenerationError, SampleConfig, _tokenize_seed, decode, generate, load_run, next_tokens,
+    FINISHED_CHECK_EVERY, SLIDE_KEEP, GenerationError, SampleConfig, Sampler, _tokenize_seed, decode, generate, load_run,
+    next_tokens,
 )
 from midikit.models import MODEL_TYPES, ConfigError, ModelConfig, build_model
 from midikit.storage import DatasetPaths
@@ -37,41 +38,66 @@ TINY_MODELS = {
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
+ROPE = "transformer_rope"  # the Transformer with rotary positions, trained in a root of its own
+MODELS = (*MODEL_TYPES, ROPE)
+
+
+def _train_tiny(paths: DatasetPaths, model_type: str, **model_values):
+    model_config = ModelConfig(model_type, load_dataset(paths).vocab_size, CONTEXT, **model_values)
+    config = TrainConfig(
+        dataset=paths.dataset, checkpoint_dir=str(paths.root), model_type=model_type, preset="cpu", max_steps=STEPS,
+        batch_size=16, lr=1e-2, eval_every=STEPS // 2, eval_windows=16, device="cpu", resume="never", progress=False,
+        checkpoint_every_minutes=0,
+    )
+    return train(config, model_config, log=lambda *args: None)
+
+
+def _copy_of(tiny_dataset, tmp_path_factory, name: str) -> DatasetPaths:
+    paths = DatasetPaths(tmp_path_factory.mktemp(name), tiny_dataset.dataset)
+    shutil.copytree(tiny_dataset.data, paths.data)
+    return paths
+
+
 @pytest.fixture(scope="module")
 def runs(tiny_dataset, tmp_path_factory) -> dict:
     """One briefly trained run per model type, in a root of their own (a copy of the tiny dataset)."""
-    root = tmp_path_factory.mktemp("generate_root")
-    paths = DatasetPaths(root, tiny_dataset.dataset)
-    shutil.copytree(tiny_dataset.data, paths.data)
-    results = {}
-    for model_type in MODEL_TYPES:
-        model_config = ModelConfig(model_type, load_dataset(paths).vocab_size, CONTEXT, **TINY_MODELS[model_type])
-        config = TrainConfig(
-            dataset=paths.dataset, checkpoint_dir=str(root), model_type=model_type, preset="cpu", max_steps=STEPS,
-            batch_size=16, lr=1e-2, eval_every=STEPS // 2, eval_windows=16, device="cpu", resume="never", progress=False,
-            checkpoint_every_minutes=0,
-        )
-        results[model_type] = train(config, model_config, log=lambda *args: None)
+    paths = _copy_of(tiny_dataset, tmp_path_factory, "generate_root")
+    results = {model_type: _train_tiny(paths, model_type, **TINY_MODELS[model_type]) for model_type in MODEL_TYPES}
     return {"paths": paths, "results": results}
 
 
 @pytest.fixture(scope="module")
-def loaded(runs) -> dict:
-    return {mt: load_run(result.artifacts["weights"], device="cpu") for mt, result in runs["results"].items()}
+def loaded(runs, tiny_dataset, tmp_path_factory) -> dict:
+    """The runs of `runs`, and a RoPE Transformer (its own root: 'latest transformer' stays one run)."""
+    models = {mt: load_run(result.artifacts["weights"], device="cpu") for mt, result in runs["results"].items()}
+    rope_paths = _copy_of(tiny_dataset, tmp_path_factory, "rope_root")
+    rope = _train_tiny(rope_paths, "transformer", **TINY_MODELS["transformer"], positions="rope")
+    models[ROPE] = load_run(rope.artifacts["weights"], device="cpu")
+    return models
 
 
 def greedy_reference(model, prime: list[int], new_tokens: int) -> tuple[list[int], torch.Tensor]:
-    """The definition of sliding-window greedy decoding: re-run the model on the visible window for
-    every token; a Transformer's window restarts at the last SLIDE_KEEP of its context when full.
+    """The definition of greedy decoding, by re-running the model for every token:
+
+    * RNN: on everything so far;
+    * Transformer, learned positions: on the visible window, which restarts at the last
+      SLIDE_KEEP of the context when it would grow past the context;
+    * Transformer, RoPE: on everything so far, at absolute positions 0.., every layer attending to
+      the last context_length positions only (`window`): a rolling cache computes exactly that,
+      its oldest key overwritten by each new one.
+
     Returns the sequence and the logits each token was chosen from."""
-    context = model.config.context_length if model.config.model_type == "transformer" else None
-    keep = int(context * SLIDE_KEEP) if context else 0
+    config = model.config
+    slides = config.model_type == "transformer" and config.positions == "learned"
+    window = config.context_length if config.model_type == "transformer" and not slides else None
+    keep = int(config.context_length * SLIDE_KEEP)
     seq, start, chosen_from = list(prime), 0, []
     for _ in range(new_tokens):
-        if context and len(seq) - start > context:
+        if slides and len(seq) - start > config.context_length:
             start = len(seq) - keep
         with torch.no_grad():
-            chosen_from.append(model(torch.tensor([seq[start:]]))[0, -1])
+            inputs = torch.tensor([seq[start:]])
+            chosen_from.append((model(inputs, window=window) if window else model(inputs))[0, -1])
         seq.append(int(chosen_from[-1].argmax()))
     return seq, torch.stack(chosen_from)
 
@@ -87,11 +113,11 @@ def recording_greedy():
     return pick, seen
 
 
-@pytest.mark.parametrize("model_type", MODEL_TYPES)
+@pytest.mark.parametrize("model_type", MODELS)
 def test_greedy_cached_decoding_equals_recompute_past_the_context(loaded, model_type):
     run = loaded[model_type]
     prime = [int(t) for t in run.dataset.val_tokens[: CONTEXT // 2]]
-    new_tokens = 3 * CONTEXT  # the transformer's window slides several times
+    new_tokens = 3 * CONTEXT  # the learned transformer's window slides several times, the RoPE cache rolls twice over
     pick, seen = recording_greedy()
     cached = decode(run.model, torch.tensor([prime, prime]), new_tokens, pick)
     reference, reference_logits = greedy_reference(run.model, prime, new_tokens)
@@ -99,16 +125,67 @@ def test_greedy_cached_decoding_equals_recompute_past_the_context(loaded, model_
     assert cached[0].tolist() == reference == cached[1].tolist()
     # Same tokens could hide a different window; the logits they came from cannot.
     torch.testing.assert_close(torch.stack(seen)[:, 0], reference_logits, rtol=1e-4, atol=1e-4)
+    assert len(set(reference[len(prime) :])) > 3  # a real tune, not one token repeated
+    # The same through the step that picks on the device (Sampler: no Python function per token).
+    on_device = decode(run.model, torch.tensor([prime, prime]), new_tokens, Sampler(GREEDY))
+    assert on_device[0].tolist() == reference == on_device[1].tolist()
 
 
-def test_long_prime_slides_before_the_first_token(loaded):
-    run = loaded["transformer"]
+@pytest.mark.parametrize("model_type", ["transformer", ROPE])
+def test_long_prime_slides_or_rolls_before_the_first_token(loaded, model_type):
+    run = loaded[model_type]
     prime = [int(t) for t in run.dataset.val_tokens[: 2 * CONTEXT + 5]]
     pick, seen = recording_greedy()
     cached = decode(run.model, torch.tensor([prime]), CONTEXT, pick)
     reference, reference_logits = greedy_reference(run.model, prime, CONTEXT)
     assert cached[0].tolist() == reference
     torch.testing.assert_close(torch.stack(seen)[:, 0], reference_logits, rtol=1e-4, atol=1e-4)
+
+
+def aot_eager(step):
+    return torch.compile(step, fullgraph=True, backend="aot_eager")  # fullgraph: a graph break is an error
+
+
+@pytest.mark.parametrize("model_type, sample", [
+    ("transformer", GREEDY), (ROPE, GREEDY), (ROPE, SampleConfig("top_p", p=0.9)),
+])
+def test_the_compiled_step_is_one_graph_and_decodes_like_the_eager_one(loaded, model_type, sample):
+    """The fixed-shape step traces whole and never recompiles (same shapes and guards every token,
+    the learned window's slides included, and for any length), and gives the eager step's tokens
+    over hundreds of steps."""
+    run = loaded[model_type]
+    prime = torch.tensor([[int(t) for t in run.dataset.val_tokens[:5]]] * 2)
+    bars = [i for token, i in run.tokenizer.vocab.items() if token.startswith("Bar_")]
+    common = dict(stop_ids=[run.dataset.eos_id], bar_ids=bars, max_bars=1000, fill_id=run.dataset.pad_id)
+    new_tokens = 300
+    eager = decode(run.model, prime, new_tokens, Sampler(sample, torch.Generator().manual_seed(3)), **common)
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        compiled = decode(run.model, prime, new_tokens, Sampler(sample, torch.Generator().manual_seed(3)),
+                          compile_step=aot_eager, **common)
+        shorter = decode(run.model, prime, 40, Sampler(sample, torch.Generator().manual_seed(3)),  # the same graph
+                         compile_step=aot_eager, **common)
+    assert torch.equal(compiled, eager)
+    assert torch.equal(shorter, eager[:, : 5 + 40])
+    assert eager.shape[1] > 5 + 2 * CONTEXT  # long enough to slide or roll before any EOS
+
+
+def test_compiling_an_rnn_step_is_refused_with_the_fix(loaded):
+    with pytest.raises(ConfigError, match="compile_step is for the Transformer.*compile_step=None"):
+        decode(loaded["gru"].model, torch.tensor([[1, 2]]), 4, Sampler(GREEDY), compile_step=aot_eager)
+
+
+def test_sampler_draws_follow_its_seed_differ_per_row_and_leave_the_global_rng_alone(loaded):
+    run = loaded[ROPE]
+    prime = torch.tensor([[int(t) for t in run.dataset.val_tokens[:5]]] * 3)
+    top_p = SampleConfig("top_p", p=0.95)
+    draw = lambda seed: decode(run.model, prime, 3 * FINISHED_CHECK_EVERY, Sampler(top_p, torch.Generator().manual_seed(seed)))
+    first, again, other = draw(1), draw(1), draw(2)
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert not torch.equal(first[0], first[1])  # rows get noise of their own
+    state = torch.get_rng_state()
+    draw(1)
+    assert torch.equal(torch.get_rng_state(), state)  # the global RNG is left alone
 
 
 def test_sampling_strategies_respect_their_limits():
@@ -125,6 +202,13 @@ def test_sampling_strategies_respect_their_limits():
         assert set(row.tolist()) == set(allowed[:size].tolist())
     assert torch.equal(next_tokens(logits, GREEDY), logits.argmax(-1))
     assert len(set(draws(SampleConfig("temperature", temperature=5.0))[0].tolist())) > 10  # hot: spread out
+    # Given noise decides among the allowed tokens only.
+    worst_allowed, best_banned = top3[:, 2], logits.topk(4).indices[:, 3]
+    noise = torch.zeros_like(logits)
+    noise[torch.arange(4), worst_allowed] = 100.0
+    assert torch.equal(next_tokens(logits, SampleConfig("top_k", k=3), noise=noise), worst_allowed)
+    noise[torch.arange(4), best_banned] = 1000.0
+    assert torch.equal(next_tokens(logits, SampleConfig("top_k", k=3), noise=noise), worst_allowed)
 
 
 def test_fixed_seed_gives_the_same_music(loaded):
@@ -223,6 +307,24 @@ def test_a_checkpoint_of_another_vocabulary_is_refused(runs, tmp_path):
         load_run(weights, device="cpu")
 
 
+def test_a_transformer_saved_before_positions_and_padding_loads_and_generates_the_same(runs, loaded, tmp_path):
+    """Old .pth files have vocab_size rows in token_emb/head and sidecars without `positions`."""
+    paths, weights, sidecar_path = _copy_run(runs, tmp_path, "transformer")
+    vocab = loaded["transformer"].model_config.vocab_size
+    state = torch.load(weights, weights_only=True)
+    assert state["head.weight"].shape[0] % 64 == 0 and state["head.weight"].shape[0] > vocab
+    torch.save({name: value[:vocab] if name in ("token_emb.weight", "head.weight") else value
+                for name, value in state.items()}, weights)
+    sidecar = json.loads(sidecar_path.read_text())
+    del sidecar["model_config"]["positions"]
+    sidecar_path.write_text(json.dumps(sidecar))
+    old = load_run(weights, device="cpu")
+    assert old.model_config.positions == "learned"
+    sample = SampleConfig(strategy="top_k", num_tokens=40, seed=4)
+    assert generate(old, sample, save=False, progress=False).tokens == \
+        generate(loaded["transformer"], sample, save=False, progress=False).tokens
+
+
 def test_a_missing_sidecar_is_refused(runs, tmp_path):
     _, weights, sidecar = _copy_run(runs, tmp_path)
     sidecar.unlink()
@@ -263,7 +365,7 @@ def test_a_tokenizer_file_naming_another_class_is_refused(runs, tmp_path):
 def test_finished_runs_sort_by_run_id_and_skip_foreign_folders(runs, tmp_path):
     paths = runs["paths"]
     listed = [run.run_id for run in registry.finished_runs(paths)]
-    assert listed == sorted(listed, key=lambda run_id: run_id.split("_", 1)[1], reverse=True) and len(listed) == 3
+    assert listed == sorted(listed, key=lambda run_id: run_id.split("_", 1)[1], reverse=True) and len(listed) == len(MODEL_TYPES)
     own = DatasetPaths(tmp_path, paths.dataset)
     shutil.copytree(paths.models, own.models)
     shutil.copytree(paths.checkpoints, own.checkpoints)
