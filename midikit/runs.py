@@ -57,11 +57,16 @@ CSV_FIELDS = [
 
 
 def _process_start(pid: int) -> float | None:
-    """When process `pid` started (clock ticks since boot), to tell a reused pid from the original."""
+    """When process `pid` started (clock ticks since boot), to tell a reused pid from the original;
+    None when there is no such process, or only its zombie (killed, not yet reaped by its parent)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
-            return float(handle.read().rsplit(b")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
+            fields = handle.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    try:
+        return None if fields[0] in (b"Z", b"X") else float(fields[19])
+    except (IndexError, ValueError):
         return None
 
 
@@ -99,8 +104,8 @@ class Owner:
         if self.released:
             return "released"
         if self.host == socket.gethostname():
-            started = _process_start(self.pid)  # None: no such process (or no /proc to ask)
-            if started is None and not _pid_exists(self.pid):
+            started = _process_start(self.pid)  # None: no such process, a zombie, or no /proc to ask
+            if started is None and (Path(f"/proc/{self.pid}").exists() or not _pid_exists(self.pid)):
                 return "dead"
             if started is not None and self.pid_started is not None and started != self.pid_started:
                 return "dead"  # the pid now belongs to another process

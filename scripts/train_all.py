@@ -6,12 +6,18 @@ finished with these settings on this build of the dataset is skipped (its run.js
 
     python scripts/train_all.py --dataset nottingham --source nottingham   # preprocesses first if needed
     python scripts/train_all.py --preset cpu --epochs 1 --max_steps 50 --dataset folk --source corpus   # a dry run on a laptop
+    torchrun --nproc_per_node=4 scripts/train_all.py --dataset nottingham      # each model on 4 GPUs (docs/multi_gpu.md)
+
+Under torchrun every process runs this script; rank 0 alone preprocesses (the others wait for the
+dataset) and speaks.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 
 from midikit import presets, runs, storage
 from midikit.configs import MODEL_TYPES, PreprocessConfig, TrainConfig
@@ -35,6 +41,28 @@ def already_done(paths: storage.DatasetPaths, config: TrainConfig, fingerprint: 
     return None
 
 
+RANK = int(os.environ.get("RANK", "0"))  # torchrun's; 0 without it
+
+
+def say(*args, **kwargs) -> None:
+    if RANK == 0:  # under torchrun, rank 0 speaks for the run
+        print(*args, **kwargs)
+
+
+def _preprocess_once(paths: storage.DatasetPaths, args):
+    """The first time only (later runs find the dataset); under torchrun by rank 0, while the others wait."""
+    if RANK == 0:
+        preprocess(PreprocessConfig(source=args.source, dataset=args.dataset, checkpoint_dir=str(paths.root)))
+    deadline = time.monotonic() + 3600
+    while True:
+        try:
+            return load_dataset(paths)
+        except DatasetError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(5)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     # The settings every model shares come from TrainConfig's declarations (midikit.configs).
@@ -55,10 +83,9 @@ def main(argv=None) -> int:
             if args.source is None:
                 raise
             # The first time only (later runs find the dataset and reuse it).
-            preprocess(PreprocessConfig(source=args.source, dataset=args.dataset, checkpoint_dir=str(paths.root)))
-            dataset = load_dataset(paths)
+            dataset = _preprocess_once(paths, args)
     except (ConfigError, storage.StorageError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        say(f"error: {exc}", file=sys.stderr)
         return 2
     preset = args.preset or presets.preset_for_hardware()
 
@@ -68,21 +95,21 @@ def main(argv=None) -> int:
                            resume="auto")
         done = None if args.again else already_done(paths, config, dataset.fingerprint)
         if done:
-            print(f"== {model_type}: already trained ({done}); skipping (--again to train a new one).")
+            say(f"== {model_type}: already trained ({done}); skipping (--again to train a new one).")
             continue
-        print(f"== {model_type}: training (preset {preset}, {args.epochs} epochs)", flush=True)
+        say(f"== {model_type}: training (preset {preset}, {args.epochs} epochs)", flush=True)
         try:
             result = train(config)
         except (ConfigError, storage.StorageError) as exc:  # e.g. out of GPU memory: go on with the next model
-            print(f"== {model_type}: FAILED: {exc}", file=sys.stderr)
+            say(f"== {model_type}: FAILED: {exc}", file=sys.stderr)
             failures.append(model_type)
             continue
         if result.status == "interrupted":
-            print("Interrupted; run this script again to continue.")
+            say("Interrupted; run this script again to continue.")
             return 130
-        print(f"== {model_type}: {result.status}, best validation loss {result.best_val_loss}; weights {result.artifacts['weights']}")
+        say(f"== {model_type}: {result.status}, best validation loss {result.best_val_loss}; weights {result.artifacts['weights']}")
     if failures:
-        print(f"Failed: {', '.join(failures)}", file=sys.stderr)
+        say(f"Failed: {', '.join(failures)}", file=sys.stderr)
         return 1
     return 0
 

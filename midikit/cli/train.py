@@ -4,6 +4,7 @@ the model sizes, which override the preset's when given. Builds the configs and 
 from __future__ import annotations
 
 import argparse
+import os
 
 from ..configs import ModelConfig, TrainConfig
 from ..settings import add_flags, from_args, given
@@ -18,6 +19,8 @@ def run(args: argparse.Namespace) -> int:
     from ..train import train
 
     result = train(from_args(TrainConfig, args), model_overrides=given(ModelConfig, args))
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for the run
+        return 0
     for name, path in result.artifacts.items():
         print(f"  {name:<13} {path}")
     if result.status == "interrupted":

@@ -24,14 +24,16 @@ from ..checkpoints import after_copy, capture_rng_state, restore_rng_state
 from ..configs import ModelConfig, TrainConfig
 from ..data.sampler import evaluation_windows, sample_windows
 from ..errors import ConfigError
-from ..models import resolve_device
+from .. import checkpoints
 from ..runs import DONE
-from .recorder import Recorder, open_run
+from .distributed import Cluster, RankLost, broadcast, gather, is_lost, join, leave, lost, mean, total
+from .recorder import Bystander, Recorder, open_run
 from .setup import Training, build_training, resolve_precision, restore_training, seed_everything
 from .start import find_start, open_dataset
 from .state import TrainState
 
 LOSS_FLUSH_EVERY = 20  # steps between GPU->CPU syncs of the per-step losses
+SYNC_EVERY = 10  # under torchrun: steps between rank 0's decisions to stop or save (broadcast)
 
 
 @dataclass
@@ -57,24 +59,23 @@ def train(train_config: TrainConfig, model_config: ModelConfig | None = None, on
     raises ConfigError/StorageError before training starts."""
     tc = replace(train_config).validate()
     paths, dataset = open_dataset(tc)
-    device = resolve_device(tc.device)
+    cluster, device = join(tc.device)  # one process, or one of torchrun's
     resolve_precision(tc.precision, device)  # a precision this device lacks fails before anything is written
-    start = find_start(tc, model_config, dict(model_overrides or {}), paths, dataset, device, log)
-    say = tqdm.write if (log is print and tc.progress) else log  # keeps the progress bar intact
-    paths.ensure()
+    say = (tqdm.write if (log is print and tc.progress) else log) if cluster.writer else _silent
 
-    # Set-up: become the run's one writer, then build the model, optimizer and data on the device.
-    owner, keeper, weights_step, pending_weights = open_run(paths, start, say, takeover=tc.takeover)
-    state, training, generator, (train_tokens, val_inputs, val_targets) = set_up(start, device, dataset, keeper)
-    recorder = Recorder(paths, state, owner, keeper, training.raw_model, say, resumed_step=_resumed_step(start),
-                        weights_step=weights_step, pending_weights=pending_weights)
+    # Set-up: where the run starts and its one writer (rank 0), then the model, optimizer and data on the device.
+    start, files = agree_on_start(cluster, tc, model_config, dict(model_overrides or {}), paths, dataset, device, log, say)
+    state, training, generator, (train_tokens, val_inputs, val_targets) = set_up(start, device, dataset, cluster, files, say)
+    recorder = (Recorder(paths, state, files[0], files[1], training.raw_model, say, resumed_step=_resumed_step(start),
+                         weights_step=files[2], pending_weights=files[3])
+                if cluster.writer else Bystander(paths, _resumed_step(start), training.raw_model))
     del start  # the model and optimizer hold their own copies of the checkpoint now
     say(_describe(state, training, recorder))
 
     # The loop: step, evaluate on schedule, checkpoint on schedule.
     tc, batch, context = state.train_config, state.train_config.batch_size, state.model_config.context_length
     pending_losses, status, in_step, failure = [], None, False, None
-    progress = Progress(state, training, say, enabled=tc.progress)
+    progress = Progress(state, training, say, enabled=tc.progress and cluster.writer)
     try:
         with GracefulStop(say) as stop:
             while status is None and state.step < state.total_steps:
@@ -85,60 +86,116 @@ def train(train_config: TrainConfig, model_config: ModelConfig | None = None, on
                 state.step += 1
                 state.tokens_seen += state.tokens_per_step
                 if len(pending_losses) >= LOSS_FLUSH_EVERY:
-                    flush_losses(state, pending_losses)
+                    flush_losses(state, pending_losses, cluster)
                     progress.show_loss(state)
                 improved = evaluated = state.evaluation_due()
                 if evaluated:
                     # Evaluations follow the step count alone, so patience and the best step never depend on time.
-                    improved = state.record_evaluation(evaluate_loss(training, val_inputs, val_targets, batch))
+                    improved = state.record_evaluation(evaluate_loss(training, val_inputs, val_targets, batch, cluster))
                     if improved:
                         recorder.new_best(training.raw_model, state.step)
                     progress.show_evaluation(state)
                 in_step = False
                 progress.update(state)
-                if evaluated and on_eval is not None:
-                    flush_losses(state, pending_losses)
+                if evaluated and on_eval is not None and cluster.writer:
+                    flush_losses(state, pending_losses, cluster)
                     on_eval(state.history.as_lists())
-                status = stop_status(state, stop, recorder)
-                if status is None and recorder.due(state, improved):
-                    flush_losses(state, pending_losses)
-                    recorder.save(state, training, capture_rng_state(generator), best=improved)
+                status, save_due = decide(cluster, state, stop, recorder, evaluated, improved)
+                if save_due:
+                    flush_losses(state, pending_losses, cluster)
+                    recorder.save(state, training, gather(cluster, capture_rng_state(generator)), best=improved)
             status = status or state.end_status()
     except KeyboardInterrupt:
         status = "interrupted"
     except torch.cuda.OutOfMemoryError:
         recorder.close(timeout=0)
         raise _out_of_memory(state, recorder.resumed_step is not None) from None
-    except Exception as exc:  # an on_eval callback, a bug: save what is consistent, then raise it
-        status, failure = "failed", exc
+    except Exception as exc:  # an on_eval callback, a bug, a lost process: save what is consistent, then raise it
+        status, failure = "failed", (lost(exc) if cluster.active and is_lost(exc) else exc)
     finally:
         progress.close()
-    flush_losses(state, pending_losses)
-    result = finish(state, status, in_step, recorder, training, generator, say)
+    result = finish(state, status, in_step, recorder, training, generator, say, cluster, pending_losses, failure)
+    leave(cluster)
     if failure is not None:
         raise failure
     return result
 
 
+def _silent(*_):
+    pass
+
+
+def agree_on_start(cluster: Cluster, tc, model_config, overrides, paths, dataset, device, log, say):
+    """Rank 0 finds where the run starts and becomes its one writer (`open_run`); every process gets
+    the same Start (the others read its checkpoint themselves). Returns (start, rank 0's run files)."""
+    if cluster.writer:
+        try:
+            start = find_start(tc, model_config, overrides, paths, dataset, device, log, cluster.world_size)
+            paths.ensure()
+            files = open_run(paths, start, say, takeover=tc.takeover)
+            plan = ("ok", replace(start, checkpoint=None))
+        except Exception as exc:
+            if not cluster.active:
+                raise
+            plan, start, files = ("error", exc), None, None
+    kind, value = broadcast(cluster, plan if cluster.writer else None)
+    if kind == "error":
+        raise value
+    if cluster.writer:
+        return start, files
+    return replace(value, checkpoint=checkpoints.load_state(value.source) if value.source else None), None
+
+
+def decide(cluster: Cluster, state: TrainState, stop, recorder, evaluated: bool, improved: bool) -> tuple[str | None, bool]:
+    """(why the loop stops after this step or None, whether to checkpoint now). What depends on the
+    clock or a signal is rank 0's to decide: it is broadcast every SYNC_EVERY steps and at every
+    evaluation, so every process stops and saves at the same step."""
+    if not cluster.active:
+        status = stop_status(state, stop, recorder)
+        return status, status is None and recorder.due(state, improved)
+    if state.step % SYNC_EVERY == 0 or evaluated or state.step >= state.total_steps:
+        mine = (stop_status(state, stop, recorder), recorder.due(state, improved)) if cluster.writer else None
+        status, due = broadcast(cluster, mine)
+        return status, status is None and due
+    status = "early_stopped" if state.out_of_patience() else None
+    return status, status is None and state.step_due()
+
+
 # --------------------------------------------------------------------------- set-up, one step
 
 
-def set_up(start, device: torch.device, dataset, keeper):
+def set_up(start, device: torch.device, dataset, cluster: Cluster, files, say):
     """The run's model, optimizer and schedule on the device (restored from its checkpoint when it
-    resumes), its data-order generator and its tokens; the run's record is released if this fails."""
-    state = start.state
+    resumes), its data-order generator and its tokens; rank 0 releases the run's record if this fails."""
+    state = replace(start.state, world_size=cluster.world_size)
     try:
-        generator = seed_everything(state.train_config.seed)  # a resume then overwrites every RNG from the checkpoint
-        training = build_training(state.model_config, state.train_config, device, state.total_steps)
+        # Each process its own streams (rank 0's is the one-process run's); a resume then restores them all.
+        generator = seed_everything(state.train_config.seed + cluster.rank)
+        training = build_training(state.model_config, state.train_config, device, state.total_steps, cluster)
         if start.checkpoint is not None:
             restore_training(training, start.checkpoint)
-            restore_rng_state(start.checkpoint["rng"], generator)
+            restore_streams(start.checkpoint, generator, cluster, say)
         state = replace(state, train_config=replace(state.train_config, device=str(device), precision=training.precision,
                                                     compile="on" if training.compiled else "off"))
         return state, training, generator, tokens_on_device(dataset, device, state)
     except BaseException as exc:
-        keeper.close()
+        if files is not None:
+            files[1].close()
         raise _out_of_memory(state, start.kind == "resumed") if isinstance(exc, torch.cuda.OutOfMemoryError) else exc
+
+
+def restore_streams(checkpoint: dict, generator, cluster: Cluster, say) -> None:
+    """Put back this process's RNG states. A run saved by as many processes continues exactly; with
+    another count each process that has no saved stream starts its own, and the data order changes."""
+    saved = checkpoint.get("world_size", 1)
+    if saved == cluster.world_size:
+        ranks = checkpoint.get("rng_ranks")
+        restore_rng_state(ranks[cluster.rank] if ranks else checkpoint["rng"], generator)
+        return
+    say(f"This run was saved by {saved} process(es) and continues with {cluster.world_size}: the model, optimizer and "
+        "schedule continue exactly, the order of the training windows changes from here.")
+    if cluster.rank == 0:
+        restore_rng_state(checkpoint["rng"], generator)
 
 
 def tokens_on_device(dataset, device: torch.device, state: TrainState):
@@ -168,23 +225,28 @@ def train_step(training: Training, inputs, targets, grad_clip: float) -> torch.T
 
 
 @torch.no_grad()
-def evaluate_loss(training: Training, inputs, targets, batch_size: int) -> float:
-    """Mean cross-entropy per token over fixed windows (model in eval mode, dropout off)."""
+def evaluate_loss(training: Training, inputs, targets, batch_size: int, cluster: Cluster = Cluster()) -> float:
+    """Mean cross-entropy per token over fixed windows (model in eval mode, dropout off); under
+    torchrun each process takes its share of the windows and the sums are added up."""
     model = training.raw_model
     was_training = model.training
     model.eval()
-    total = torch.zeros((), device=inputs.device)
+    inputs, targets = inputs[cluster.rank :: cluster.world_size], targets[cluster.rank :: cluster.world_size]
+    sums = torch.zeros(2, device=inputs.device, dtype=torch.float64)  # loss, tokens
     for start in range(0, len(inputs), batch_size):
         with training.autocast:
             logits = model(inputs[start : start + batch_size])
-        total += F.cross_entropy(logits.flatten(0, 1).float(), targets[start : start + batch_size].flatten(), reduction="sum")
+        sums[0] += F.cross_entropy(logits.flatten(0, 1).float(), targets[start : start + batch_size].flatten(), reduction="sum")
+    sums[1] = targets.numel()
     model.train(was_training)
-    return total.item() / targets.numel()
+    loss, tokens = total(cluster, sums).tolist()
+    return loss / tokens
 
 
-def flush_losses(state: TrainState, pending: list) -> None:
+def flush_losses(state: TrainState, pending: list, cluster: Cluster = Cluster()) -> None:
+    """Move the per-step losses to the history: one device sync for many steps, averaged over the processes."""
     if pending:
-        state.history.add_losses(torch.stack(pending))  # one device sync for many steps
+        state.history.add_losses(mean(cluster, torch.stack(pending)))
         pending.clear()
 
 
@@ -203,10 +265,15 @@ def stop_status(state: TrainState, stop: "GracefulStop", recorder: Recorder) -> 
 # --------------------------------------------------------------------------- the end
 
 
-def finish(state: TrainState, status: str, in_step: bool, recorder: Recorder, training, generator, say) -> TrainResult:
-    """The final checkpoint (unless the stop came inside a step, whose state is half-applied, or the
-    run was taken over), then the run is released and summed up."""
+def finish(state: TrainState, status: str, in_step: bool, recorder, training, generator, say, cluster: Cluster,
+           pending_losses: list, failure) -> TrainResult:
+    """The final checkpoint (unless the stop came inside a step, whose state is half-applied, the run
+    was taken over, or a process of the run is gone), then the run is released and summed up."""
     wait_s = state.train_config.final_wait_minutes * 60
+    if isinstance(failure, RankLost):
+        recorder.close(timeout=0)
+        return _result(state, "failed", recorder)
+    flush_losses(state, pending_losses, cluster)
     if status == "taken_over" or in_step:
         why = ("another runtime took this run over; this one did not save" if status == "taken_over" else
                f"stopped in the middle of step {state.step + 1}; resume continues from the last checkpoint")
@@ -214,9 +281,12 @@ def finish(state: TrainState, status: str, in_step: bool, recorder: Recorder, tr
         recorder.close(timeout=wait_s)
         return _result(state, "interrupted" if in_step else status, recorder)
     state.finished, state.stop_reason = status in DONE, status
+    rngs = gather(cluster, capture_rng_state(generator))
+    if not cluster.writer:
+        return _result(state, status, recorder)
     with GracefulStop(say, "Saving the final checkpoint first (interrupt again to stop at once)."):
         best = state.best_val_loss is not None and state.best_step == state.step
-        submitted = recorder.save(state, training, capture_rng_state(generator), status=status, best=best, wait_s=wait_s) is not None
+        submitted = recorder.save(state, training, rngs, status=status, best=best, wait_s=wait_s) is not None
         landed = recorder.close(timeout=wait_s) and submitted
     outcome = recorder.last_outcome
     if not landed:
@@ -243,9 +313,10 @@ def _resumed_step(start) -> int | None:
 def _describe(state: TrainState, training: Training, recorder: Recorder) -> str:
     mc, tc = state.model_config, state.train_config
     verb = "Resuming" if recorder.resumed_step is not None else "Starting"
+    processes = f" x {state.world_size} processes (effective batch {tc.batch_size * state.world_size})" if state.world_size > 1 else ""
     return (f"{verb} {state.run_id}: {mc.model_type}, {recorder.parameters / 1e6:.2f}M parameters, {training.device}, "
             f"{training.precision}{', compiled' if training.compiled else ''}; batch {tc.batch_size} x {mc.context_length} "
-            f"tokens, {state.steps_per_epoch} steps/epoch, step {state.step} of {state.total_steps}; "
+            f"tokens{processes}, {state.steps_per_epoch} steps/epoch, step {state.step} of {state.total_steps}; "
             f"checkpoints in {recorder.run_dir}")
 
 

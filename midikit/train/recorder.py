@@ -84,10 +84,11 @@ class Recorder:
         best_due = improved and now - self._last_save_end >= BEST_SAVE_COST_FACTOR * self._last_save_cost
         return state.step < state.total_steps and (time_due or step_due or best_due)
 
-    def save(self, state: TrainState, training, rng: dict, status: str = "running", best: bool = False,
+    def save(self, state: TrainState, training, rngs: list, status: str = "running", best: bool = False,
              wait_s: float = 0.0) -> Future | None:
         """Hand one save to the writer; None when it was skipped (the previous write still runs after
-        `wait_s`, or the writer's short wait; the final save passes the time it may wait)."""
+        `wait_s`, or the writer's short wait; the final save passes the time it may wait). `rngs`: every
+        process's RNG states (one entry without torchrun)."""
         started = time.monotonic()
         if wait_s:
             self.writer.wait(wait_s)
@@ -97,7 +98,7 @@ class Recorder:
         snapshot, copied = None, None
         if not on_disk:
             taken = self.pool.take(state.to_state(training.raw_model, training.optimizer, training.scheduler,
-                                                  training.scaler, rng))
+                                                  training.scaler, rngs[0], rngs if len(rngs) > 1 else None))
             if taken is None:
                 self.log(f"checkpoint step {state.step}: skipped, every copy of the state is still held by a write.")
                 return None
@@ -234,6 +235,28 @@ class Recorder:
         except Exception as exc:
             self.log(f"{what} NOT saved: {exc} Training continues; the next checkpoint tries again.")
             return False
+
+
+class Bystander:
+    """What a process other than rank 0 has instead of a Recorder under torchrun: it writes nothing
+    and decides nothing (rank 0's decisions reach it by broadcast)."""
+
+    taken_over, longest_stall, last_outcome, run_dir = False, 0.0, None, None
+
+    def __init__(self, paths: DatasetPaths, resumed_step: int | None, model):
+        self.paths, self.resumed_step, self.parameters = paths, resumed_step, count_parameters(model)
+
+    def new_best(self, model, step: int) -> None:
+        pass
+
+    def due(self, state: TrainState, improved: bool) -> bool:
+        return False
+
+    def save(self, *args, **kwargs) -> None:
+        return None
+
+    def close(self, timeout: float | None) -> bool:
+        return True
 
 
 def open_run(paths: DatasetPaths, start, log, takeover: bool = False, heartbeat_s: float = runs.HEARTBEAT_SECONDS):

@@ -92,15 +92,22 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def build_training(mc: ModelConfig, tc: TrainConfig, device: torch.device, total_steps: int) -> Training:
-    """Model, optimizer, schedule, scaler and autocast for one run; `tc` is the resolved config."""
+def build_training(mc: ModelConfig, tc: TrainConfig, device: torch.device, total_steps: int, cluster=None) -> Training:
+    """Model, optimizer, schedule, scaler and autocast for one run; `tc` is the resolved config. Under
+    torchrun (`cluster.active`) the step runs through DistributedDataParallel, which averages the
+    gradients of all processes."""
     configure_backends(device)
     amp_dtype = resolve_precision(tc.precision, device)
     raw_model = build_model(mc).to(device)
+    stepped = raw_model
+    if cluster is not None and cluster.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        stepped = DistributedDataParallel(raw_model, device_ids=[device.index] if device.type == "cuda" else None)
     compiled = resolve_compile(tc.compile, mc.model_type, device)
     optimizer = make_optimizer(raw_model, tc.lr, tc.weight_decay, device)
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
-    loss_of = functools.partial(_forward_loss, raw_model)
+    loss_of = functools.partial(_forward_loss, stepped)
     return Training(
         raw_model=raw_model, loss_of=torch.compile(loss_of) if compiled else loss_of, optimizer=optimizer,
         scheduler=make_scheduler(optimizer, tc.warmup_steps, total_steps),

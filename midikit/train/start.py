@@ -53,10 +53,10 @@ def _command_with(command: str, **flags) -> str:
     return shlex.join(args)
 
 
-def find_start(tc: TrainConfig, model_config, overrides: dict, paths, dataset, device, log) -> Start:
-    """The Start that `tc.resume` asks for."""
+def find_start(tc: TrainConfig, model_config, overrides: dict, paths, dataset, device, log, world_size: int = 1) -> Start:
+    """The Start that `tc.resume` asks for (`world_size`: processes that will train it together)."""
     if tc.resume == "never":
-        return new_run(tc, model_config, overrides, paths, dataset, device)
+        return new_run(tc, model_config, overrides, paths, dataset, device, world_size)
     if tc.resume != "auto":
         return _resume_from(Path(tc.resume).expanduser(), tc, model_config, overrides, paths, dataset, log)
     for record in runs.list_runs(paths, model_type=tc.model_type, status="resumable"):
@@ -68,8 +68,8 @@ def find_start(tc: TrainConfig, model_config, overrides: dict, paths, dataset, d
         if found is not None:
             return _resumed(found, tc, model_config, overrides, dataset, log)
         if isinstance(record.get("model_config"), dict) and isinstance(record.get("train_config"), dict):
-            return _restarted(record, tc, dataset, log)
-    return new_run(tc, model_config, overrides, paths, dataset, device)
+            return _restarted(record, tc, dataset, log, world_size)
+    return new_run(tc, model_config, overrides, paths, dataset, device, world_size)
 
 
 def _resume_from(target: Path, tc, model_config, overrides, paths, dataset, log) -> Start:
@@ -130,12 +130,12 @@ def _legacy_horizon(checkpoint: dict, dataset) -> tuple[int | None, int | None]:
     return per_epoch, planned_steps(tc["epochs"], tc["max_steps"], per_epoch)
 
 
-def _restarted(record: runs.RunRecord, tc: TrainConfig, dataset, log) -> Start:
+def _restarted(record: runs.RunRecord, tc: TrainConfig, dataset, log, world_size: int = 1) -> Start:
     """A run killed before its first checkpoint: start it over under its own id, with its own settings."""
     saved_tc = TrainConfig(**{k: v for k, v in record.get("train_config").items() if k in TrainConfig.__dataclass_fields__})
     mc = ModelConfig.from_dict(record.get("model_config"))
     log(f"{record.run_id} stopped before its first checkpoint: starting it over from step 0 under the same id.")
-    state = _planned(record.run_id, mc, replace(saved_tc, **{k: getattr(tc, k) for k in _SESSION_FIELDS}), dataset)
+    state = _planned(record.run_id, mc, replace(saved_tc, **{k: getattr(tc, k) for k in _SESSION_FIELDS}), dataset, world_size)
     return Start(state, kind="restarted")
 
 
@@ -144,17 +144,19 @@ _SESSION_FIELDS = ("checkpoint_dir", "dataset", "patience", "device", "precision
                    "checkpoint_every_steps", "keep_last", "resume", "takeover", "extend", "progress", "val_split")
 
 
-def new_run(tc: TrainConfig, model_config, overrides: dict, paths, dataset, device) -> Start:
+def new_run(tc: TrainConfig, model_config, overrides: dict, paths, dataset, device, world_size: int = 1) -> Start:
     preset = get_preset(tc.model_type, tc.preset or preset_for_hardware(str(device)))
     tc = replace(tc, preset=preset.name, batch_size=tc.batch_size or preset.batch_size, lr=tc.lr or preset.lr)
     mc = _new_model_config(tc, preset, dataset, model_config, overrides)
-    return Start(_planned(new_run_id(paths, tc.model_type), mc, tc, dataset))
+    return Start(_planned(new_run_id(paths, tc.model_type), mc, tc, dataset, world_size))
 
 
-def _planned(run_id: str, mc: ModelConfig, tc: TrainConfig, dataset) -> TrainState:
-    """A run at step 0 with its horizon, warm-up and evaluation cadence worked out."""
+def _planned(run_id: str, mc: ModelConfig, tc: TrainConfig, dataset, world_size: int = 1) -> TrainState:
+    """A run at step 0 with its horizon, warm-up and evaluation cadence worked out (an epoch is one
+    pass over the training tokens by all `world_size` processes together)."""
     check_context(mc, dataset)
-    per_epoch = steps_per_epoch(len(dataset.train_tokens), tc.batch_size * mc.context_length, tc.subsample_ratio, tc.max_batches)
+    per_epoch = steps_per_epoch(len(dataset.train_tokens), tc.batch_size * mc.context_length * world_size,
+                                tc.subsample_ratio, tc.max_batches)
     total = planned_steps(tc.epochs, tc.max_steps, per_epoch)
     tc = replace(tc, warmup_steps=min(200, max(1, total // 20)) if tc.warmup_steps is None else tc.warmup_steps,
                  eval_every=per_epoch if tc.eval_every is None else tc.eval_every)

@@ -96,6 +96,7 @@ class TrainState:
     bad_evals: int = 0
     finished: bool = False
     stop_reason: str | None = None
+    world_size: int = 1  # processes training it together now (torchrun); each draws its own batch
     history: LossHistory = field(default=None)
     started_at: float = field(default_factory=time.monotonic)  # this process's clock, never saved
 
@@ -110,7 +111,12 @@ class TrainState:
 
     @property
     def tokens_per_step(self) -> int:
-        return self.train_config.batch_size * self.model_config.context_length
+        return self.train_config.batch_size * self.model_config.context_length * self.world_size
+
+    def step_due(self) -> bool:
+        """A checkpoint by step count (the same decision in every process)."""
+        every = self.train_config.checkpoint_every_steps
+        return bool(every) and self.step % every == 0 and self.step < self.total_steps
 
     def elapsed_seconds(self) -> float:
         return self.elapsed_before + time.monotonic() - self.started_at
@@ -141,10 +147,12 @@ class TrainState:
         return float(self.history.train_loss[steps - 1]) if steps else None
 
     # -- the checkpoint schema ---------------------------------------------------------
-    def to_state(self, model, optimizer, scheduler, scaler, rng: dict) -> dict:
+    def to_state(self, model, optimizer, scheduler, scaler, rng: dict, rng_ranks: list | None = None) -> dict:
         """The checkpoint dict: this state plus the live objects' state dicts (not copied here: the
-        writer snapshots the whole dict to CPU memory before training goes on)."""
-        return {
+        writer snapshots the whole dict to CPU memory before training goes on). Under torchrun,
+        `rng_ranks` holds every process's RNG states, so each continues its own stream."""
+        ranks = {"world_size": self.world_size, "rng_ranks": rng_ranks} if rng_ranks is not None else {}
+        return {**ranks,
             "format": STATE_FORMAT, "version": STATE_VERSION, "run_id": self.run_id,
             "model_config": self.model_config.to_dict(), "train_config": self.train_config.to_dict(),
             "dataset": dict(self.dataset), "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
