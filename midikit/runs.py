@@ -49,7 +49,7 @@ CSV_FIELDS = [
     "d_model", "nhead", "dim_feedforward",
     "epochs", "batch_size", "lr", "weight_decay", "max_steps", "seed", "device", "precision",
     "steps", "epochs_done", "tokens_seen", "best_val_loss", "best_step", "final_train_loss",
-    "elapsed_seconds", "weights", "updated",
+    "elapsed_seconds", "weights", "updated", "positions",
 ]
 
 
