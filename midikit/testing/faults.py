@@ -62,7 +62,7 @@ Semantics of the faults:
 Limits (what a real FUSE mount does that this cannot):
 - C and C++ code that opens files itself, or writes through a descriptor, is not seen:
   `torch.save(obj, "path")` (torch's C++ writer opens ASCII paths itself; midikit passes a file
-  object), the tensor data of `torch.load(path, mmap=True)`, numpy's `tofile` and the array body of
+  object), the tensor data torch reads from a memory-mapped checkpoint (`mmap=True`), numpy's `tofile` and the array body of
   `np.save` on a real file (numpy writes through the descriptor; midikit saves to BytesIO first),
   mmap, `os.pwrite`/`os.writev`, and other processes unless started through this module's command
   line. Such writes also escape the quota until `set_quota` rescans.
