@@ -321,3 +321,15 @@ def test_a_generated_piece_without_notes_is_reported_not_drawn(tiny_dataset, not
     assert "sample00.mid: no notes" in capsys.readouterr().out
     assert [type(item).__name__ for item in shown] == ["Image", "Audio", "HTML"]  # the tune's roll and audio, the table
     assert "<td>num_notes</td><td>0</td><td>158</td>" in shown[-1].data
+
+
+def test_typing_a_folder_name_never_creates_it(tmp_path):
+    # A form is pure: checking what is typed must not make folders (on Drive: in the user's MyDrive).
+    form = widgets.FolderForm(tmp_path / "typo")
+    form.fields["checkpoint_dir"].value = str(tmp_path / "typo" / "deeper")
+    assert "new folder" in form.message.value and form.value == tmp_path / "typo" / "deeper"
+    dataset_form = widgets.DatasetForm(tmp_path / "other", dataset="folk")
+    assert "not preprocessed yet" in dataset_form.message.value
+    preprocess_form = widgets.PreprocessForm(tmp_path / "third", source="corpus")
+    assert preprocess_form.value.checkpoint_dir == str(tmp_path / "third")
+    assert list(tmp_path.iterdir()) == []
