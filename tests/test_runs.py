@@ -152,8 +152,9 @@ def _valid_steps(run_dir) -> set[int]:
 def _claims(run_dir) -> tuple[int, int]:
     """(the owner's claim number, the step of the newest checkpoint recorded) from run.json."""
     current = runs.read_record(run_dir)
-    owner = current.owner if current is not None else None
-    return (owner.claim if owner else 0), (current.get("step") or 0)
+    if current is None or current.owner is None:
+        return 0, 0
+    return current.owner.claim, current.get("step") or 0
 
 
 def _wait_for(condition, process, timeout=60.0) -> None:
