@@ -127,8 +127,11 @@ def finish_and_compare(outcome: dict, reference: dict) -> bool:
     paths = outcome["paths"]
     if outcome["status"] not in ("max_steps", "finished"):
         train(run_config(paths), log=lambda message: None)
-    (run_dir,) = [p for p in paths.checkpoints.iterdir() if storage.RUN_ID_PATTERN.match(p.name)]
-    _, state = checkpoints.load_latest(run_dir, log=lambda message: None)
+    run_dirs = [p for p in paths.checkpoints.iterdir() if storage.RUN_ID_PATTERN.match(p.name)]
+    if len(run_dirs) != 1:  # a resume must continue the one run, never start a second
+        print(f"  {len(run_dirs)} runs after resuming: {[p.name for p in run_dirs]}", flush=True)
+        return False
+    _, state = checkpoints.load_latest(run_dirs[0], log=lambda message: None)
     return state["step"] == reference["step"] and all(torch.equal(state["model"][k], v) for k, v in reference["model"].items()) and all(
         torch.equal(state["optimizer"]["state"][i][k], v) for i, moments in reference["optimizer"]["state"].items()
         for k, v in moments.items())
