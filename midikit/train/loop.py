@@ -5,6 +5,7 @@ a seeded CPU generator whose state is checkpointed with everything else, so a re
 with exactly the batches, dropout masks and schedule it would have seen. What the loop delegates has
 a name: `find_start` (new run or resume), `open_run` (the run's one writer), `build_training` (model,
 optimizer, schedule), `TrainState` (the run and the checkpoint schema) and the `Recorder` (every file).
+Under torchrun (`distributed.py`) rank 0 does the deciding and writing; the loop is the same.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .. import checkpoints
 from ..artifacts import artifact_paths
 from ..checkpoints import after_copy, capture_rng_state, restore_rng_state
 from ..configs import ModelConfig, TrainConfig
 from ..data.sampler import evaluation_windows, sample_windows
 from ..errors import ConfigError
-from .. import checkpoints
 from ..runs import DONE
 from .distributed import Cluster, RankLost, broadcast, gather, is_lost, join, leave, lost, mean, total
 from .recorder import Bystander, Recorder, open_run
