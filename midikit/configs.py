@@ -209,6 +209,43 @@ class GenerateConfig:
         return self
 
 
+@dataclass
+class QualityConfig:
+    """How `python -m midikit evaluate` judges a run: its held-out loss on the validation songs,
+    and `pieces` pieces generated until the model ends them (at most `max_tokens` each) against the
+    training data."""
+
+    run: str = setting("latest", "'latest' (the newest finished run), a run id, or a .pth, its .json sidecar, a "
+                       "training-state .pt or a run folder", group="run", seed_flags=("model_path",))
+    model_type: str | None = setting(None, "with --run latest: the newest run of this type", group="run",
+                                     choices=MODEL_TYPES, none="any")
+    dataset: str = setting("nottingham", "dataset name under the checkpoint folder", group="run")
+    checkpoint_dir: str | None = setting(None, ROOT_HELP, group="run", none=ROOT_DEFAULT)
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N", group="run")
+    pieces: int = setting(16, "pieces to generate, in one batch", group="generation", label="pieces", ge=1)
+    max_tokens: int = setting(2048, "most tokens per piece; a piece ends when the model emits EOS (a Nottingham "
+                              "tune is about 1,650 tokens)", group="generation", label="tokens per piece (cap)", ge=1)
+    strategy: str = setting("top_p", "how the next token is chosen", group="generation", choices=STRATEGIES)
+    p: float = setting(0.95, "top_p: probability mass to keep", group="generation", label="p (top_p)", gt=0.0, le=1.0)
+    k: int = setting(8, "top_k: tokens to keep", group="generation", label="k (top_k)", ge=1)
+    temperature: float = setting(1.0, "divides the logits (top_k, top_p, temperature)", group="generation", gt=0.0)
+    seed: int = setting(0, "random seed of the pieces: the same seed gives the same pieces", group="generation",
+                        ge=0, lt=2**63)
+    data_pieces: int = setting(64, "training pieces the generated ones are compared with", group="data", ge=1)
+    val_songs: int | None = setting(None, "validation songs whose loss is measured", group="data", gt=0,
+                                    none="all of them")
+    save: bool = setting(True, "do not save the report (JSON, figure, run.json)", group="run", flag="--no_save")
+
+    def validate(self) -> "QualityConfig":
+        check_fields(self)
+        return self
+
+    def sample_config(self) -> SampleConfig:
+        """The sampling of the report's pieces."""
+        return SampleConfig(strategy=self.strategy, k=self.k, p=self.p, temperature=self.temperature,
+                            num_tokens=self.max_tokens, num_samples=self.pieces, seed=self.seed).validate()
+
+
 # --------------------------------------------------------------------------- preprocessing
 
 

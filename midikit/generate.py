@@ -377,6 +377,8 @@ class GenerationResult:
     tokens_per_second: float  # new tokens of all samples together per second of decoding
     seed: int = 0  # the random seed used (pass it as SampleConfig.seed to get the same music again)
     new_tokens: list[int] = field(default_factory=list)  # tokens generated per sample
+    # per sample: True when it ended with EOS (the model's, or the --bars limit), False when it ran to num_tokens
+    ended: list[bool] = field(default_factory=list)
 
 
 def generate(run: LoadedRun, sample: SampleConfig, seed_midi: Path | None = None, save: bool = True,
@@ -404,10 +406,11 @@ def generate(run: LoadedRun, sample: SampleConfig, seed_midi: Path | None = None
     ).tolist()  # waits for the GPU, so the time below is the decoding's
     seconds = time.perf_counter() - started
 
-    tokens, new_tokens = [], []
+    tokens, new_tokens, ended = [], [], []
     for row in out:
         # Drop BOS and cut at EOS; PAD/BOS/MASK were never sampled and only PAD follows EOS.
-        row = row[1 : row.index(special.eos_id)] if special.eos_id in row else row[1:]
+        ended.append(special.eos_id in row)
+        row = row[1 : row.index(special.eos_id)] if ended[-1] else row[1:]
         new_tokens.append(len(row) - len(seed_ids))
         tokens.append(row)
     scores = [tokens_to_score(tokenizer, row) for row in tokens]
@@ -421,7 +424,8 @@ def generate(run: LoadedRun, sample: SampleConfig, seed_midi: Path | None = None
             path = run.paths.generated_midi(run.run_id, sample.strategy, i, tag=tag)
             atomic_write_bytes(path, score.dumps_midi())
             midi_paths.append(path)
-    return GenerationResult(tokens, midi_paths, scores, invalid, seconds, sum(new_tokens) / max(seconds, 1e-9), seed, new_tokens)
+    return GenerationResult(tokens, midi_paths, scores, invalid, seconds, sum(new_tokens) / max(seconds, 1e-9), seed, new_tokens,
+                            ended)
 
 
 def _invalid_share(tokenizer, ids: list[int]) -> float:

@@ -42,6 +42,10 @@ __all__ = [
     "show_loss_arrays",
     "show_generation",
     "download",
+    "CPU_QUALITY_PIECES",
+    "CPU_QUALITY_TOKENS",
+    "quality_config",
+    "show_quality",
 ]
 # The one place that spells the repository; the notebooks' badges and install cells use the same string.
 REPO_URL = "https://github.com/midikit/midikit"
@@ -311,6 +315,41 @@ def show_generation(result, paths: storage.DatasetPaths, max_dataset_files: int 
          f"dataset ({real['count']} pieces)": f"{real['mean'][name]:.3g} ± {real['std'][name]:.2g}"}
         for name in evaluate.METRICS
     ]))
+
+
+# The quality report's sizes on a CPU (a laptop, CI): a few short pieces, so a notebook stays quick.
+CPU_QUALITY_PIECES = 4
+CPU_QUALITY_TOKENS = 512
+
+
+def quality_config(paths: storage.DatasetPaths, run="latest"):
+    """The QualityConfig of a run of the dataset (its id, a weights path, or "latest"): the package's
+    defaults (16 pieces of at most 2,048 tokens) with a GPU, fewer and shorter pieces on a CPU."""
+    from ..configs import QualityConfig
+
+    on_cpu = presets.preset_for_hardware() == "cpu"
+    sizes = dict(pieces=CPU_QUALITY_PIECES, max_tokens=CPU_QUALITY_TOKENS) if on_cpu else {}
+    return QualityConfig(run=str(run), dataset=paths.dataset, checkpoint_dir=str(paths.root), **sizes).validate()
+
+
+def show_quality(report) -> None:
+    """A quality report (midikit.quality): its held-out loss, the metrics table against the data, the
+    pieces' health and the figure of generated vs data distributions."""
+    from .. import quality
+
+    h = report.heldout
+    print(f"{report.run_id}: held-out loss {h['nats_per_token']:.4f} nats/token (perplexity {h['perplexity']:.2f}), "
+          f"{h['nats_per_note']:.3f} nats/note on {h['songs']} validation songs")
+    print(f"{len(report.pieces)} pieces of at most {report.config['max_tokens']} tokens against "
+          f"{report.data['count']} training pieces ({report.seconds['total']:.0f} s)")
+    display(html_table([{"metric": row["metric"], "data mean": row["data"], "generated mean": row["generated"],
+                         "difference": f"{row['difference']:+.1%}" if row["relative"] else f"{row['difference'] * 100:+.1f} pt",
+                         "verdict": row["verdict"]} for row in report.comparison]))
+    display(html_table([{"check": row["check"], "value": row["shown"], "target": row["target"], "verdict": row["verdict"]}
+                        for row in report.health]))
+    display(_png(quality.plot_report(report)))
+    if report.files:
+        print("saved: " + ", ".join(str(path) for path in report.files.values()))
 
 
 def download(path: Path) -> None:

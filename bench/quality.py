@@ -1,0 +1,492 @@
+"""Quality benchmark: how good is the music each model makes, and what makes it better?
+
+On full Nottingham (all 1034 files, the seed's transpositions -5,-3,-1,0,1,3,5, midikit's by-file
+split), every configuration is trained on the same number of training tokens (the machine is
+shared and noisy: tokens are the fair unit, wall-clock is reported beside them), then judged by
+`midikit.quality` (held-out loss per token and per note; 16 pieces generated until EOS, capped at
+2,048 tokens, against the training data).
+
+Modes (each writes its own section of the results file; the other sections are kept):
+
+  --quick      LSTM, GRU and Transformer at the preset, midikit's recipe and the seed's recipe
+               (bench/seed_baseline.py: its models, every overlapping window as an epoch, fp32 Adam
+               with its learning rate and weight decay, label-smoothed loss, no clipping, no
+               scheduler), all at equal tokens; both recipes scored with plain cross-entropy on
+               midikit's validation split. At most ~25 minutes on 2 CPU cores.
+  (default)    the full run: the best configuration (--model_type/--context/--positions/--bpe)
+               trained longer (--tokens), then its report; what the targets are measured on.
+  --experiments context,positions,bpe,sampling
+               the time-boxed searches: context 100/256/512 at equal tokens, learned vs rotary
+               positions, miditok BPE, and sampling settings on the best run.
+
+  nice -n 10 python bench/quality.py --quick
+  nice -n 10 python bench/quality.py
+  python bench/quality.py --quick --device cuda --preset large --out bench/results/quality_gpu.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import re
+import shlex
+import sys
+import time
+from dataclasses import fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from seed_baseline import seed_loader, seed_model  # noqa: E402
+
+from midikit import quality  # noqa: E402
+from midikit.configs import ModelConfig, PreprocessConfig, QualityConfig, TrainConfig  # noqa: E402
+from midikit.data import load_dataset, preprocess  # noqa: E402
+from midikit.errors import DatasetError  # noqa: E402
+from midikit.models import count_parameters, resolve_device  # noqa: E402
+from midikit.presets import get_preset  # noqa: E402
+from midikit.storage import DatasetPaths  # noqa: E402
+from midikit.train import train  # noqa: E402
+
+MODEL_TYPES = ("lstm", "gru", "transformer")
+SEED_LR = {"lstm": 1e-3, "gru": 1e-3, "transformer": 1e-4}  # the seed's (SEED_BASELINE.md)
+SEED_WEIGHT_DECAY = 1e-4
+SEED_LABEL_SMOOTHING = 0.1
+SEED_POSITIONS_PER_SONG = 48  # the seed Transformer's honest loss: positions recomputed per validation song
+EVALUATIONS = 4  # validation evaluations per training run (the best one's weights are reported)
+HAS_POSITIONS = "positions" in {f.name for f in fields(ModelConfig)}
+# The best configuration found by --experiments (bench/results/quality_cpu.md), used by the full mode.
+BEST = dict(model_type="transformer", context=256, positions="rope", bpe=0)
+QUIET = lambda *args, **kwargs: None  # noqa: E731
+
+
+# --------------------------------------------------------------------------- data
+
+
+def prepare(args) -> DatasetPaths:
+    """Full Nottingham with the seed's transpositions (midikit's defaults), built once and reused."""
+    source = dict(input_dir=args.input_dir) if args.input_dir and Path(args.input_dir).is_dir() else dict(source="nottingham")
+    result = preprocess(PreprocessConfig(**source, dataset="nottingham", checkpoint_dir=args.checkpoint_dir),
+                        progress=False, log=QUIET)
+    return result.paths
+
+
+def bpe_dataset(paths: DatasetPaths, vocab_size: int, log=print) -> DatasetPaths:
+    """The same songs re-encoded with miditok's BPE (`tokenizer.train`) learned on the training split:
+    a dataset of its own (<dataset>_bpe<vocab>), built once."""
+    from miditok import TokSequence
+
+    from midikit.data.store import write_store
+    from midikit.data.tokenization import load_tokenizer
+
+    target = DatasetPaths(paths.root, f"{paths.dataset}_bpe{vocab_size}")
+    base = load_dataset(paths)
+    fingerprint = f"{base.fingerprint}-bpe{vocab_size}"
+    try:
+        if load_dataset(target).fingerprint == fingerprint:
+            return target
+    except DatasetError:
+        pass
+    started = time.perf_counter()
+    tokenizer = load_tokenizer(paths.data / "tokenizer.json")
+    specials = {base.bos_id, base.eos_id, base.pad_id}
+
+    def body(sequence):
+        return [int(i) for i in sequence if int(i) not in specials]
+
+    def sequences(split):
+        return [base.sequence(split, i) for i in range(base.num_sequences(split))]
+
+    bar = tokenizer.vocab["Bar_None"]
+
+    def bars(sequence):  # a song's ids cut before each Bar token: BPE learns merges within a bar only
+        ids = body(sequence)
+        cuts = [i for i, token in enumerate(ids) if token == bar and i > 0]
+        return [ids[a:b] for a, b in zip([0, *cuts], [*cuts, len(ids)])]
+
+    train_sequences = sequences("train")
+    words = [tokenizer._ids_to_bytes(part, as_one_str=True) for song in train_sequences for part in bars(song)]
+    tokenizer.config.encode_ids_split = "no"  # songs are encoded whole: merges never cross a bar line (none were learned)
+    tokenizer.train(vocab_size=vocab_size, model="BPE", iterator=words)
+    splits = {}
+    for split, songs in (("train", train_sequences), ("val", sequences("val"))):
+        encoded = [TokSequence(ids=body(song)) for song in songs]
+        tokenizer.encode_token_ids(encoded)
+        splits[split] = [np.array([base.bos_id, *seq.ids, base.eos_id], dtype=np.uint16) for seq in encoded]
+    config = dict(base.config, name=target.dataset, fingerprint=fingerprint, vocab_size=len(tokenizer.vocab_model),
+                  splits={split: {**base.config["splits"][split], "tokens": int(sum(map(len, seqs)))} for split, seqs in splits.items()},
+                  command=f"bench/quality.py: BPE {vocab_size} of {paths.dataset}")
+    target.ensure()
+    write_store(target, splits, json.dumps(tokenizer.to_dict(), indent=2), config)
+    ratio = base.config["splits"]["train"]["tokens"] / config["splits"]["train"]["tokens"]
+    log(f"BPE {vocab_size}: {ratio:.2f} base tokens per token, built in {time.perf_counter() - started:.0f} s")
+    return target
+
+
+# --------------------------------------------------------------------------- training
+
+
+def model_config(paths: DatasetPaths, model_type: str, preset: str, context: int, positions: str | None = None) -> ModelConfig:
+    config = get_preset(model_type, preset).model_config(model_type, load_dataset(paths).vocab_size, context_length=context)
+    if positions and HAS_POSITIONS and model_type == "transformer":
+        config = replace(config, positions=positions)
+    return config.validate()
+
+
+def batch_for(preset: str, model_type: str, context: int) -> int:
+    """The preset's batch at its 100-token windows, scaled so a step holds as many tokens at any context."""
+    return max(1, round(get_preset(model_type, preset).batch_size * 100 / context))
+
+
+def train_midikit(paths: DatasetPaths, mc: ModelConfig, args, tokens: int) -> dict:
+    """midikit's recipe (AdamW, warm-up + cosine, clipping, random windows) for `tokens` training tokens."""
+    batch = batch_for(args.preset, mc.model_type, mc.context_length)
+    every = max(1, math.ceil(tokens / (batch * mc.context_length) / EVALUATIONS))
+    config = TrainConfig(dataset=paths.dataset, checkpoint_dir=str(paths.root), model_type=mc.model_type, preset=args.preset,
+                         batch_size=batch, max_steps=every * EVALUATIONS, eval_every=every, patience=0, device=args.device,
+                         resume="never", progress=False, checkpoint_every_minutes=0)
+    started = time.perf_counter()
+    result = train(config, mc, log=QUIET)
+    seconds = time.perf_counter() - started
+    return {"run_id": result.run_id, "steps": result.steps, "batch": batch, "tokens": result.steps * batch * mc.context_length,
+            "train_s": seconds, "best_val_loss": result.best_val_loss}
+
+
+def train_seed(paths: DatasetPaths, mc: ModelConfig, args, tokens: int) -> tuple[nn.Module, dict]:
+    """The seed's recipe on the same data and model sizes: its modules, every overlapping window
+    shuffled (one epoch = all of them), fp32 Adam with its lr and weight decay, label smoothing 0.1,
+    no clipping, no scheduler."""
+    device = resolve_device(args.device)
+    dataset = load_dataset(paths)
+    batch = batch_for(args.preset, mc.model_type, mc.context_length)
+    steps = EVALUATIONS * max(1, math.ceil(tokens / (batch * mc.context_length) / EVALUATIONS))
+    torch.manual_seed(42)
+    model = seed_model(mc).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=SEED_LR[mc.model_type], weight_decay=SEED_WEIGHT_DECAY)
+    criterion = nn.CrossEntropyLoss(label_smoothing=SEED_LABEL_SMOOTHING)
+    songs = [dataset.sequence("train", i) for i in range(dataset.num_sequences("train"))]
+    loader = seed_loader(songs, mc.context_length, batch, device)
+    started, batches = time.perf_counter(), iter(loader)
+    model.train()
+    for _ in range(steps):
+        try:
+            inputs, targets = next(batches)
+        except StopIteration:  # an epoch (every window) is over: the next, reshuffled
+            batches = iter(loader)
+            inputs, targets = next(batches)
+        optimizer.zero_grad()
+        loss = criterion(model(inputs.to(device)).reshape(-1, mc.vocab_size), targets.to(device).reshape(-1))
+        loss.backward()
+        optimizer.step()
+    seconds = time.perf_counter() - started
+    return model, {"steps": steps, "batch": batch, "tokens": steps * batch * mc.context_length, "train_s": seconds}
+
+
+@torch.no_grad()
+def recomputed_losses(model: nn.Module, songs: list[np.ndarray], context: int, per_song: int) -> list[np.ndarray]:
+    """The seed Transformer's honest loss: its decoder also attends, unmasked, to its own input as
+    "memory", so a window's outputs see the tokens they predict. As the seed generated, each scored
+    token is predicted from a fresh window of the `context` tokens before it (its last output only);
+    `per_song` positions per song, spread evenly, stand for the song (each song's sum = their mean
+    times its tokens)."""
+    model.eval()
+    device = next(model.parameters()).device
+    estimates = []
+    for song in songs:
+        song = torch.from_numpy(np.asarray(song, dtype=np.int64))
+        targets = len(song) - 1
+        positions = np.unique(np.linspace(1, targets, min(per_song, targets)).round().astype(int))
+        by_length: dict[int, list[int]] = {}
+        for t in positions:
+            by_length.setdefault(min(int(t), context), []).append(int(t))
+        nats = []
+        for length, ts in by_length.items():
+            windows = torch.stack([song[t - length : t] for t in ts]).to(device)
+            logits = model(windows)[:, -1].float()
+            nats.append(nn.functional.cross_entropy(logits, song[ts].to(device), reduction="none").cpu().numpy())
+        estimates.append(np.full(targets, np.concatenate(nats).mean()))
+    return estimates
+
+
+def seed_heldout(model: nn.Module, paths: DatasetPaths, mc: ModelConfig) -> dict:
+    """Plain cross-entropy on midikit's validation split, as for midikit's runs (RNN: the whole song)."""
+    from midikit.data import tokens_to_score
+
+    dataset = load_dataset(paths)
+    songs = [np.asarray(dataset.sequence("val", i)) for i in range(dataset.num_sequences("val"))]
+    notes = [tokens_to_score(dataset.tokenizer, song).note_num() for song in songs]
+    if mc.model_type == "transformer":
+        honest = quality.summarize_losses(recomputed_losses(model, songs, mc.context_length, SEED_POSITIONS_PER_SONG), notes)
+        leaky = quality.summarize_losses(quality.song_losses(model, songs, mc.context_length), notes)
+        return {**honest, "teacher_forced_nats_per_token": leaky["nats_per_token"]}
+    return quality.summarize_losses(quality.song_losses(model, songs, None), notes)
+
+
+def report(paths: DatasetPaths, run_id: str, args, save: bool = True, **sampling) -> quality.QualityReport:
+    config = QualityConfig(run=run_id, dataset=paths.dataset, checkpoint_dir=str(paths.root), device=args.device,
+                           pieces=args.pieces, max_tokens=args.max_tokens, save=save, **sampling)
+    return quality.run_report(config, log=QUIET)
+
+
+def summary(report_: quality.QualityReport) -> dict:
+    """What the results tables show of a report."""
+    return {"heldout": {k: v for k, v in report_.heldout.items() if k != "per_song"}, "comparison": report_.comparison,
+            "health": report_.health, "report_s": report_.seconds["total"], "files": report_.files}
+
+
+# --------------------------------------------------------------------------- the modes
+
+
+def run_quick(args, paths: DatasetPaths, log) -> dict:
+    """midikit vs the seed's recipe for each model type, at equal tokens."""
+    rows = []
+    for model_type in args.model_types:
+        mc = model_config(paths, model_type, args.preset, args.context or 100)
+        trained = train_midikit(paths, mc, args, args.tokens)
+        result = report(paths, trained["run_id"], args)
+        log(f"{model_type} midikit: {result.heldout['nats_per_token']:.4f} nats/token, {trained['train_s']:.0f} s")
+        rows.append({"model_type": model_type, "recipe": "midikit", "parameters": _parameters(mc), "context": mc.context_length,
+                     **trained, **summary(result)})
+        model, seeded = train_seed(paths, mc, args, args.tokens)
+        heldout = seed_heldout(model, paths, mc)
+        log(f"{model_type} seed: {heldout['nats_per_token']:.4f} nats/token, {seeded['train_s']:.0f} s")
+        rows.append({"model_type": model_type, "recipe": "seed", "parameters": count_parameters(model),
+                     "context": mc.context_length, **seeded,
+                     "heldout": {k: v for k, v in heldout.items() if k != "per_song"}})
+    return {"rows": rows}
+
+
+def run_full(args, paths: DatasetPaths, log) -> dict:
+    """The best configuration trained on --tokens tokens, then its report (what the targets are measured on)."""
+    data_paths = bpe_dataset(paths, args.bpe, log) if args.bpe else paths
+    mc = model_config(data_paths, args.model_type, args.preset, args.context or BEST["context"], args.positions)
+    trained = train_midikit(data_paths, mc, args, args.tokens)
+    result = report(data_paths, trained["run_id"], args)
+    table = quality.format_table(result)  # the report at the default sampling, the last word on the targets
+    log(table)
+    sampling = sampling_sweep(data_paths, trained["run_id"], args, log) if args.sweep else []
+    return {"sampling": sampling, "rows": [{"model_type": mc.model_type, "recipe": "midikit", "parameters": _parameters(mc), "context": mc.context_length,
+                      "positions": getattr(mc, "positions", "learned"), "bpe": args.bpe, **trained, **summary(result)}],
+            "table": table}
+
+
+SAMPLINGS = ((0.9, 1.0), (0.95, 1.0), (0.98, 1.0), (1.0, 1.0), (0.95, 0.9), (1.0, 0.9))  # (top-p, temperature)
+
+
+def sampling_sweep(paths: DatasetPaths, run_id: str, args, log) -> list[dict]:
+    """The same run's report under other sampling settings (generation only changes)."""
+    rows = []
+    for p, temperature in SAMPLINGS:
+        result = report(paths, run_id, args, save=False, p=p, temperature=temperature)  # the saved report: the default
+        rows.append({"run_id": run_id, "p": p, "temperature": temperature, **summary(result)})
+        log(f"sampling p {p} T {temperature}: {_in_band(rows[-1])} in band, {_health(rows[-1])}")
+    return rows
+
+
+def run_experiments(args, paths: DatasetPaths, log) -> dict:
+    """Context, positions, BPE and sampling, each at equal tokens (sampling: on one run)."""
+    rows, sampling = [], []
+    todo = set(args.experiments)
+
+    def one(label, data_paths, mc):
+        trained = train_midikit(data_paths, mc, args, args.tokens)
+        result = report(data_paths, trained["run_id"], args)
+        log(f"{label}: {result.heldout['nats_per_token']:.4f} nats/token, {result.heldout['nats_per_note']:.3f} nats/note, "
+            f"{trained['train_s']:.0f} s")
+        rows.append({"experiment": label, "model_type": mc.model_type, "parameters": _parameters(mc),
+                     "context": mc.context_length, "positions": getattr(mc, "positions", "learned"), **trained, **summary(result)})
+        return trained["run_id"], result
+
+    def best(prefix):
+        found = [row for row in rows if row["experiment"].startswith(prefix)]
+        return min(found, key=lambda row: row["heldout"]["nats_per_note"]) if found else None
+
+    if "context" in todo:
+        for context in args.contexts:
+            one(f"context {context}", paths, model_config(paths, "transformer", args.preset, context, args.positions))
+    context = best("context")["context"] if best("context") else (args.context or BEST["context"])
+    if "positions" in todo and HAS_POSITIONS:
+        for at in args.position_contexts or [context]:
+            for positions in args.position_kinds:
+                one(f"{positions} positions, context {at}", paths, model_config(paths, "transformer", args.preset, at, positions))
+    if "bpe" in todo:
+        for vocab in args.bpe_vocabs:
+            bpe_paths = bpe_dataset(paths, vocab, log)
+            one(f"BPE {vocab}", bpe_paths, model_config(bpe_paths, "transformer", args.preset, context, args.positions))
+    if "sampling" in todo:
+        chosen = best("")
+        if chosen is None:
+            one("sampling base", paths, model_config(paths, "transformer", args.preset, context, args.positions))
+            chosen = rows[-1]
+        data_paths = DatasetPaths(paths.root, f"{paths.dataset}_bpe{chosen['experiment'].split()[1]}") \
+            if chosen["experiment"].startswith("BPE") else paths
+        sampling = sampling_sweep(data_paths, chosen["run_id"], args, log)
+    return {"rows": rows, "sampling": sampling}
+
+
+# --------------------------------------------------------------------------- results
+
+
+def _parameters(mc: ModelConfig) -> int:
+    from midikit.models import build_model
+
+    return count_parameters(build_model(mc))
+
+
+def _in_band(row) -> str:
+    return f"{sum(c['ok'] for c in row['comparison'])}/{len(row['comparison'])}"
+
+
+def _health(row) -> str:
+    return ", ".join(f"{h['check']} {h['shown']}" for h in row["health"])
+
+
+def _metric_cell(row, metric: str) -> str:
+    found = next(c for c in row["comparison"] if c["metric"] == metric)
+    shown = f"{found['difference']:+.0%}" if found["relative"] else f"{found['difference'] * 100:+.1f} pt"
+    return f"{found['generated']:.3g} ({shown}) {'✓' if found['ok'] else '✗'}"
+
+
+def _loss_columns(row) -> str:
+    h = row["heldout"]
+    return f"{h['nats_per_token']:.4f} | {h['nats_per_note']:.3f} | {h['perplexity']:.3f}"
+
+
+def render(name: str, result: dict, args, seconds: float, section: str) -> str:
+    title = SECTION_TITLES[name] if name != "experiments" else f"Experiments: {section.split(': ', 1)[1]} (--experiments)"
+    lines = [f"## {title}", "",
+             f"- command: `{args.command}`",
+             f"- machine: {machine()}; load average {os.getloadavg()[0]:.1f} at the end; wall-clock {seconds / 60:.1f} min",
+             f"- data: full Nottingham, 1034 files, transpositions -5,-3,-1,0,1,3,5, REMI merged tracks; "
+             f"validation: {result.get('val_songs', '52')} songs by file, untransposed", ""]
+    rows = result["rows"]
+    if rows:
+        key = "recipe" if name == "quick" else "experiment" if name == "experiments" else "recipe"
+        lines += [f"| model | {key} | params | context | batch × steps | tokens | train s | report s | nats/token | nats/note | perplexity |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for row in rows:
+            lines.append(f"| {row['model_type']} | {row.get(key, row.get('recipe', ''))} | {row['parameters'] / 1e6:.2f}M | "
+                         f"{row['context']} | {row['batch']} × {row['steps']} | {row['tokens'] / 1e6:.2f}M | {row['train_s']:.0f} | "
+                         f"{row.get('report_s', float('nan')):.0f} | {_loss_columns(row)} |")
+        seeded = [row for row in rows if row.get("recipe") == "seed" and "teacher_forced_nats_per_token" in row["heldout"]]
+        for row in seeded:
+            lines += ["", f"The seed's Transformer, scored the way it was trained (teacher forcing, its decoder seeing the "
+                          f"predicted tokens through its memory): {row['heldout']['teacher_forced_nats_per_token']:.4f} nats/token. "
+                          f"Its row above predicts each token from the window before it only, as the seed generated "
+                          f"({SEED_POSITIONS_PER_SONG} positions per song)."]
+        reported = [row for row in rows if "comparison" in row]
+        if reported:
+            labels = [f"{row['model_type']} {row.get('experiment', '')}".strip() for row in reported]
+            lines += ["", "Generated pieces (mean, difference from the data, ✓ within the band) against the training data:", "",
+                      "| metric | data | band | " + " | ".join(labels) + " |", "|---" * (3 + len(labels)) + "|"]
+            for metric in [c["metric"] for c in reported[0]["comparison"]]:
+                first = next(c for c in reported[0]["comparison"] if c["metric"] == metric)
+                lines.append(f"| {metric} | {first['data']:.3g} | {first['band']} | " +
+                             " | ".join(_metric_cell(row, metric) for row in reported) + " |")
+            for check in [h["check"] for h in reported[0]["health"]]:
+                cells = [next(h for h in row["health"] if h["check"] == check) for row in reported]
+                lines.append(f"| {check} | | {cells[0]['target']} | " +
+                             " | ".join(f"{c['shown']} {'✓' if c['ok'] else '✗'}" for c in cells) + " |")
+    if result.get("sampling"):
+        lines += ["", f"Sampling settings on {result['sampling'][0]['run_id']} (16 pieces each):", "",
+                  "| p | temperature | metrics in band | pieces without notes | token errors | ended with EOS |", "|---|---|---|---|---|---|"]
+        for row in result["sampling"]:
+            health = {h["check"]: h["shown"] for h in row["health"]}
+            lines.append(f"| {row['p']} | {row['temperature']} | {_in_band(row)} | {health['pieces without notes']} | "
+                         f"{health['token errors']} | {health['ended with EOS']} |")
+    if result.get("table"):
+        lines += ["", "```", result["table"], "```"]
+    return "\n".join(lines) + "\n"
+
+
+SECTION_TITLES = {"quick": "Comparison at equal training tokens (--quick)", "experiments": "Experiments (--experiments)",
+                  "full": "Full run: the best configuration, trained longer"}
+
+
+def write_section(path: Path, name: str, text: str) -> None:
+    """Replace this mode's section of the results file (between its markers), keeping the others."""
+    begin, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+    old = path.read_text() if path.is_file() else "# Quality benchmark\n\n"
+    block = f"{begin}\n{text}{end}\n"
+    if begin in old:
+        new = re.sub(re.escape(begin) + r".*?" + re.escape(end) + r"\n?", lambda _: block, old, flags=re.S)
+    else:
+        new = old.rstrip("\n") + "\n\n" + block
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(new)
+
+
+def machine() -> str:
+    cpu = platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    text = f"{cpu}, {os.cpu_count()} cores (shared), {torch.get_num_threads()} torch threads; torch {torch.__version__}"
+    if torch.cuda.is_available():
+        text += f"; GPU {torch.cuda.get_device_name(0)}"
+    return text
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="the comparison: 3 model types x 2 recipes at equal tokens")
+    parser.add_argument("--experiments", type=lambda s: [x for x in s.split(",") if x], default=None,
+                        help="comma list of context,positions,bpe,sampling")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--tokens", type=float, default=None, help="training tokens per configuration (default: by mode)")
+    parser.add_argument("--model_types", type=lambda s: s.split(","), default=list(MODEL_TYPES))
+    parser.add_argument("--model_type", default=BEST["model_type"], help="full mode: the model type")
+    parser.add_argument("--context", type=int, default=None, help="context length (quick: 100; full: the best found)")
+    parser.add_argument("--contexts", type=lambda s: [int(x) for x in s.split(",")], default=[100, 256, 512])
+    parser.add_argument("--positions", default=BEST["positions"], choices=("learned", "rope"))
+    parser.add_argument("--position_kinds", type=lambda s: s.split(","), default=["learned", "rope"])
+    parser.add_argument("--position_contexts", type=lambda s: [int(x) for x in s.split(",")], default=None,
+                        help="positions experiment: the contexts (default: the best context)")
+    parser.add_argument("--bpe", type=int, default=BEST["bpe"], help="full mode: BPE vocabulary size (0: none)")
+    parser.add_argument("--bpe_vocabs", type=lambda s: [int(x) for x in s.split(",")], default=[1000])
+    parser.add_argument("--no_sweep", dest="sweep", action="store_false", help="full mode: no sampling sweep")
+    parser.add_argument("--pieces", type=int, default=16)
+    parser.add_argument("--max_tokens", type=int, default=2048)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--checkpoint_dir", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "midikit_quality_bench"))
+    parser.add_argument("--input_dir", default=str(HERE.parent.parent / "shared" / "data" / "nottingham"),
+                        help="the Nottingham MIDI files (else they are downloaded)")
+    parser.add_argument("--out", default=None, help="results file (default: bench/results/quality_<device>.md)")
+    args = parser.parse_args(argv)
+    args.mode = "quick" if args.quick else "experiments" if args.experiments else "full"
+    default_tokens = {"quick": 1.0e6, "experiments": 1.0e6, "full": 10.0e6}[args.mode]
+    args.tokens = int(args.tokens or default_tokens)
+    args.out = Path(args.out or HERE / "results" / f"quality_{'cpu' if args.device == 'cpu' else 'gpu'}.md")
+    args.command = shlex.join(["python", "bench/quality.py", *(sys.argv[1:] if argv is None else argv)])
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    log = lambda message: print(f"[{(time.perf_counter() - started) / 60:5.1f} min] {message}", flush=True)  # noqa: E731
+    paths = prepare(args)
+    log(f"dataset {paths.base}: {load_dataset(paths)}")
+    run = {"quick": run_quick, "experiments": run_experiments, "full": run_full}[args.mode]
+    result = run(args, paths, log)
+    result["val_songs"] = load_dataset(paths).num_sequences("val")
+    seconds = time.perf_counter() - started
+    section = args.mode if args.mode != "experiments" else "experiments: " + ", ".join(args.experiments)
+    (Path(args.checkpoint_dir) / f"quality_{re.sub(r'[^a-z]+', '_', section)}.json").write_text(json.dumps(result, indent=1, default=str))
+    write_section(args.out, section, render(args.mode, result, args, seconds, section))
+    log(f"done in {seconds / 60:.1f} min; results in {args.out}")
+
+
+if __name__ == "__main__":
+    main()
