@@ -123,11 +123,16 @@ def examine(paths: storage.DatasetPaths, report: Path) -> dict:
 
 
 def finish_and_compare(outcome: dict, reference: dict) -> bool:
-    """Resume without faults if needed, then compare the final state with the fault-free run's."""
+    """Resume without faults if the run is not complete on disk, then compare its final state with the
+    fault-free run's. A run killed after its final state landed is complete: the command run again
+    would start a new run, not resume a finished one."""
     paths = outcome["paths"]
-    if outcome["status"] not in ("max_steps", "finished"):
+    before = _run_dirs(paths)
+    latest = checkpoints.load_latest(before[0], log=lambda message: None) if len(before) == 1 else None
+    complete = latest is not None and latest[1].get("finished")
+    if outcome["status"] not in ("max_steps", "finished") and not complete:
         train(run_config(paths), log=lambda message: None)
-    run_dirs = [p for p in paths.checkpoints.iterdir() if storage.RUN_ID_PATTERN.match(p.name)]
+    run_dirs = _run_dirs(paths)
     if len(run_dirs) != 1:  # a resume must continue the one run, never start a second
         print(f"  {len(run_dirs)} runs after resuming: {[p.name for p in run_dirs]}", flush=True)
         return False
@@ -135,6 +140,10 @@ def finish_and_compare(outcome: dict, reference: dict) -> bool:
     return state["step"] == reference["step"] and all(torch.equal(state["model"][k], v) for k, v in reference["model"].items()) and all(
         torch.equal(state["optimizer"]["state"][i][k], v) for i, moments in reference["optimizer"]["state"].items()
         for k, v in moments.items())
+
+
+def _run_dirs(paths: storage.DatasetPaths) -> list:
+    return [p for p in paths.checkpoints.iterdir() if storage.RUN_ID_PATTERN.match(p.name)] if paths.checkpoints.is_dir() else []
 
 
 def main(argv=None) -> int:
