@@ -27,6 +27,7 @@ import io
 import json
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -66,6 +67,7 @@ BANDS = {
 MAX_TOKEN_ERRORS = 0.01  # miditok's token-error rate of the pieces, at most
 MIN_EOS_SHARE = 15 / 16  # share of pieces that end with EOS, at least
 REPORT_FORMAT = "midikit-quality-report"
+SINGLE_THREAD_BELOW = 5_000_000  # parameters: on the CPU, smaller models are measured on one torch thread
 
 
 @dataclass
@@ -279,12 +281,30 @@ def _source(run: str, model_type: str | None, paths: DatasetPaths) -> str | Path
     return weights
 
 
+@contextmanager
+def _threads_for(model: torch.nn.Module):
+    """One torch thread for a small model on the CPU: its steps are all dispatch overhead, and a second
+    thread only adds waiting (measured on 2 shared cores: a CPU-preset report took 25 s on one thread,
+    99 s on two)."""
+    parameters = sum(p.numel() for p in model.parameters())
+    if next(model.parameters()).device.type != "cpu" or parameters >= SINGLE_THREAD_BELOW:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def build_report(run: LoadedRun, config: QualityConfig) -> QualityReport:
     """Measure a loaded run: held-out loss, then `config.pieces` pieces against the training data."""
     started = time.perf_counter()
-    heldout = heldout_loss(run.model, run.dataset, max_songs=config.val_songs)
-    generated_at = time.perf_counter()
-    result = generate(run, config.sample_config(), save=False, progress=False)
+    with _threads_for(run.model):
+        heldout = heldout_loss(run.model, run.dataset, max_songs=config.val_songs)
+        generated_at = time.perf_counter()
+        result = generate(run, config.sample_config(), save=False, progress=False)
     measured_at = time.perf_counter()
     pieces = [{"tokens": len(tokens), "ended": bool(ended), "notes": int(score.note_num()), "token_errors": float(errors)}
               for tokens, ended, score, errors in zip(result.tokens, result.ended, result.scores, result.invalid_token_share)]
