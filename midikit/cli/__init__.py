@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import re
 import sys
+import threading
 
 from ..errors import ConfigError, StorageError
 
@@ -52,10 +54,23 @@ def join_negative_values(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(join_negative_values(list(sys.argv[1:] if argv is None else argv)))
     try:
-        return int(args._run(args) or 0)
+        code = int(args._run(args) or 0)
     except (ConfigError, StorageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        code = 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        code = 130
+    if argv is None:
+        exit_past_hung_writes(code)
+    return code
+
+
+def exit_past_hung_writes(code: int) -> None:
+    """A write stuck on a hung Drive lives on in a daemon thread, possibly inside torch's C++ writer;
+    tearing the interpreter down around it can abort the process. Its run was already told what was
+    and was not saved, so the command ends here, with its own exit code."""
+    if any(thread.name.startswith("midikit-writer") and thread.is_alive() for thread in threading.enumerate()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)

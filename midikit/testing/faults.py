@@ -1142,12 +1142,15 @@ def main(argv: list[str] | None = None) -> int:
         actions = parse_spec(spec)
     except (ValueError, TypeError) as exc:
         parser.error(f"bad --spec: {exc}")
+    from midikit.cli import exit_past_hung_writes
     from midikit.cli import main as midikit_main  # imported before the layer, so imports are not faulted
 
     with FaultyFS(root, events_log=args.events_log) as fs:
         apply_spec(fs, actions)
         with TimedActions(fs, actions):
-            return midikit_main(midikit_args)
+            code = midikit_main(midikit_args)
+            exit_past_hung_writes(code)  # as `python -m midikit` does: a write still hung ends with the process
+            return code
 
 
 if __name__ == "__main__":
