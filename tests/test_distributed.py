@@ -5,7 +5,6 @@ one process dies, and checkpoints that move between one process and two."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +14,9 @@ import pytest
 import torch
 
 from midikit import checkpoints, runs
-from midikit.storage import RUN_ID_PATTERN, DatasetPaths
+from midikit.storage import DatasetPaths
+
+from helpers import own_root, the_run
 
 STEPS = 60
 ARGS = ["--model_type", "gru", "--preset", "cpu", "--device", "cpu", "--embed_size", "16", "--hidden_size", "32",
@@ -23,11 +24,6 @@ ARGS = ["--model_type", "gru", "--preset", "cpu", "--device", "cpu", "--embed_si
         "--eval_every", "15", "--eval_windows", "16", "--checkpoint_every_steps", "10", "--checkpoint_every_minutes", "0",
         "--seed", "5", "--no_progress"]
 
-
-def own_root(tiny_dataset: DatasetPaths, folder) -> DatasetPaths:
-    paths = DatasetPaths(folder / "root", tiny_dataset.dataset)
-    shutil.copytree(tiny_dataset.data, paths.data)
-    return paths
 
 
 def launch(paths: DatasetPaths, processes: int = 2, *extra: str) -> subprocess.Popen:
@@ -42,10 +38,6 @@ def finish(process: subprocess.Popen, code: int = 0) -> str:
     assert process.returncode == code, output
     return output
 
-
-def the_run(paths: DatasetPaths):
-    (run_dir,) = [p for p in paths.checkpoints.iterdir() if RUN_ID_PATTERN.match(p.name)]
-    return run_dir
 
 
 def workers(paths: DatasetPaths) -> list[int]:

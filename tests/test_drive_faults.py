@@ -7,7 +7,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,19 +16,16 @@ import time
 import pytest
 
 from midikit import checkpoints, runs
-from midikit.storage import RUN_ID_PATTERN, DatasetPaths
+from midikit.storage import DatasetPaths
 from midikit.testing.faults import FaultyFS
 from midikit.train import TrainConfig, train
+
+from helpers import own_root, the_run
 
 TINY = dict(embed_size=16, hidden_size=32, num_layers=1, dropout=0.1, context_length=32)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-def own_root(tiny_dataset: DatasetPaths, tmp_path) -> DatasetPaths:
-    paths = DatasetPaths(tmp_path / "root", tiny_dataset.dataset)
-    shutil.copytree(tiny_dataset.data, paths.data)
-    return paths
 
 
 def config(paths: DatasetPaths, **changes) -> TrainConfig:
@@ -39,10 +35,6 @@ def config(paths: DatasetPaths, **changes) -> TrainConfig:
     values.update(changes)
     return TrainConfig(**values)
 
-
-def the_run(paths: DatasetPaths):
-    (run_dir,) = [p for p in paths.checkpoints.iterdir() if RUN_ID_PATTERN.match(p.name)]
-    return run_dir
 
 
 def strays(paths: DatasetPaths) -> list:

@@ -4,10 +4,8 @@ than replacements of it."""
 
 from __future__ import annotations
 
-import errno
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,19 +20,16 @@ import torch.nn.functional as F
 
 from midikit import checkpoints, runs
 from midikit.errors import ConfigError, StorageError
-from midikit.storage import RUN_ID_PATTERN, DatasetPaths, parse_run_id
+from midikit.storage import DatasetPaths, parse_run_id
 from midikit.train import TrainConfig, train
+
+from helpers import own_root, the_run
 
 TINY = dict(embed_size=16, hidden_size=32, num_layers=1, dropout=0.1, context_length=32)
 TINY_TRANSFORMER = dict(d_model=32, nhead=2, num_layers=2, dim_feedforward=64, dropout=0.1, context_length=32)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-def own_root(tiny_dataset: DatasetPaths, tmp_path) -> DatasetPaths:
-    paths = DatasetPaths(tmp_path / "root", tiny_dataset.dataset)
-    shutil.copytree(tiny_dataset.data, paths.data)
-    return paths
 
 
 def config(paths: DatasetPaths, **changes) -> TrainConfig:
@@ -48,10 +43,6 @@ def config(paths: DatasetPaths, **changes) -> TrainConfig:
 def quiet(*_):
     pass
 
-
-def the_run(paths: DatasetPaths):
-    (run_dir,) = [p for p in paths.checkpoints.iterdir() if RUN_ID_PATTERN.match(p.name)]
-    return run_dir
 
 
 def pth_weights(paths: DatasetPaths, run_id: str) -> dict:

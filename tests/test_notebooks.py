@@ -10,7 +10,6 @@ raises it.
 from __future__ import annotations
 
 import ast
-import json
 import re
 import shutil
 from dataclasses import replace

@@ -5,7 +5,6 @@ weights, optimizer state and loss history bit-identical to an uninterrupted run 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +16,8 @@ import torch
 from midikit import checkpoints, runs
 from midikit.storage import DatasetPaths
 
+from helpers import own_root
+
 STEPS = 60
 # A cpu-sized transformer with dropout, so the torch RNG must be restored too, not only the data order.
 ARGS = [
@@ -26,11 +27,6 @@ ARGS = [
     "--checkpoint_every_steps", "10", "--checkpoint_every_minutes", "0", "--resume", "auto", "--no_progress",
 ]
 
-
-def own_root(tiny_dataset: DatasetPaths, folder) -> DatasetPaths:
-    paths = DatasetPaths(folder / "root", tiny_dataset.dataset)
-    shutil.copytree(tiny_dataset.data, paths.data)
-    return paths
 
 
 def start(paths: DatasetPaths) -> subprocess.Popen:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 from dataclasses import replace
 
 import matplotlib.image
@@ -21,6 +20,8 @@ from midikit.models import MODEL_TYPES, ConfigError, ModelConfig, build_model
 from midikit.storage import DatasetPaths, StorageError
 from midikit.train import TrainConfig, describe_resumable, train
 
+from helpers import own_root
+
 # Small enough for a few hundred steps in seconds on two CPU cores.
 TINY_MODELS = {
     "lstm": dict(embed_size=16, hidden_size=32, num_layers=2, dropout=0.1, context_length=32),
@@ -28,12 +29,6 @@ TINY_MODELS = {
     "transformer": dict(d_model=32, nhead=2, num_layers=2, dim_feedforward=64, dropout=0.1, context_length=32),
 }
 
-
-def own_root(tiny_dataset: DatasetPaths, tmp_path) -> DatasetPaths:
-    """A private root holding a copy of the tiny dataset, so runs of one test never meet another's."""
-    paths = DatasetPaths(tmp_path / "root", tiny_dataset.dataset)
-    shutil.copytree(tiny_dataset.data, paths.data)
-    return paths
 
 
 def tiny_config(paths: DatasetPaths, model_type: str = "lstm", **changes) -> TrainConfig:
