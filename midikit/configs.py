@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from .errors import ConfigError
-from .settings import check_fields, setting
+from .settings import Checked, check_fields, setting
 
 MODEL_TYPES = ("lstm", "gru", "transformer")
 RNN_TYPES = ("lstm", "gru")
@@ -165,7 +165,7 @@ RUN_DEFINING = ("preset", "batch_size", "lr", "weight_decay", "warmup_steps", "g
 
 
 @dataclass
-class SampleConfig:
+class SampleConfig(Checked):
     """How to sample. `temperature` divides the logits for top_k, top_p and temperature; `sample`
     draws from the model's own distribution. `num_tokens` is the most new tokens per sample (a
     sample ends earlier when the model ends the piece); `bars`, if set, replaces it."""
@@ -185,13 +185,9 @@ class SampleConfig:
     seed: int | None = setting(None, "random seed, for the same music again", group="sampling", ge=0, lt=2**63,
                                none="random")
 
-    def validate(self) -> "SampleConfig":
-        check_fields(self)
-        return self
-
 
 @dataclass
-class GenerateConfig:
+class GenerateConfig(Checked):
     """Which run to generate from, and where (the sampling itself is a SampleConfig)."""
 
     model: str = setting("latest", "'latest' (newest finished run), or a .pth, its .json sidecar, a training-state .pt "
@@ -204,13 +200,9 @@ class GenerateConfig:
     seed_midi: str | None = setting(None, "a MIDI file to continue", group="run", seed_flags=("seed_midi_file",),
                                     none="start from nothing")
 
-    def validate(self) -> "GenerateConfig":
-        check_fields(self)
-        return self
-
 
 @dataclass
-class QualityConfig:
+class QualityConfig(Checked):
     """How `python -m midikit evaluate` judges a run: its held-out loss on the validation songs,
     and `pieces` pieces generated until the model ends them (at most `max_tokens` each) against the
     training data."""
@@ -235,10 +227,6 @@ class QualityConfig:
     val_songs: int | None = setting(None, "validation songs whose loss is measured", group="data", gt=0,
                                     none="all of them")
     save: bool = setting(True, "do not save the report (JSON, figure, run.json)", group="run", flag="--no_save")
-
-    def validate(self) -> "QualityConfig":
-        check_fields(self)
-        return self
 
     def sample_config(self) -> SampleConfig:
         """The sampling of the report's pieces."""

@@ -114,6 +114,14 @@ def _check_range(f: Field, value) -> None:
         raise ConfigError(f"{f.name} must be {wanted}, got {value!r}.{hint}")
 
 
+class Checked:
+    """A config dataclass whose checks are all in its fields' declarations: `validate()` runs them."""
+
+    def validate(self):
+        check_fields(self)
+        return self
+
+
 def describe_valid(f: Field) -> str:
     """What values a field takes, in words (for --help)."""
     meta = f.metadata
