@@ -49,10 +49,12 @@ class ModelConfig:
     d_model: int = setting(256, "width of the Transformer", group="model", gt=0, model_types=("transformer",))
     nhead: int = setting(4, "attention heads (must divide d_model)", group="model", gt=0, model_types=("transformer",))
     dim_feedforward: int = setting(1024, "feed-forward width", group="model", gt=0, model_types=("transformer",))
-    positions: str = setting("learned", "how the Transformer knows where a token is: learned (absolute, the seed's; "
-                             "generation re-primes its window past the context) or rope (rotary, relative; generation "
-                             "rolls its window on without re-priming)", group="model", choices=POSITION_ENCODINGS,
-                             model_types=("transformer",))
+    # rope by default: 37% lower held-out loss per note than learned at equal tokens (bench/results/quality_cpu.md);
+    # configs saved without this field (midikit 0.1) load as "learned" (LEGACY_VALUES).
+    positions: str = setting("rope", "how the Transformer knows where a token is: rope (rotary, relative; generation "
+                             "rolls its window on without re-priming) or learned (absolute, the seed's; generation "
+                             "re-primes its window past the context)", group="model", choices=POSITION_ENCODINGS,
+                             model_types=("transformer",), none="rope")
 
     def validate(self) -> "ModelConfig":
         check_fields(self)
@@ -266,6 +268,10 @@ class PreprocessConfig:
                                      group="tokens", default_factory=dict)
     seed: int = setting(42, "seed of the train/validation split", group="dataset", ge=0)
     workers: int | None = setting(None, "worker processes", group="dataset", gt=0, none="all CPU cores")
+    bpe_vocab: int | None = setting(None, "learn miditok BPE merges on the training split up to this vocabulary size "
+                                    "(more music per context; bench/results/quality_cpu.md: 1000 with rotary positions and "
+                                    "context 256 was the best CPU model)", group="tokens", label="BPE vocabulary",
+                                    gt=0, le=65536, none="none: plain tokens")
 
     def __post_init__(self):
         if self.source is None:
@@ -290,7 +296,10 @@ class PreprocessConfig:
         spec = tokenizer_spec(self.tokenizer, self.tracks, self.tokenizer_params)  # says why a tokenizer is unsupported
         check_fields(self)
         DatasetPaths(Path("."), self.dataset)  # validates the name
-        build_tokenizer(spec)  # checks option values too
+        base = len(build_tokenizer(spec))  # checks option values too
+        if self.bpe_vocab and self.bpe_vocab <= base:
+            raise ConfigError(f"bpe_vocab={self.bpe_vocab} is not above the base vocabulary ({base} tokens): BPE adds merged "
+                              f"tokens to it; use --bpe_vocab {base * 2} or more, or leave it out.")
         return self
 
     def command(self, root: Path) -> str:

@@ -390,6 +390,8 @@ def generate(run: LoadedRun, sample: SampleConfig, seed_midi: Path | None = None
     sample.validate()
     tokenizer, special = run.tokenizer, run.dataset  # special: bos_id, eos_id, pad_id
     bar_ids = [i for token, i in tokenizer.vocab.items() if token.startswith("Bar_")]
+    if sample.bars is not None and tokenizer.is_trained:
+        raise ConfigError("--bars counts Bar tokens, which this run's BPE tokenizer merges into others; use --num_tokens.")
     if sample.bars is not None and not bar_ids:
         raise ConfigError("--bars needs a tokenizer with bar tokens (e.g. REMI); this run's has none. Use --num_tokens.")
     seed_ids = _tokenize_seed(tokenizer, Path(seed_midi)) if seed_midi is not None else []

@@ -34,7 +34,7 @@ EXAMPLES = {
     "limit": "120", "workers": "2", "transpositions": "-2,0,2", "tokenizer": "TSD", "tracks": "separate",
     "tokenizer_params": '{"use_tempos": true}', "subsample_ratio": "0.5", "model_type": "transformer", "preset": "t4",
     "context_length": "256", "dropout": "0.3", "embed_size": "256", "hidden_size": "512", "num_layers": "4",
-    "d_model": "512", "nhead": "8", "dim_feedforward": "2048", "positions": "rope", "epochs": "30", "batch_size": "128",
+    "d_model": "512", "nhead": "8", "dim_feedforward": "2048", "positions": "learned", "epochs": "30", "batch_size": "128",
     "lr": "0.0003", "weight_decay": "0.1", "warmup_steps": "200", "max_steps": "300", "max_batches": "5",
     "grad_clip": "0.5", "patience": "10", "eval_every": "500", "eval_windows": "64", "device": "cuda",
     "precision": "fp32", "compile": "off", "checkpoint_every_minutes": "5", "checkpoint_every_steps": "1000",
@@ -42,7 +42,7 @@ EXAMPLES = {
     "seed_midi": "/content/opening.mid", "strategy": "greedy", "k": "5", "p": "0.95", "temperature": "0.8",
     "num_tokens": "1024", "bars": "16", "num_samples": "4", "seed": "1234", "data_dir": f"{DRIVE}/nottingham",
     "seed_file": "seeds.txt", "seed_length": "short", "seed_style": "folk", "run": RUN_ID, "pieces": "32",
-    "max_tokens": "1024", "data_pieces": "128", "val_songs": "20",
+    "max_tokens": "1024", "data_pieces": "128", "val_songs": "20", "bpe_vocab": "1000",
 }
 COMMAND_EXAMPLES_BY_FLAG = {
     ("preprocess", "val_split"): "0.1", ("preprocess", "seq_length"): "256", ("train", "val_split"): "0.05",

@@ -311,3 +311,23 @@ def test_split_is_deterministic_and_never_empty():
 def test_bad_settings_are_config_errors(settings, message, tmp_path):
     with pytest.raises(ConfigError, match=message):
         run(tmp_path, **settings)
+
+
+def test_bpe_puts_more_music_in_fewer_tokens_and_decodes_to_the_same_notes(tiny_dataset, tmp_path):
+    from midikit.data import tokens_to_score
+
+    base = load_dataset(tiny_dataset)
+    source = base.config["source"]
+    settings = dict(input_dir=source["location"]) if source["kind"] == "folder" else dict(source="corpus")
+    result = run(tmp_path, **settings, dataset="bpe", limit=60, transpositions=(0, 2), bpe_vocab=base.vocab_size + 200)
+    bpe = load_dataset(result.paths)
+    assert bpe.vocab_size == base.vocab_size + 200 and bpe.tokenizer.is_trained
+    assert len(bpe.train_tokens) < 0.6 * len(base.train_tokens)  # several REMI tokens become one
+    assert bpe.config["splits"]["train"]["sequences"] == base.config["splits"]["train"]["sequences"]
+    for index in range(bpe.num_sequences("val")):
+        plain, merged = tokens_to_score(base.tokenizer, base.sequence("val", index)), tokens_to_score(bpe.tokenizer, bpe.sequence("val", index))
+        assert merged.note_num() == plain.note_num() > 0
+        assert [list(t.notes.numpy()["pitch"]) for t in merged.tracks] == [list(t.notes.numpy()["pitch"]) for t in plain.tracks]
+    assert "--bpe_vocab" in bpe.config["command"]
+    with pytest.raises(ConfigError, match=f"bpe_vocab=10 is not above the base vocabulary \\({base.vocab_size} tokens\\)"):
+        PreprocessConfig(source="corpus", bpe_vocab=10).validate()

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
+
 from .. import __version__, storage
 from ..configs import PreprocessConfig, parse_transpositions  # noqa: F401  (re-exported)
 from ..errors import ConfigError, DatasetError
@@ -74,9 +76,12 @@ def preprocess(config: PreprocessConfig, progress: bool = True, log=print) -> Pr
     tokenizer = build_tokenizer(spec)
     if len(tokenizer) > 65536:
         raise ConfigError(f"The vocabulary has {len(tokenizer)} tokens, more than uint16 storage holds; use fewer tokenizer options.")
+    if config.bpe_vocab:
+        splits = learn_bpe(tokenizer, splits, config.bpe_vocab, log)
     store_config = {
         "format": STORE_FORMAT, "version": STORE_VERSION, "name": config.dataset, "fingerprint": fingerprint,
-        "vocab_size": len(tokenizer), **special_ids(tokenizer), "seq_length": config.seq_length,
+        "vocab_size": len(tokenizer.vocab_model) if config.bpe_vocab else len(tokenizer), **special_ids(tokenizer),
+        "seq_length": config.seq_length, "bpe_vocab": config.bpe_vocab,
         "tokenizer": {**spec, "config": tokenizer.config.to_dict(serialize=True)},
         "augmentation": _augmentation_record(config, out_of_range),
         "split": {"val_split": config.val_split, "seed": config.seed, "by": "source file, before augmentation"},
@@ -101,10 +106,38 @@ def _fingerprint(config: PreprocessConfig, spec: dict, files: list[Path], base: 
     settings = {
         "tokenizer": spec, "transpositions": list(config.transpositions), "augment_validation": config.augment_validation,
         "val_split": config.val_split, "seed": config.seed, "miditok": importlib.metadata.version("miditok"),
-        "store_version": STORE_VERSION,
+        "store_version": STORE_VERSION, **({"bpe_vocab": config.bpe_vocab} if config.bpe_vocab else {}),
     }
     digest = hashlib.sha256(json.dumps({"settings": settings, "inputs": inputs}, sort_keys=True).encode()).hexdigest()[:16]
     return settings, digest
+
+
+def learn_bpe(tokenizer, splits: dict, vocab_size: int, log) -> dict:
+    """Learn miditok BPE merges on the training split (within bars: a merge never crosses a bar line)
+    and re-encode both splits with them; `tokenizer` is trained in place (saved with the dataset)."""
+    from miditok import TokSequence
+
+    specials = {tokenizer[f"{name}_None"] for name in ("PAD", "BOS", "EOS", "MASK")}
+    bar = tokenizer.vocab.get("Bar_None")
+    words = [tokenizer._ids_to_bytes(part, as_one_str=True)  # miditok's own id -> byte mapping for its BPE model
+             for sequence in splits["train"] for part in _bars([int(i) for i in sequence if int(i) not in specials], bar)]
+    tokenizer.config.encode_ids_split = "no"  # whole songs are encoded: no merge was learned across a bar line
+    started = time.perf_counter()
+    tokenizer.train(vocab_size=vocab_size, model="BPE", iterator=words)
+    encoded = {}
+    for split, sequences in splits.items():
+        bodies = [TokSequence(ids=[int(i) for i in sequence[1:-1]]) for sequence in sequences]
+        tokenizer.encode_token_ids(bodies)
+        encoded[split] = [np.array([sequence[0], *body.ids, sequence[-1]], dtype=np.uint16) for sequence, body in zip(sequences, bodies)]
+    before, after = sum(map(len, splits["train"])), sum(map(len, encoded["train"]))
+    log(f"BPE: {len(tokenizer.vocab_model)} tokens learned in {time.perf_counter() - started:.0f} s; "
+        f"{before / max(1, after):.2f} tokens become one.")
+    return encoded
+
+
+def _bars(ids: list[int], bar: int | None) -> list[list[int]]:
+    cuts = [i for i, token in enumerate(ids) if token == bar and i > 0]
+    return [ids[a:b] for a, b in zip([0, *cuts], [*cuts, len(ids)])]
 
 
 def _augmentation_record(config: PreprocessConfig, out_of_range: dict) -> dict:

@@ -258,6 +258,7 @@ class PreprocessForm(Form):
             "transpositions": Field(PreprocessConfig, "transpositions", ",".join(str(t) for t in d.transpositions)),
             "val_split": Field(PreprocessConfig, "val_split", d.val_split),
             "limit": Field(PreprocessConfig, "limit", LOCAL_PREPROCESS_LIMIT if local else 0),
+            "bpe_vocab": Field(PreprocessConfig, "bpe_vocab", 0),
         })
         self.source_field.widget.observe(self._on_source, names="value")
         self._on_source({"old": None, "new": source})
@@ -278,7 +279,7 @@ class PreprocessForm(Form):
             source=values["source"], input_dir=values["input_dir"] if values["source"] == "folder" else None,
             dataset=values["dataset"], checkpoint_dir=str(storage.resolve_root(values["checkpoint_dir"], create=False)),
             val_split=values["val_split"], transpositions=values["transpositions"], limit=values["limit"],
-            tokenizer=values["tokenizer"], tracks=values["tracks"],
+            tokenizer=values["tokenizer"], tracks=values["tracks"], bpe_vocab=values["bpe_vocab"],
         ).validate()
 
     def summary(self, config):
