@@ -31,6 +31,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_name  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 NOTTINGHAM = REPO.parent / "shared" / "data" / "nottingham"
 SEED_TRANSPOSITIONS = "-5,-3,-1,0,1,3,5"
@@ -113,14 +116,7 @@ def breakdown(input_dir: Path, tracks: str) -> list[tuple[str, float]]:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     versions = ", ".join(f"{name} {importlib.metadata.version(name)}" for name in ("miditok", "symusic", "numpy"))
     return f"{cpu}, {os.cpu_count()} logical CPUs visible; Python {platform.python_version()}, {versions}"
 

@@ -39,7 +39,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import re
 import shlex
 import sys
@@ -53,6 +52,7 @@ import torch.nn as nn
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from machine import cpu_name  # noqa: E402
 from seed_baseline import seed_loader, seed_model  # noqa: E402
 
 from midikit import quality  # noqa: E402
@@ -447,11 +447,7 @@ def write_section(path: Path, name: str, text: str) -> None:
 
 
 def machine() -> str:
-    cpu = platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     text = f"{cpu}, {os.cpu_count()} cores (shared), {torch.get_num_threads()} torch threads; torch {torch.__version__}"
     if torch.cuda.is_available():
         text += f"; GPU {torch.cuda.get_device_name(0)}"

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_name  # noqa: E402
 from seed_baseline import time_seed_loop  # noqa: E402
 
 from midikit import checkpoints, storage  # noqa: E402
@@ -189,11 +190,7 @@ def time_resume(paths: storage.DatasetPaths, model_type: str, preset: str, mc_ov
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     text = f"{cpu}, {torch.get_num_threads()} torch threads; torch {torch.__version__}, Python {platform.python_version()}"
     if torch.cuda.is_available():
         text += f"; GPU {torch.cuda.get_device_name(0)}, CUDA {torch.version.cuda}"

@@ -204,7 +204,10 @@ def _fluidsynth_program(midi: bytes, soundfont: Path, sample_rate: int) -> np.nd
                         str(soundfont), str(piece)], check=True, capture_output=True, timeout=600)
         with wave.open(str(sound)) as wav:
             channels, frames = wav.getnchannels(), wav.readframes(wav.getnframes())
-    return np.frombuffer(frames, dtype="<i2").reshape(-1, channels).mean(axis=1) / 32768.0
+    audio = np.frombuffer(frames, dtype="<i2").reshape(-1, channels).mean(axis=1) / 32768.0
+    # The program keeps writing ~2.5 s of reverb hiss after the last note: cut it at -60 dB.
+    audible = np.flatnonzero(np.abs(audio) > 1e-3 * np.abs(audio).max()) if audio.size else []
+    return audio[: audible[-1] + 1] if len(audible) else audio
 
 
 def render_audio(score_or_path, sample_rate: int = 22050, synth: str = "auto") -> tuple[np.ndarray, int]:
