@@ -140,10 +140,6 @@ class SnapshotPool:
         """`snapshot` belongs to the write whose Future is `holder` until that write is done."""
         self._slots.append((snapshot, holder))
 
-    def give_back(self, snapshot: dict) -> None:
-        """A snapshot that no write took (the save was skipped) is free again."""
-        self._slots.append((snapshot, None))
-
 
 def after_copy(event) -> None:
     """Make the GPU's next writes to the model and optimizer wait for a snapshot's copies (GPU-side:
@@ -292,7 +288,7 @@ def save_state(path: str | os.PathLike, state: dict, abandoned: threading.Event 
     sha = hashlib.sha256()
     size = write_atomically(path, lambda handle: torch.save(state, _HashingFile(handle, sha)), abandoned)
     _write_checksum(path, sha.hexdigest())
-    step = state.get("step") if isinstance(state.get("step"), int) else _step_of(path)
+    step = state.get("step") if isinstance(state.get("step"), int) else step_of(path)
     return CheckpointInfo(path, step, size, time.perf_counter() - start, sha.hexdigest(), path.name == BEST_FILE)
 
 
@@ -393,9 +389,6 @@ def step_of(path: Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
-_step_of = step_of
-
-
 def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
     """The run's step files, newest (highest step) first; temporary files are never listed."""
     run_dir = Path(run_dir)
@@ -467,10 +460,10 @@ def _peek_step(path: Path) -> int | None:
 # --------------------------------------------------------------------------- one save
 
 
-def write_checkpoint(run_dir: Path, snapshot: dict, step: int, best: bool, keep_last: int,
+def write_checkpoint(run_dir: Path, snapshot: dict, step: int, best: bool, keep_last: int | None,
                      abandoned: threading.Event | None = None) -> CheckpointInfo:
     """Write one save of a run: step_<step>.pt, a copy as best.pt when `best`, then rotate the older
-    step files. The run folder is never created here: a folder that vanished (Drive's mount dropped)
+    step files (keep_last None: the caller rotates, once it knows the folder is still its own). The run folder is never created here: a folder that vanished (Drive's mount dropped)
     must not come back as an empty local folder that hides the real one."""
     if not run_dir.is_dir():
         gone = StorageError(f"The run folder {run_dir} is gone: Google Drive's mount dropped (or the folder was moved). "
@@ -480,7 +473,7 @@ def write_checkpoint(run_dir: Path, snapshot: dict, step: int, best: bool, keep_
     info = save_state(run_dir / step_file_name(step), snapshot, abandoned)
     if best:
         _copy_checkpoint(info.path, run_dir / BEST_FILE, info.sha256, abandoned)  # same bytes, same checksum
-    if abandoned is None or not abandoned.is_set():
+    if keep_last is not None and (abandoned is None or not abandoned.is_set()):
         rotate(run_dir, step, keep_last)
     return CheckpointInfo(info.path, step, info.size_bytes, info.seconds, info.sha256, best)
 
@@ -583,9 +576,6 @@ class BackgroundWriter:
         self.log(f"{active.label}: abandoned after {running:.0f} s without an answer from the disk (Drive hung?); "
                  f"{label} is written instead. The abandoned write discards its file if it ever returns.")
         return True
-
-    def busy(self) -> bool:
-        return self._active is not None and not self._active.future.done()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for the active write; False if it is still running after `timeout`."""

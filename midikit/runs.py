@@ -272,6 +272,10 @@ def _run_dirs(checkpoints_dir: Path) -> list[Path]:
 # --------------------------------------------------------------------------- one writer
 
 
+_HELD_HERE: set[str] = set()  # run folders this process claimed and whose RecordKeeper has not ended
+_HELD_HERE_LOCK = threading.Lock()
+
+
 def claim(run_dir: Path, record: dict, takeover: bool = False, log=print) -> Owner:
     """Make this process the run's one writer, writing `record` (with the new owner) as its run.json.
 
@@ -279,14 +283,25 @@ def claim(run_dir: Path, record: dict, takeover: bool = False, log=print) -> Own
     runtime, is still training it; with `takeover` the newer claim wins and that owner stops writing."""
     current = read_record(run_dir)
     previous = current.owner if current is not None else None
-    if previous is not None and previous.writer and previous.state() == "live":
+    if previous is not None and previous.writer and previous.state() == "live" and not _left_by_this_process(run_dir, previous):
         if not takeover:
             raise RunOwnedError(_held_message(run_dir.name, previous))
         log(f"Taking over {run_dir.name} from {previous.describe()}: that runtime stops writing at its next "
             "checkpoint or heartbeat.")
     owner = Owner.new(claim=(previous.claim + 1) if previous is not None else 1)
     write_record(run_dir, {**record, "owner": owner.to_dict()})
+    with _HELD_HERE_LOCK:
+        _HELD_HERE.add(str(Path(run_dir).absolute()))
     return owner
+
+
+def _left_by_this_process(run_dir: Path, owner: Owner) -> bool:
+    """An owner that is this very process, which no longer writes the run: an earlier call whose end
+    could not reach run.json (Drive failed then), e.g. the cell before in the same notebook."""
+    if owner.host != socket.gethostname() or owner.pid != os.getpid():
+        return False
+    with _HELD_HERE_LOCK:
+        return str(Path(run_dir).absolute()) not in _HELD_HERE
 
 
 def _held_message(run_id: str, owner: Owner) -> str:
@@ -324,6 +339,7 @@ class RecordKeeper:
         self._record = copy.deepcopy({**record, "owner": owner.to_dict()})
         self._heartbeat_s = heartbeat_s
         self._queue: queue.Queue = queue.Queue()
+        self._key = str(self.run_dir.absolute())  # claimed by `claim`; let go when this thread ends
         self._thread = threading.Thread(target=self._run, name="midikit-run-record", daemon=True)
         self._thread.start()
 
@@ -341,18 +357,22 @@ class RecordKeeper:
 
     # -- on the keeper's thread ------------------------------------------------
     def _run(self) -> None:
-        while True:
-            try:
-                items = [self._queue.get(timeout=self._heartbeat_s)]
-            except queue.Empty:
-                items = [({}, None)]  # a heartbeat
-            while not self._queue.empty():  # coalesce what piled up while Drive was slow
-                items.append(self._queue.get_nowait())
-            stop = any(item is None for item in items)
-            items = [item for item in items if item is not None]
-            self._write([fields for fields, _ in items], [done for _, done in items if done is not None])
-            if stop:
-                return
+        try:
+            while True:
+                try:
+                    items = [self._queue.get(timeout=self._heartbeat_s)]
+                except queue.Empty:
+                    items = [({}, None)]  # a heartbeat
+                while not self._queue.empty():  # coalesce what piled up while Drive was slow
+                    items.append(self._queue.get_nowait())
+                stop = any(item is None for item in items)
+                items = [item for item in items if item is not None]
+                self._write([fields for fields, _ in items], [done for _, done in items if done is not None])
+                if stop:
+                    return
+        finally:
+            with _HELD_HERE_LOCK:
+                _HELD_HERE.discard(self._key)
 
     def _write(self, updates: list[dict], waiting: list[Future]) -> None:
         try:

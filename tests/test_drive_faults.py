@@ -154,3 +154,51 @@ def test_the_command_exits_on_the_first_ctrl_c_even_with_a_hung_drive(tiny_datas
     output = process.communicate(timeout=30)[0]
     assert time.monotonic() - started < 15 and process.returncode == 130, output
     assert "did not reach the disk" in output
+
+
+def test_a_save_that_cannot_read_the_runs_record_is_said_and_the_run_stays_resumable(tiny_dataset, tmp_path):
+    """At the last step Drive starts failing every read of run.json (a save reads it to see whether
+    another runtime took the run over): the final save is said to have failed, the run is not called
+    finished, and the same command in the same process continues it once Drive answers again."""
+    paths = own_root(tiny_dataset, tmp_path)
+    messages = []
+    with FaultyFS(paths.root) as fs:
+        def fail_reads_at_the_end(history):
+            if history["val_step"][-1] == 20:
+                while runs.read_record(the_run(paths)).get("step") != 10:  # the step-10 save has landed whole
+                    time.sleep(0.01)
+                fs.fail("open", errno.EIO, match="run.json")
+        result = train(config(paths, max_steps=20, final_wait_minutes=0.05), on_eval=fail_reads_at_the_end,
+                       log=messages.append, model_overrides=TINY)
+    assert result.status == "interrupted" and result.steps == 20, messages
+    assert [m for m in messages if m.startswith("Checkpoint step 20 NOT saved") and "Input/output error" in m], messages
+    assert any("could not be written; the run stays resumable" in m for m in messages), messages
+    assert valid_steps(the_run(paths)) == [10] and not strays(paths)
+    resumed = train(config(paths, max_steps=20), log=messages.append, model_overrides=TINY)
+    assert resumed.resumed_from_step == 10 and resumed.status == "max_steps" and valid_steps(the_run(paths))[0] == 20
+
+
+def test_a_second_ctrl_c_while_the_final_save_waits_for_drive_lets_go_of_the_run(tiny_dataset, tmp_path):
+    """The last save hangs on Drive and the user presses Ctrl-C twice: the second one ends the command
+    at once, no thread of the run is left behind once Drive answers, and the run resumes in the same
+    process straight away (nothing holds it)."""
+    paths = own_root(tiny_dataset, tmp_path)
+    before = set(threading.enumerate())
+    with FaultyFS(paths.root) as fs:
+        def hang_the_last_save(history):
+            if history["val_step"][-1] == 20:
+                fs.block_writes(match="*step_*.pt*")
+                for after_s in (1.0, 1.5):  # twice, while the final save waits; to the process, as Colab's button does
+                    threading.Timer(after_s, os.kill, (os.getpid(), signal.SIGINT)).start()
+
+        with pytest.raises(KeyboardInterrupt):
+            train(config(paths, max_steps=20, final_wait_minutes=2), on_eval=hang_the_last_save, log=lambda m: None,
+                  model_overrides=TINY)
+        fs.release()
+    deadline = time.monotonic() + 10
+    while [t for t in set(threading.enumerate()) - before if t.is_alive()] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [t.name for t in set(threading.enumerate()) - before if t.is_alive()]
+    assert runs.read_record(the_run(paths)).owner.released and valid_steps(the_run(paths))[0] == 10
+    resumed = train(config(paths, max_steps=20), log=lambda m: None, model_overrides=TINY)
+    assert resumed.resumed_from_step == 10 and resumed.status == "max_steps"

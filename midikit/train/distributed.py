@@ -12,6 +12,7 @@ Without torchrun (WORLD_SIZE unset or 1) every function here is a no-op: same be
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -63,8 +64,17 @@ def join(device_name: str) -> tuple[Cluster, torch.device]:
     return cluster, device
 
 
-def leave(cluster: Cluster) -> None:
+def leave(cluster: Cluster, together: bool = True) -> None:
+    """Tear the group down once nothing holds it, and (`together`: every process ended the run the
+    same way) after the others are done with it: a process that exits while DDP still references the
+    group, or while a peer is mid-collective, can be aborted by gloo at exit."""
     if cluster.active and dist.is_initialized():
+        gc.collect()  # DDP's hooks form reference cycles: free the wrapped model, and its hold on the group, now
+        if together:
+            try:
+                dist.barrier()
+            except RuntimeError:  # a peer already gone: the run is saved, nothing is left to wait for
+                pass
         dist.destroy_process_group()
 
 

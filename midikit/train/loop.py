@@ -75,12 +75,12 @@ def train(train_config: TrainConfig, model_config: ModelConfig | None = None, on
 
     # The loop: step, evaluate on schedule, checkpoint on schedule.
     tc, batch, context = state.train_config, state.train_config.batch_size, state.model_config.context_length
-    pending_losses, status, in_step, failure = [], None, False, None
+    pending_losses, status, in_step, failure = [], None, 0, None  # in_step: the step being applied (0: none)
     progress = Progress(state, training, say, enabled=tc.progress and cluster.writer)
     try:
         with GracefulStop(say) as stop:
             while status is None and state.step < state.total_steps:
-                in_step = True
+                in_step = state.step + 1
                 inputs, targets = sample_windows(train_tokens, batch, context, generator)
                 state.history.add_lr(training.scheduler.get_last_lr()[0])
                 pending_losses.append(train_step(training, inputs, targets, tc.grad_clip))
@@ -96,7 +96,7 @@ def train(train_config: TrainConfig, model_config: ModelConfig | None = None, on
                     if improved:
                         recorder.new_best(training.raw_model, state.step)
                     progress.show_evaluation(state)
-                in_step = False
+                in_step = 0
                 progress.update(state)
                 if evaluated and on_eval is not None and cluster.writer:
                     flush_losses(state, pending_losses, cluster)
@@ -108,15 +108,20 @@ def train(train_config: TrainConfig, model_config: ModelConfig | None = None, on
             status = status or state.end_status()
     except KeyboardInterrupt:
         status = "interrupted"
-    except torch.cuda.OutOfMemoryError:
-        recorder.close(timeout=0)
+    except torch.cuda.OutOfMemoryError:  # the write in flight is on the CPU: it may still land
+        recorder.close(timeout=tc.final_wait_minutes * 60)
         raise _out_of_memory(state, recorder.resumed_step is not None) from None
     except Exception as exc:  # an on_eval callback, a bug, a lost process: save what is consistent, then raise it
         status, failure = "failed", (lost(exc) if cluster.active and is_lost(exc) else exc)
     finally:
         progress.close()
-    result = finish(state, status, in_step, recorder, training, generator, say, cluster, pending_losses, failure)
-    leave(cluster)
+    try:
+        result = finish(state, status, in_step, recorder, training, generator, say, cluster, pending_losses, failure)
+    except BaseException:  # e.g. a CUDA fault: every later device call fails; the run's record still lets go
+        recorder.close(timeout=0)
+        raise
+    del training, progress  # DDP holds the process group: it goes first (gloo aborts the process otherwise)
+    leave(cluster, together=failure is None)
     if failure is not None:
         raise failure
     return result
@@ -266,18 +271,18 @@ def stop_status(state: TrainState, stop: "GracefulStop", recorder: Recorder) -> 
 # --------------------------------------------------------------------------- the end
 
 
-def finish(state: TrainState, status: str, in_step: bool, recorder, training, generator, say, cluster: Cluster,
+def finish(state: TrainState, status: str, in_step: int, recorder, training, generator, say, cluster: Cluster,
            pending_losses: list, failure) -> TrainResult:
     """The final checkpoint (unless the stop came inside a step, whose state is half-applied, the run
     was taken over, or a process of the run is gone), then the run is released and summed up."""
     wait_s = state.train_config.final_wait_minutes * 60
     if isinstance(failure, RankLost):
-        recorder.close(timeout=0)
+        recorder.close(timeout=wait_s)
         return _result(state, "failed", recorder)
     flush_losses(state, pending_losses, cluster)
     if status == "taken_over" or in_step:
         why = ("another runtime took this run over; this one did not save" if status == "taken_over" else
-               f"stopped in the middle of step {state.step + 1}; resume continues from the last checkpoint")
+               f"stopped in the middle of step {in_step}; resume continues from the last checkpoint")
         say(f"{state.run_id}: {why}.")
         recorder.close(timeout=wait_s)
         return _result(state, "interrupted" if in_step else status, recorder)
@@ -287,9 +292,12 @@ def finish(state: TrainState, status: str, in_step: bool, recorder, training, ge
         return _result(state, status, recorder)
     with GracefulStop(say, "Saving the final checkpoint first (interrupt again to stop at once)."):
         best = state.best_val_loss is not None and state.best_step == state.step
-        submitted = recorder.save(state, training, rngs, status=status, best=best, wait_s=wait_s) is not None
-        landed = recorder.close(timeout=wait_s) and submitted
-    outcome = recorder.last_outcome
+        final_save = recorder.save(state, training, rngs, status=status, best=best, wait_s=wait_s)
+        landed = recorder.close(timeout=wait_s) and final_save is not None
+    outcome = final_save.result() if landed and final_save.exception() is None else None
+    if recorder.taken_over:
+        say(f"{state.run_id}: another runtime took this run over; this one did not save its final checkpoint.")
+        return _result(state, "taken_over", recorder)
     if not landed:
         say(f"The final checkpoint of {state.run_id} (step {state.step}) did not reach the disk within {wait_s:.0f} s "
             f"(Drive slow or hung). The run stays resumable from its last checkpoint that landed.")

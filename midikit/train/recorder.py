@@ -164,11 +164,21 @@ class Recorder:
         """Wait (at most `timeout`) for the last save, then release the run; True when it landed."""
         landed = self.writer.close(timeout)
         self.collect()
-        self.keeper.close(release=not self._taken_over, timeout=min(timeout or RECORD_WAIT_SECONDS, RECORD_WAIT_SECONDS))
+        record_wait = RECORD_WAIT_SECONDS if timeout is None else min(timeout, RECORD_WAIT_SECONDS)
+        self.keeper.close(release=not self._taken_over, timeout=record_wait)
         return landed
 
     # -- on the writer's thread -------------------------------------------------
     def _write(self, job: SaveJob, abandoned) -> SaveOutcome:
+        """One save; whatever it raises (Drive failing under run.json, a GPU copy that failed) is said
+        and reported as not saved, so the training thread and the final message never miss it."""
+        try:
+            return self._write_job(job, abandoned)
+        except Exception as exc:
+            self.log(f"Checkpoint step {job.step} NOT saved: {exc} Training continues; the next checkpoint tries again.")
+            return SaveOutcome(job.step, False, job.previous_weights_step)
+
+    def _write_job(self, job: SaveJob, abandoned) -> SaveOutcome:
         if job.copied is not None:
             job.copied.synchronize()  # the snapshot's GPU-to-pinned copies are done before anything reads it
         if self.keeper.lost.is_set() or runs.newer_claim(self.run_dir, self.owner) is not None:
@@ -199,8 +209,12 @@ class Recorder:
         """The state file (+ best.pt). On a full disk, older step files make room first (never below the
         newest verified one and best.pt); if it still does not fit, say what a checkpoint needs."""
         what = f"Checkpoint step {job.step}"
-        write = functools.partial(checkpoints.write_checkpoint, self.run_dir, job.state, job.step, job.best,
-                                  job.report.train_config["keep_last"], abandoned)
+
+        def write() -> None:
+            checkpoints.write_checkpoint(self.run_dir, job.state, job.step, job.best, None, abandoned)
+            # A takeover during a long write: the folder's step files are the new owner's now, not ours to rotate.
+            if not abandoned.is_set() and runs.newer_claim(self.run_dir, self.owner) is None:
+                checkpoints.rotate(self.run_dir, job.step, job.report.train_config["keep_last"])
         try:
             retrying(write, what, self.log, retry_wait_s=self.retry_wait_s, abandoned=abandoned)
             return True
