@@ -52,7 +52,7 @@ import torch.nn as nn
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from machine import cpu_name  # noqa: E402
+from machine import describe_torch_machine  # noqa: E402
 from seed_baseline import seed_loader, seed_model  # noqa: E402
 
 from midikit import quality  # noqa: E402
@@ -382,7 +382,7 @@ def render(name: str, result: dict, args, seconds: float, section: str) -> str:
              f"- command: `{meta.get('command', args.command)}`",
              f"- machine: {meta.get('machine', machine())}; load average {meta.get('load', os.getloadavg()[0]):.1f} at the end; "
              f"wall-clock {meta.get('seconds', seconds) / 60:.1f} min",
-             f"- data: full Nottingham, 1034 files, transpositions -5,-3,-1,0,1,3,5, REMI merged tracks"
+             "- data: full Nottingham, 1034 files, transpositions -5,-3,-1,0,1,3,5, REMI merged tracks"
              + "".join(sorted({f", then miditok BPE {row['bpe']} (nats/token are per BPE token; compare nats/note)"
                                for row in result["rows"] if row.get("bpe")}))
              + f"; validation: {result.get('val_songs', '52')} songs by file, untransposed", ""]
@@ -447,11 +447,7 @@ def write_section(path: Path, name: str, text: str) -> None:
 
 
 def machine() -> str:
-    cpu = cpu_name()
-    text = f"{cpu}, {os.cpu_count()} cores (shared), {torch.get_num_threads()} torch threads; torch {torch.__version__}"
-    if torch.cuda.is_available():
-        text += f"; GPU {torch.cuda.get_device_name(0)}"
-    return text
+    return describe_torch_machine(" (shared)")
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -34,7 +33,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_name  # noqa: E402
+from machine import describe_torch_machine  # noqa: E402
 from seed_baseline import time_seed_loop  # noqa: E402
 
 from midikit import checkpoints, storage  # noqa: E402
@@ -190,11 +189,7 @@ def time_resume(paths: storage.DatasetPaths, model_type: str, preset: str, mc_ov
 
 
 def machine() -> str:
-    cpu = cpu_name()
-    text = f"{cpu}, {torch.get_num_threads()} torch threads; torch {torch.__version__}, Python {platform.python_version()}"
-    if torch.cuda.is_available():
-        text += f"; GPU {torch.cuda.get_device_name(0)}, CUDA {torch.version.cuda}"
-    return text
+    return describe_torch_machine()
 
 
 def fmt(value, spec=",.0f", none="n/a") -> str:

@@ -254,14 +254,21 @@ def check_no_traceback(notebook: Notebook, say) -> None:
 # --------------------------------------------------------------------------- the checks
 
 
+def check_form_messages(nb: Notebook, form, say, name: str, ready: str, field: str, bad: str, error: str) -> None:
+    """The form renders with its message line (holding `ready`), and `bad` typed into `field` shows
+    the form's error (holding `error`)."""
+    text = nb.wait_message(form, "✓", ready)
+    say(f"{name} renders with its message line: {text!r}")
+    nb.type_into(form, field, bad)
+    text = nb.wait_message(form, "⚠", error)
+    say(f"{name}: {bad!r} in {field!r} shows the form's error: {text[:90]!r}")
+
+
 def check_01(nb: Notebook, root: Path, say, trained: str) -> None:
     index = nb.run_until("FolderForm()")
     form = nb.form(index)
-    text = nb.wait_message(form, "✓", str(root))
-    say(f"01 form renders with its message line: {text!r}")
-    nb.type_into(form, "checkpoint folder", "/content/drive/MyDrive/elsewhere")
-    text = nb.wait_message(form, "⚠", "Drive is not mounted")
-    say(f"01 a folder on an unmounted Drive shows the form's error: {text[:90]!r}…")
+    check_form_messages(nb, form, say, "01 folder form", str(root), "checkpoint folder", "/content/drive/MyDrive/elsewhere",
+                        "Drive is not mounted")
     other = root.parent / "other_root"  # another folder, holding a copy of the dataset under another name
     shutil.copytree(root / DATASET / "data", other / "folk_copy" / "data")
     nb.type_into(form, "checkpoint folder", str(other))
@@ -282,11 +289,7 @@ def check_03(nb: Notebook, root: Path, say, trained: str) -> None:
     nb.run_until("DatasetForm()")
     index = nb.run_until('TrainForm("lstm"')
     form = nb.form(index)
-    text = nb.wait_message(form, "✓", "new run")
-    say(f"03 training form renders with its message line: {text!r}")
-    nb.type_into(form, "max_steps", "-3")
-    text = nb.wait_message(form, "⚠", "max_steps must be")
-    say(f"03 a bad max_steps shows the form's error: {text!r}")
+    check_form_messages(nb, form, say, "03 training form", "new run", "max_steps", "-3", "max_steps must be")
     nb.type_into(form, "max_steps", "4")
     nb.type_into(form, "hidden_size", "48")
     nb.type_into(form, "eval_every", "2")
@@ -312,11 +315,7 @@ def check_07(nb: Notebook, root: Path, say, trained: str) -> None:
     nb.run_until("require_finished_run")
     index = nb.run_until("GenerateForm(paths)")
     form = nb.form(index)
-    text = nb.wait_message(form, "✓", "top_p")
-    say(f"07 generate form renders with its message line: {text!r}")
-    nb.type_into(form, "p (top_p)", "1.5")
-    text = nb.wait_message(form, "⚠", "p must be")
-    say(f"07 a bad p shows the form's error: {text!r}")
+    check_form_messages(nb, form, say, "07 generate form", "top_p", "p (top_p)", "1.5", "p must be")
     nb.choose(form, "run", trained)  # the run prepared above: 03's 4-step run (the newest) writes no notes yet
     nb.type_into(form, "p (top_p)", "0.8")
     nb.type_into(form, "tokens to generate", "96")
