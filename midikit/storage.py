@@ -46,23 +46,111 @@ def in_colab() -> bool:
     return True
 
 
-def drive_is_mounted() -> bool:
+# What stands at the Drive mount point. Only MOUNTED is Google Drive: anything written under the
+# mount point in another state stays on the runtime's own disk and is lost with it.
+MOUNTED, DROPPED, NOT_MOUNTED, PLAIN_FOLDER = "mounted", "dropped", "not mounted", "plain folder"
+
+
+def drive_state(mount_point: Path | None = None) -> str:
+    """MOUNTED (a filesystem is mounted there and answers), DROPPED (the mount answers "Transport
+    endpoint is not connected": its FUSE process is gone or stalled), PLAIN_FOLDER (a folder stands
+    where the mount should be: made by hand, or left over) or NOT_MOUNTED."""
+    mount_point = Path(mount_point or DRIVE_MOUNT_POINT)
     try:
-        return (DRIVE_MOUNT_POINT / "MyDrive").is_dir()
-    except OSError:  # a dropped mount answers "Transport endpoint is not connected"
-        return False
+        os.stat(mount_point)
+    except FileNotFoundError:
+        return NOT_MOUNTED
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            return DROPPED
+        raise explain_os_error(exc, mount_point) from exc
+    if _mount_table_has(mount_point):
+        try:
+            os.listdir(mount_point)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTCONN, errno.EIO, errno.ECONNABORTED):
+                return DROPPED
+            raise explain_os_error(exc, mount_point) from exc
+        return MOUNTED
+    return PLAIN_FOLDER if mount_point.is_dir() and any(mount_point.iterdir()) else NOT_MOUNTED
 
 
-def mount_drive(force_remount: bool = False) -> Path | None:
-    """Mount Google Drive in Colab; elsewhere do nothing and return None."""
+def _mount_table_has(mount_point: Path) -> bool:
+    """Whether the kernel's mount table lists `mount_point` (an empty folder is what a mount point is
+    before mounting: only the table tells a mount from a folder)."""
+    wanted = os.path.realpath(mount_point)
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as table:
+            # Field 5 is the mount point, with spaces and the like escaped as octal (\040).
+            points = [line.split()[4] for line in table if len(line.split()) > 4]
+    except OSError:
+        return os.path.ismount(mount_point)  # no /proc (macOS): the stat-based guess
+    unescape = lambda text: re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)  # noqa: E731
+    return any(unescape(point) == wanted for point in points)
+
+
+def drive_is_mounted(mount_point: Path | None = None) -> bool:
+    return drive_state(mount_point) == MOUNTED
+
+
+def drive_problem(path: Path, mount_point: Path | None = None) -> StorageError | None:
+    """Why `path`, under the Drive mount point, cannot be used now (None: Drive is mounted and
+    answers). Each state has its own fix."""
+    mount_point = Path(mount_point or DRIVE_MOUNT_POINT)
+    state = drive_state(mount_point)
+    if state == MOUNTED:
+        return None
+    if state == DROPPED:
+        error = StorageError(
+            f"Google Drive's mount at {mount_point} dropped (Transport endpoint is not connected), so {path} cannot be "
+            "reached. Remount it: run `midikit.storage.mount_drive(force_remount=True)` (in notebook 01: the mount "
+            "cell again), then this cell again; nothing already on Drive is lost.")
+        error.errno = errno.ENOTCONN
+        return error
+    if state == PLAIN_FOLDER:
+        return StorageError(
+            f"{mount_point} is a plain folder on this runtime's own disk, not Google Drive: anything saved in {path} "
+            "would be lost when the runtime ends. Move it away (`!mv {mp} {mp}_local`), then run "
+            "`midikit.storage.mount_drive()` (notebook 01 mounts Drive), or choose a folder outside "
+            f"{mount_point}.".replace("{mp}", str(mount_point)))
+    return StorageError(
+        f"The checkpoint folder {path} is on Google Drive, but Drive is not mounted. In Colab run "
+        "`midikit.storage.mount_drive()` (or notebook 01) first; outside Colab pass a local folder, e.g. "
+        f"--checkpoint_dir ./midikit_data or ${ROOT_ENV_VAR}.")
+
+
+def mount_drive(force_remount: bool = False, mount_point: Path | None = None) -> Path | None:
+    """Mount Google Drive in Colab (again when its mount dropped); elsewhere do nothing and return
+    None. A plain folder standing at the mount point is refused: Drive cannot mount over it, and
+    files saved in it would be lost with the runtime."""
     if not in_colab():
         return None
-    if not force_remount and drive_is_mounted():
-        return DRIVE_MOUNT_POINT
+    mount_point = Path(mount_point or DRIVE_MOUNT_POINT)
+    state = drive_state(mount_point)
+    if state == PLAIN_FOLDER:
+        raise drive_problem(mount_point / "MyDrive", mount_point)
+    if state == MOUNTED and not force_remount:
+        return mount_point
     from google.colab import drive  # only importable inside Colab
 
-    drive.mount(str(DRIVE_MOUNT_POINT), force_remount=force_remount)
-    return DRIVE_MOUNT_POINT
+    drive.mount(str(mount_point), force_remount=force_remount or state == DROPPED)
+    return mount_point
+
+
+def flush_drive(mount_point: Path | None = None) -> str:
+    """Push what Drive has not uploaded yet (Colab uploads in the background): `flush_and_unmount()`
+    in Colab when Drive is mounted. Returns what was done, in words."""
+    mount_point = Path(mount_point or DRIVE_MOUNT_POINT)
+    if not in_colab():
+        return "Not in Colab: files are written straight to this machine's disk; nothing to flush."
+    state = drive_state(mount_point)
+    if state != MOUNTED:
+        return f"Google Drive is {state} at {mount_point}: nothing to flush."
+    from google.colab import drive  # only importable inside Colab
+
+    drive.flush_and_unmount()
+    return (f"Google Drive flushed and unmounted from {mount_point}: every file written so far is uploaded. "
+            "Mount it again (notebook 01, or `midikit.storage.mount_drive()`) before training or generating again.")
 
 
 def default_root() -> Path:
@@ -82,12 +170,9 @@ def resolve_root(root: str | os.PathLike | None = None, create: bool = True) -> 
     cannot be created or written; without `create` a read-only folder is fine (generation).
     """
     path = Path(root).expanduser() if root not in (None, "") else default_root()
-    if _is_under(path, DRIVE_MOUNT_POINT) and not drive_is_mounted():
-        raise StorageError(
-            f"The checkpoint folder {path} is on Google Drive, but Drive is not mounted. "
-            "In Colab run `midikit.storage.mount_drive()` (or the set-up notebook) first; "
-            f"outside Colab pass a local folder, e.g. --checkpoint_dir ./midikit_data or ${ROOT_ENV_VAR}."
-        )
+    problem = drive_problem(path) if _is_under(path, DRIVE_MOUNT_POINT) else None
+    if problem is not None:
+        raise problem
     path = path.absolute()
     if create:
         try:

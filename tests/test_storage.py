@@ -3,6 +3,7 @@
 import errno
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -43,18 +44,37 @@ def test_bad_dataset_names_are_refused(tmp_path, bad):
         DatasetPaths(tmp_path, bad)
 
 
-def test_unmounted_drive_root_says_how_to_mount(monkeypatch):
-    monkeypatch.setattr(storage, "drive_is_mounted", lambda: False)
+@pytest.fixture
+def fake_colab_drive(monkeypatch, tmp_path):
+    """Colab's folders faked in a temporary place: storage's real functions look at this mount point."""
+    mount_point = tmp_path / "content" / "drive"
+    monkeypatch.setattr(storage, "DRIVE_MOUNT_POINT", mount_point)
+    return mount_point
+
+
+def test_unmounted_drive_root_says_how_to_mount(fake_colab_drive):
+    assert storage.drive_state() == storage.NOT_MOUNTED
     with pytest.raises(StorageError, match="Drive is not mounted"):
-        storage.resolve_root("/content/drive/MyDrive/midikit_checkpoints")
+        storage.resolve_root(fake_colab_drive / "MyDrive" / "midikit_checkpoints")
 
 
-def test_dropped_drive_mount_reads_as_unmounted(monkeypatch):
-    def not_connected(self):
-        raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
+def test_a_hand_made_mydrive_folder_is_refused_with_its_fix(fake_colab_drive):
+    # A folder made where Drive mounts: writing there would silently land on the runtime's own disk.
+    (fake_colab_drive / "MyDrive").mkdir(parents=True)
+    assert storage.drive_state() == storage.PLAIN_FOLDER
+    root = fake_colab_drive / "MyDrive" / "midikit_checkpoints"
+    with pytest.raises(StorageError, match="plain folder .* not Google Drive") as refused:
+        storage.resolve_root(root)
+    assert f"mv {fake_colab_drive} {fake_colab_drive}_local" in str(refused.value)
+    assert not root.exists()  # nothing was created on the local disk
 
-    monkeypatch.setattr(Path, "is_dir", not_connected)
-    assert storage.drive_is_mounted() is False
+
+def test_a_real_mount_at_the_mount_point_is_drive():
+    # /dev/shm is a tmpfs on Linux: the kernel's mount table lists it, which no plain folder can fake.
+    if not os.path.ismount("/dev/shm"):
+        pytest.skip("/dev/shm is not a mount point on this machine")
+    assert storage.drive_state(Path("/dev/shm")) == storage.MOUNTED
+    assert storage.drive_problem(Path("/dev/shm/x"), Path("/dev/shm")) is None
 
 
 def test_root_that_cannot_be_created_is_one_clear_error(tmp_path):
