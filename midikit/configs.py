@@ -120,6 +120,9 @@ class TrainConfig:
                                        none="5% of the run, at most 200")
     max_steps: int | None = setting(None, "stop after this many optimizer steps", group="training", gt=0,
                                     label="max_steps", none="no limit")
+    max_minutes: float | None = setting(None, "minutes this command trains (not the run's total): at the budget the run "
+                                        "saves and ends resumable, and the same command continues it for another budget",
+                                        group="training", gt=0.0, label="max_minutes (this session)", none="no limit")
     max_batches: int | None = setting(None, "cap on steps per epoch", group="training", gt=0, none="no cap")
     grad_clip: float = setting(1.0, "gradient norm clipping (0: off)", group="training", ge=0.0)
     seed: int = setting(42, "random seed of weights, batches and dropout", group="training", ge=0, lt=2**32)
@@ -189,33 +192,35 @@ class SampleConfig(Checked):
 
 
 @dataclass
-class GenerateConfig(Checked):
-    """Which run to generate from, and where (the sampling itself is a SampleConfig)."""
+class RunChoice(Checked):
+    """Which run a command works with, and where: `generate` and `evaluate` choose a run the same way."""
 
-    model: str = setting("latest", "'latest' (newest finished run), or a .pth, its .json sidecar, a training-state .pt "
-                         "or a run folder", group="run", seed_flags=("model_path",))
-    model_type: str | None = setting(None, "with --model latest: the newest run of this type", group="run",
-                                     choices=MODEL_TYPES, none="any")
-    dataset: str = setting("nottingham", "dataset name under the checkpoint folder", group="run")
-    checkpoint_dir: str | None = setting(None, ROOT_HELP, group="run", none=ROOT_DEFAULT)
-    device: str = setting("auto", "auto, cpu, cuda or cuda:N", group="run")
-    seed_midi: str | None = setting(None, "a MIDI file to continue", group="run", seed_flags=("seed_midi_file",),
-                                    none="start from nothing")
-
-
-@dataclass
-class QualityConfig(Checked):
-    """How `python -m midikit evaluate` judges a run: its held-out loss on the validation songs,
-    and `pieces` pieces generated until the model ends them (at most `max_tokens` each) against the
-    training data."""
-
-    run: str = setting("latest", "'latest' (the newest finished run), a run id, or a .pth, its .json sidecar, a "
-                       "training-state .pt or a run folder", group="run", seed_flags=("model_path",))
+    run: str = setting("latest", "'latest' (the newest run with best weights, finished or not), a run id, 'starter' (the "
+                       "model shipped with midikit), or a .pth, its .json sidecar, a training-state .pt or a run folder",
+                       group="run", aliases=("model",), seed_flags=("model_path",))
     model_type: str | None = setting(None, "with --run latest: the newest run of this type", group="run",
                                      choices=MODEL_TYPES, none="any")
     dataset: str = setting("nottingham", "dataset name under the checkpoint folder", group="run")
     checkpoint_dir: str | None = setting(None, ROOT_HELP, group="run", none=ROOT_DEFAULT)
     device: str = setting("auto", "auto, cpu, cuda or cuda:N", group="run")
+
+
+@dataclass
+class GenerateConfig(RunChoice):
+    """Which run to generate from, and where (the sampling itself is a SampleConfig)."""
+
+    seed_midi: str | None = setting(None, "a MIDI file to continue (its opening is kept, then the model continues it)",
+                                    group="run", seed_flags=("seed_midi_file",), none="start from nothing")
+    seed_bars: int | None = setting(None, "bars of --seed_midi to keep before the model continues", group="run", gt=0,
+                                    label="bars of the primer to keep", none="the whole file")
+
+
+@dataclass
+class QualityConfig(RunChoice):
+    """How `python -m midikit evaluate` judges a run: its held-out loss on the validation songs,
+    and `pieces` pieces generated until the model ends them (at most `max_tokens` each) against the
+    training data."""
+
     pieces: int = setting(16, "pieces to generate, in one batch", group="generation", label="pieces", ge=1)
     max_tokens: int = setting(2048, "most tokens per piece; a piece ends when the model emits EOS (a Nottingham "
                               "tune is about 1,650 tokens)", group="generation", label="tokens per piece (cap)", ge=1)

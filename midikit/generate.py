@@ -25,10 +25,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoints import STATE_FORMAT, load_latest, load_state
-from .configs import STRATEGIES, SampleConfig
+from .configs import SampleConfig
 from .errors import CheckpointError, ConfigError, GenerationError, StorageError
 from .models import ModelConfig, build_model, resolve_device
-from .storage import DatasetPaths, atomic_write_bytes, timestamp
+from .storage import RUN_ID_PATTERN, DatasetPaths, atomic_write_bytes, timestamp
 
 SLIDE_KEEP = 0.75  # share of the context kept when the Transformer's window slides
 MAX_TOKENS_PER_BAR = 256  # safety cap when the length is given in bars
@@ -57,41 +57,81 @@ def load_run(source: str | Path, paths: DatasetPaths | None = None, model_type: 
              log=print) -> LoadedRun:
     """Load a trained model with its tokenizer.
 
-    `source` is "latest" (the newest finished run under `paths`, of `model_type` if given), a best
-    weights `.pth` (its `.json` sidecar beside it), the sidecar itself, a training-state `.pt`, or a
-    run's checkpoint folder (its newest valid checkpoint). The model is rebuilt from the saved
-    ModelConfig alone; the tokenizer comes from the dataset the run was trained on.
+    `source` is what `--run` takes: "latest" (the newest run under `paths` with best weights, of
+    `model_type` if given, finished or not), a run id of that dataset, "starter" (the model shipped
+    with midikit), a best weights `.pth` (its `.json` sidecar beside it), the sidecar itself, a
+    training-state `.pt`, or a run's checkpoint folder (its newest valid checkpoint). The model is
+    rebuilt from the saved ModelConfig alone; the tokenizer comes from the dataset it was trained on.
     """
-    if str(source) == "latest":
-        if paths is None:
-            raise GenerationError(
-                "load_run('latest') needs the dataset whose newest run to load: pass paths=DatasetPaths(root, dataset) "
-                "(--checkpoint_dir and --dataset), or a .pth, .json or .pt file instead of 'latest'."
-            )
-        from .runs import finished_runs
+    if str(source) == STARTER:
+        from .starter import load_starter
 
-        found = finished_runs(paths, model_type)
-        if not found:
-            kind = f"{model_type} " if model_type else ""
-            raise GenerationError(
-                f"No finished {kind}run in {paths.models}. Train one first (python -m midikit train "
-                f"--dataset {paths.dataset} --model_type {model_type or 'lstm'}), or pass --model PATH to a .pth or checkpoint."
-            )
-        source = paths.best_weights(found[0].run_id)
-    path = Path(source).expanduser()
-    if not path.exists():
-        raise GenerationError(f"Model file {path} does not exist; pass --model latest or the path of a .pth, .json or .pt file.")
+        return load_starter(device=device)
+    path = resolve_run(source, paths, model_type, log)
     if path.is_dir() or path.suffix == ".pt":
         sidecar, state_dict = _read_training_state(path, log)
     elif path.suffix in (".pth", ".json"):
         sidecar, state_dict = _read_best_weights(path.with_suffix(".pth"), path.with_suffix(".json"))
     else:
         raise GenerationError(f"Cannot load {path}: expected a .pth (best weights), its .json sidecar or a training-state .pt.")
-
     try:
         model_config = ModelConfig.from_dict(sidecar["model_config"])
     except (KeyError, TypeError) as exc:
         raise GenerationError(f"{path} holds no usable model_config ({exc!r}); it was not written by midikit.") from exc
+    dataset = _trained_dataset(path, sidecar, paths, model_config, log)
+    model = build_model(model_config)
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as exc:
+        raise GenerationError(f"The weights in {path} do not fit the model config saved with them: {exc}") from exc
+    model.to(resolve_device(device)).eval()
+    return LoadedRun(model, model_config, dataset.tokenizer, str(sidecar.get("run_id", path.stem)), dataset.paths, sidecar,
+                     dataset)
+
+
+STARTER = "starter"  # --run starter: the small model shipped inside the package (midikit.starter)
+
+
+def resolve_run(source: str | Path, paths: DatasetPaths | None, model_type: str | None = None, log=print) -> Path:
+    """The file or folder `--run` names: "latest" is the newest run of the dataset with best weights
+    (finished, stopped or still training: said which), a run id is that run's .pth, anything else a path."""
+    text = str(source)
+    if text == "latest" or (RUN_ID_PATTERN.match(text) and not Path(text).exists()):
+        if paths is None:
+            raise GenerationError(f"--run {text} names a run of a dataset: pass the dataset (paths=DatasetPaths(root, "
+                                  "dataset); --checkpoint_dir and --dataset), or a .pth, .json or .pt file instead.")
+        from .runs import describe_progress, playable_runs
+
+        found = playable_runs(paths, model_type)
+        if text != "latest":
+            found = [record for record in found if record.run_id == text]
+        if not found:
+            from .data import load_dataset
+
+            load_dataset(paths)  # a dataset that is not there says which preprocess command makes it
+            raise GenerationError(_no_run_message(text, paths, model_type))
+        record = found[0]
+        log(f"{'latest: ' if text == 'latest' else ''}{record.run_id} ({describe_progress(record)})")
+        return paths.best_weights(record.run_id)
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise GenerationError(f"Model file {path} does not exist; pass --run latest, a run id, 'starter', or the path of a "
+                              ".pth, .json or .pt file.")
+    return path
+
+
+def _no_run_message(text: str, paths: DatasetPaths, model_type: str | None) -> str:
+    if text != "latest":
+        return (f"No run {text} with best weights in {paths.models}; pass --run latest, another run id of dataset "
+                f"{paths.dataset!r}, or the path of a .pth, .json or .pt file.")
+    kind = f"{model_type} " if model_type else ""
+    return (f"No {kind}run with best weights in {paths.models} yet. Train one first (python -m midikit train --dataset "
+            f"{paths.dataset} --model_type {model_type or 'lstm'}; its weights appear at its first checkpoint), pass "
+            "--run starter to play the model shipped with midikit, or --run PATH to a .pth or checkpoint.")
+
+
+def _trained_dataset(path: Path, sidecar: dict, paths: DatasetPaths | None, model_config: ModelConfig, log):
+    """The preprocessed dataset a run was trained on (its tokenizer decodes the run's tokens)."""
     run_paths = _run_dataset_paths(path, sidecar, paths)
     from .data import load_dataset  # miditok only where needed: decode() runs on machines without it
 
@@ -105,15 +145,8 @@ def load_run(source: str | Path, paths: DatasetPaths | None = None, model_type: 
     trained_fingerprint = (sidecar.get("dataset") or {}).get("fingerprint")
     if trained_fingerprint and trained_fingerprint != dataset.fingerprint:
         log(f"note: dataset {run_paths.dataset} was preprocessed again since run {sidecar.get('run_id')} trained "
-              "(same vocabulary size, so its tokenizer is used).")
-
-    model = build_model(model_config)
-    try:
-        model.load_state_dict(state_dict)
-    except RuntimeError as exc:
-        raise GenerationError(f"The weights in {path} do not fit the model config saved with them: {exc}") from exc
-    model.to(resolve_device(device)).eval()
-    return LoadedRun(model, model_config, dataset.tokenizer, str(sidecar.get("run_id", path.stem)), run_paths, sidecar, dataset)
+            "(same vocabulary size, so its tokenizer is used).")
+    return dataset
 
 
 def _torch_load(path: Path) -> dict:
@@ -382,9 +415,10 @@ class GenerationResult:
 
 
 def generate(run: LoadedRun, sample: SampleConfig, seed_midi: Path | None = None, save: bool = True,
-             progress: bool = True) -> GenerationResult:
+             progress: bool = True, seed_bars: int | None = None) -> GenerationResult:
     """Sample `sample.num_samples` pieces in one batch, decode them to MIDI and (if `save`) write
-    them to the dataset's outputs/generated/ folder. With `seed_midi`, continue that piece."""
+    them to the dataset's outputs/generated/ folder. With `seed_midi`, continue that piece (its first
+    `seed_bars` bars, or all of it): each piece is the primer, then the model's continuation."""
     from .data import tokens_to_score
 
     sample.validate()
@@ -394,7 +428,7 @@ def generate(run: LoadedRun, sample: SampleConfig, seed_midi: Path | None = None
         raise ConfigError("--bars counts Bar tokens, which this run's BPE tokenizer merges into others; use --num_tokens.")
     if sample.bars is not None and not bar_ids:
         raise ConfigError("--bars needs a tokenizer with bar tokens (e.g. REMI); this run's has none. Use --num_tokens.")
-    seed_ids = _tokenize_seed(tokenizer, Path(seed_midi)) if seed_midi is not None else []
+    seed_ids = _tokenize_seed(tokenizer, Path(seed_midi), seed_bars) if seed_midi is not None else []
     prime = torch.tensor([[special.bos_id] + seed_ids] * sample.num_samples, device=run.device)
 
     seed = sample.seed if sample.seed is not None else secrets.randbelow(2**31)  # leaves torch's global RNG alone
@@ -437,17 +471,20 @@ def _invalid_share(tokenizer, ids: list[int]) -> float:
     return float(errors if tokenizer.one_token_stream else errors[0])
 
 
-def _tokenize_seed(tokenizer, path: Path) -> list[int]:
-    """The seed MIDI's tokens as the dataset's sequences were made (merged: every track in one
-    stream; separate: one sequence per track, of which the first is continued)."""
-    from .data.tokenization import describe_error, read_score, separate_programs
+def _tokenize_seed(tokenizer, path: Path, bars: int | None = None) -> list[int]:
+    """The seed MIDI's tokens (its first `bars` bars, or all of it) as the dataset's sequences were made
+    (merged: every track in one stream; separate: one sequence per track, of which the first is continued)."""
+    from .data.tokenization import describe_error, keep_bars, read_score, separate_programs
 
     try:
         score = read_score(path)
     except Exception as exc:  # symusic raises RuntimeError/ValueError for unreadable files
         raise GenerationError(f"Cannot read the seed MIDI {path}: {describe_error(exc, path)}. Pass a valid .mid file.") from exc
+    if bars is not None:
+        score = keep_bars(score, bars)
     if score.note_num() == 0:
-        raise GenerationError(f"The seed MIDI {path} has no notes to continue; pass a MIDI file with notes.")
+        raise GenerationError(f"The seed MIDI {path} has no notes to continue{f' in its first {bars} bars' if bars else ''}; "
+                              "pass a MIDI file with notes (or keep more bars).")
     if tokenizer.one_token_stream:
         sequences = [tokenizer.encode(separate_programs(score))]
     else:

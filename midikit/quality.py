@@ -38,10 +38,10 @@ import torch.nn.functional as F
 
 from . import runs
 from .configs import QualityConfig
-from .errors import DatasetError, GenerationError
+from .errors import DatasetError
 from .evaluate import METRICS, dataset_metrics, midi_metrics, summarize_metrics
 from .generate import SLIDE_KEEP, LoadedRun, generate, load_run
-from .storage import RUN_ID_PATTERN, DatasetPaths, atomic_write_bytes, atomic_write_text, explain_os_error, resolve_root
+from .storage import DatasetPaths, atomic_write_bytes, atomic_write_text, explain_os_error, resolve_root
 
 
 @dataclass(frozen=True)
@@ -252,33 +252,11 @@ def run_report(config: QualityConfig, run: LoadedRun | None = None, log=print) -
     config.sample_config()  # a bad sampling value fails before anything is loaded
     if run is None:
         paths = DatasetPaths(resolve_root(config.checkpoint_dir, create=False), config.dataset)
-        source = _source(config.run, config.model_type, paths)
-        run = load_run(source, paths, model_type=config.model_type, device=config.device, log=log)
+        run = load_run(config.run, paths, model_type=config.model_type, device=config.device, log=log)
     report = build_report(run, config)
     if config.save:
         save_report(report, run.paths, log)
     return report
-
-
-def _source(run: str, model_type: str | None, paths: DatasetPaths) -> str | Path:
-    """The file to load: "latest" and run ids name a run of the dataset (its best weights); anything
-    else is a path for load_run."""
-    if run != "latest" and not (RUN_ID_PATTERN.match(run) and not Path(run).exists()):
-        return run
-    from .data import load_dataset
-
-    load_dataset(paths)  # a missing dataset says which preprocess command makes it
-    if run == "latest":
-        found = runs.finished_runs(paths, model_type)
-        if not found:
-            raise GenerationError(f"No finished {model_type + ' ' if model_type else ''}run in {paths.checkpoints}: train one first (python -m "
-                                  f"midikit train --dataset {paths.dataset}), or pass --run with a run id or a .pth path.")
-        run = found[0].run_id
-    weights = paths.best_weights(run)
-    if not weights.is_file():
-        raise GenerationError(f"No run {run} with best weights in {paths.models}; pass --run latest, another run id of "
-                              "this dataset, or the path of a .pth, .json or .pt file.")
-    return weights
 
 
 @contextmanager
@@ -335,7 +313,9 @@ def save_report(report: QualityReport, paths: DatasetPaths, log=print) -> None:
     if record is not None and record.done:
         runs.annotate(record.path, quality=_finite(report.headline()))
     else:
-        log(f"note: run {report.run_id} is not a finished run of the registry; its run.json was left as it is.")
+        status = record.status if record is not None else "not in the registry"
+        log(f"note: run {report.run_id} has not ended ({status}): the report is saved, and its run.json gets these "
+            "numbers when it is evaluated after it has finished.")
 
 
 def _finite(value):

@@ -39,7 +39,8 @@ RUN_VERSION = 2
 HEARTBEAT_SECONDS = 30.0
 STALE_AFTER_SECONDS = 120.0
 DONE = ("finished", "early_stopped", "max_steps")  # a finished run is never resumed by --resume auto
-RESUMABLE = ("starting", "running", "interrupted", "failed")  # "running" with a dead owner: a disconnect
+# "running" with a dead owner: a disconnect; "time_budget": the command's --max_minutes ran out.
+RESUMABLE = ("starting", "running", "interrupted", "failed", "time_budget")
 LOCK_STALE_SECONDS = 30.0
 
 # models.csv columns, in order. New columns go at the end so old files keep lining up.
@@ -229,8 +230,37 @@ def list_runs(paths: DatasetPaths, model_type: str | None = None, status=None) -
 
 
 def finished_runs(paths: DatasetPaths, model_type: str | None = None) -> list[RunRecord]:
-    """Done runs whose best weights are on disk, newest first: what generation can load."""
+    """Done runs whose best weights are on disk, newest first."""
     return [record for record in list_runs(paths, model_type, status="done") if paths.best_weights(record.run_id).is_file()]
+
+
+def playable_runs(paths: DatasetPaths, model_type: str | None = None) -> list[RunRecord]:
+    """Runs whose best weights are on disk, newest first, whatever their status: a run stopped after
+    20 minutes plays as well as a finished one (what generation, evaluation and the notebooks offer)."""
+    return [record for record in list_runs(paths, model_type) if paths.best_weights(record.run_id).is_file()]
+
+
+_ENDINGS = {"finished": "finished", "max_steps": "finished (max_steps)", "early_stopped": "stopped early",
+            "interrupted": "stopped", "failed": "failed", "time_budget": "paused (time budget)", "taken_over": "stopped"}
+
+
+def describe_progress(record: RunRecord) -> str:
+    """How far a run got, for a person: "stopped at step 4,200, best at 4,000"."""
+    step = record.get("step") or 0
+    if record.status in ("running", "starting"):
+        owner = record.owner_state()
+        ended = "training now, step" if owner == "live" else "disconnected at step"
+    else:
+        ended = f"{_ENDINGS.get(record.status, record.status)} at step"
+    best = record.get("best_step")
+    weights = record.get("weights") or {}
+    if best is not None and record.get("best_val_loss") is not None:
+        tail = f"best at {best:,}"
+    elif weights.get("step") is not None:
+        tail = f"no evaluation yet (weights of step {weights['step']:,})"
+    else:
+        tail = "no evaluation yet"
+    return f"{ended} {step:,}, {tail}"
 
 
 # Fields of run.json that only the registry and the run's writer set.

@@ -22,20 +22,21 @@ NUMBER_TYPES = (int, float)
 
 
 def setting(default=MISSING, help: str = "", *, group: str = "", label: str | None = None, choices=None,
-            ge=None, gt=None, le=None, lt=None, none: str | None = None, model_types=None, seed_flags=(),
+            ge=None, gt=None, le=None, lt=None, none: str | None = None, model_types=None, seed_flags=(), aliases=(),
             flag: str | None = None, cli: bool = True, hint: str = "", default_factory=MISSING) -> Field:
     """A dataclass field with its metadata.
 
     help: one line for --help and the form's tooltip; group: the --help section; label: the form's
     text (default: the name); choices / ge / gt / le / lt: what values are valid; none: what None
     means ("the preset's"), for --help and the form; hint: advice added to the error for a bad value;
-    model_types: the model types a model field applies to; seed_flags: the seed project's spellings of the same flag (without --); flag: a
+    model_types: the model types a model field applies to; seed_flags: the original csce585-midi project's spellings of
+    the same flag (without --); aliases: midikit's own earlier spellings; flag: a
     different flag spelling (e.g. "--no_progress" for a bool that defaults to True); cli: False
     for fields with no flag (set by the program, not the user).
     """
     metadata = dict(help=help, group=group, label=label, choices=tuple(choices) if choices else None, ge=ge, gt=gt,
                     le=le, lt=lt, none=none, model_types=tuple(model_types) if model_types else None,
-                    seed_flags=tuple(seed_flags), flag=flag, cli=cli, hint=hint)
+                    seed_flags=tuple(seed_flags), aliases=tuple(aliases), flag=flag, cli=cli, hint=hint)
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -153,10 +154,14 @@ def add_flags(parser: argparse.ArgumentParser, cls, *, skip=(), only=None, optio
 def _add_flag(group, cls, f: Field, default, optional_overrides: bool) -> None:
     meta = f.metadata
     base, _ = value_type(cls, f.name)
-    names = [meta.get("flag") or f"--{f.name}"] + [f"--{alias}" for alias in meta.get("seed_flags", ())]
+    aliases = [f"--{alias}" for alias in meta.get("aliases", ())]
+    seed_names = [f"--{alias}" for alias in meta.get("seed_flags", ())]
+    names = [meta.get("flag") or f"--{f.name}"] + aliases + seed_names
     help_text = meta.get("help", "")
-    if meta.get("seed_flags"):
-        help_text += f" (the seed's {', '.join(names[1:])} also works)"
+    also = ([f"also {', '.join(aliases)}"] if aliases else []) + ([f"the original project's {', '.join(seed_names)} works too"]
+                                                                  if seed_names else [])
+    if also:
+        help_text += f" ({'; '.join(also)})"
     if base is bool:
         inverted = (meta.get("flag") or "").startswith("--no_")
         action = "store_false" if inverted else "store_true"

@@ -36,7 +36,10 @@ def test_the_seeds_spellings_reach_the_same_fields():
     args = parser.parse_args(["train", "--model_type", "transformer", "--transformer_layers", "8", "--epochs", "20"])
     assert from_args(TrainConfig, args).epochs == 20 and given(ModelConfig, args) == {"num_layers": 8}
     args = parser.parse_args(["generate", "--model_path", "m.pth", "--generate_length", "100", "--seed_midi_file", "a.mid"])
-    assert (from_args(GenerateConfig, args).model, from_args(GenerateConfig, args).seed_midi) == ("m.pth", "a.mid")
+    assert (from_args(GenerateConfig, args).run, from_args(GenerateConfig, args).seed_midi) == ("m.pth", "a.mid")
+    for command in ("generate", "evaluate"):  # one flag chooses a run in both; midikit's old --model still works
+        for flag in ("--run", "--model", "--model_path"):
+            assert parser.parse_args([command, flag, "lstm_20261128_214500"]).run == "lstm_20261128_214500"
     assert from_args(SampleConfig, args).num_tokens == 100
     args = parser.parse_args(join_negative_values(["preprocess", "--transpositions", "-5,-3,-1,0,1,3,5"]))
     assert from_args(PreprocessConfig, args).transpositions == (-5, -3, -1, 0, 1, 3, 5)

@@ -24,6 +24,8 @@ from midikit.models import MODEL_TYPES, ConfigError, ModelConfig, build_model
 from midikit.storage import DatasetPaths
 from midikit.train import TrainConfig, train
 
+from helpers import own_root
+
 CONTEXT = 32
 STEPS = 60  # enough for every model type to write notes
 GREEDY = SampleConfig(strategy="greedy")
@@ -346,10 +348,12 @@ def test_corrupt_files_are_refused(runs, tmp_path):
         load_run(damaged, device="cpu")
 
 
-def test_latest_without_finished_runs_says_how_to_train(tmp_path):
-    with pytest.raises(GenerationError, match="python -m midikit train"):
+def test_latest_without_a_run_with_weights_says_how_to_train(tiny_dataset, tmp_path):
+    with pytest.raises(GenerationError, match="python -m midikit train --dataset tiny --model_type gru"):
+        load_run("latest", own_root(tiny_dataset, tmp_path), model_type="gru")
+    with pytest.raises(DatasetError, match="midikit preprocess"):  # no dataset at all: the step before
         load_run("latest", DatasetPaths(tmp_path, "nottingham"), model_type="gru")
-    with pytest.raises(GenerationError, match="needs the dataset"):  # no dataset name is guessed
+    with pytest.raises(GenerationError, match="names a run of a dataset"):  # no dataset name is guessed
         load_run("latest")
 
 

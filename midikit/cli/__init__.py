@@ -52,6 +52,8 @@ def join_negative_values(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # a real command (python -m midikit, the midikit script), not a call from Python
+        line_buffered()
     args = build_parser().parse_args(join_negative_values(list(sys.argv[1:] if argv is None else argv)))
     try:
         code = int(args._run(args) or 0)
@@ -64,6 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:
         exit_past_hung_writes(code)
     return code
+
+
+def line_buffered() -> None:
+    """Each line reaches a pipe or a log file as it is printed (`... | tee train.log`): a disconnect that kills
+    the process then loses nothing already said. Python buffers whole blocks when the output is not a terminal."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(line_buffering=True)
 
 
 def exit_past_hung_writes(code: int) -> None:

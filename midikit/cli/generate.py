@@ -40,10 +40,10 @@ def run(args: argparse.Namespace) -> int:
     from ..storage import DatasetPaths, resolve_root
 
     paths = DatasetPaths(resolve_root(where.checkpoint_dir, create=False), where.dataset)
-    loaded = load_run(where.model, paths, model_type=where.model_type, device=where.device)
+    loaded = load_run(where.run, paths, model_type=where.model_type, device=where.device)
     _check_seed_expectations(args, where, loaded.model_config)
     print(f"run {loaded.run_id} ({loaded.model_config.model_type}) on {loaded.device}")
-    result = generate(loaded, sample, seed_midi=Path(where.seed_midi) if where.seed_midi else None)
+    result = generate(loaded, sample, seed_midi=Path(where.seed_midi) if where.seed_midi else None, seed_bars=where.seed_bars)
     for path, score, invalid, new in zip(result.midi_paths, result.scores, result.invalid_token_share, result.new_tokens):
         metrics = midi_metrics(score)
         print(f"{path}: {new} new tokens, {metrics['num_notes']} notes, {metrics['duration']:.1f} s, "
@@ -74,5 +74,5 @@ def _check_seed_expectations(args, where: GenerateConfig, model_config) -> None:
         raise ConfigError(f"--seq_length {args.seq_length} does not match the run's context length {model_config.context_length} "
                           "(midikit reads it from the run: drop --seq_length).")
     if where.model_type is not None and model_config.model_type != where.model_type:
-        raise ConfigError(f"{where.model} is a {model_config.model_type} run, not a {where.model_type}; "
+        raise ConfigError(f"{where.run} is a {model_config.model_type} run, not a {where.model_type}; "
                           f"drop --model_type or pass --model_type {model_config.model_type}.")

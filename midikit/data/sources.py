@@ -14,7 +14,6 @@ import zipfile
 from pathlib import Path
 
 from .. import storage
-from ..configs import SOURCES
 from ..errors import DatasetError
 
 MUSIC_SUFFIXES = (".mid", ".midi", ".abc")

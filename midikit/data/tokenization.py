@@ -217,6 +217,24 @@ class FileTokenizer:
         return self._shift_tables[offset]
 
 
+def keep_bars(score: symusic.Score, bars: int) -> symusic.Score:
+    """The first `bars` bars of `score`, following its time signatures (4/4 where it has none); notes
+    that sound past the cut are shortened to it."""
+    per_quarter = score.ticks_per_quarter
+    changes = sorted({(ts.time, ts.numerator, ts.denominator) for ts in score.time_signatures}) or [(0, 4, 4)]
+    if changes[0][0] > 0:
+        changes.insert(0, (0, 4, 4))
+    tick, left = 0, bars
+    for index, (_, numerator, denominator) in enumerate(changes):
+        bar = per_quarter * 4 * numerator // denominator
+        following = changes[index + 1][0] if index + 1 < len(changes) else None
+        fits = left if following is None else min(left, max(0, -(-(following - tick) // bar)))
+        tick, left = tick + fits * bar, left - fits
+        if left == 0:
+            break
+    return score.clip(0, tick, clip_end=True)
+
+
 def read_score(path: Path) -> symusic.Score:
     """Parse a MIDI or ABC file. abc2midi prints a line per ABC quirk to the process's stdout;
     those are silenced (a broken file still raises)."""

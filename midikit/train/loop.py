@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -72,13 +73,16 @@ def train(train_config: TrainConfig, model_config: ModelConfig | None = None, on
                 if cluster.writer else Bystander(paths, _resumed_step(start), training.raw_model))
     del start  # the model and optimizer hold their own copies of the checkpoint now
     say(_describe(state, training, recorder))
+    if state.train_config.max_minutes:
+        say(f"This command trains for at most {state.train_config.max_minutes:g} min (max_minutes): the run then saves and "
+            "stays resumable, and the same command continues it.")
 
     # The loop: step, evaluate on schedule, checkpoint on schedule.
     tc, batch, context = state.train_config, state.train_config.batch_size, state.model_config.context_length
     pending_losses, status, in_step, failure = [], None, 0, None  # in_step: the step being applied (0: none)
     progress = Progress(state, training, say, enabled=tc.progress and cluster.writer)
     try:
-        with GracefulStop(say) as stop:
+        with GracefulStop(say, minutes=tc.max_minutes) as stop:
             while status is None and state.step < state.total_steps:
                 in_step = state.step + 1
                 inputs, targets = sample_windows(train_tokens, batch, context, generator)
@@ -177,7 +181,8 @@ def set_up(start, device: torch.device, dataset, cluster: Cluster, files, say):
     try:
         # Each process its own streams (rank 0's is the one-process run's); a resume then restores them all.
         generator = seed_everything(state.train_config.seed + cluster.rank)
-        training = build_training(state.model_config, state.train_config, device, state.total_steps, cluster)
+        training = build_training(state.model_config, state.train_config, device, state.total_steps, cluster,
+                                  state.decay_from)
         if start.checkpoint is not None:
             restore_training(training, start.checkpoint)
             restore_streams(start.checkpoint, generator, cluster, say)
@@ -265,7 +270,9 @@ def stop_status(state: TrainState, stop: "GracefulStop", recorder: Recorder) -> 
         return "early_stopped"
     if state.step >= state.total_steps:
         return None
-    return "interrupted" if stop.requested else None
+    if stop.requested:
+        return "interrupted"
+    return "time_budget" if stop.out_of_time() else None
 
 
 # --------------------------------------------------------------------------- the end
@@ -350,13 +357,19 @@ def _out_of_memory(state: TrainState, resuming: bool) -> ConfigError:
 
 class GracefulStop:
     """The first Ctrl-C (Colab's stop button) asks the loop to stop after the current step, so the
-    saved state is a consistent one; a second one interrupts at once."""
+    saved state is a consistent one; a second one interrupts at once. With `minutes`, the loop also
+    stops after the step that ends this command's time budget (--max_minutes), counted from here."""
 
-    def __init__(self, log, message="Stop requested: saving a checkpoint after this step (interrupt again to stop at once)."):
+    def __init__(self, log, message="Stop requested: saving a checkpoint after this step (interrupt again to stop at once).",
+                 minutes: float | None = None):
         self.requested = False
         self.log = log
         self.message = message
         self._previous = None
+        self._deadline = None if minutes is None else time.monotonic() + minutes * 60
+
+    def out_of_time(self) -> bool:
+        return self._deadline is not None and time.monotonic() >= self._deadline
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -379,8 +392,6 @@ class Progress:
     first step's time (the compilation) is reported on its own and kept out of tokens/s."""
 
     def __init__(self, state: TrainState, training: Training, say, enabled: bool):
-        import time
-
         self._clock, self.training, self.say = time.monotonic, training, say
         self.bar = tqdm(total=state.total_steps, initial=state.step, disable=not enabled, unit="step", dynamic_ncols=True)
         self.postfix = {}

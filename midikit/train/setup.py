@@ -62,16 +62,19 @@ def resolve_compile(mode: str, model_type: str, device: torch.device) -> bool:
     return mode == "on" or (mode == "auto" and model_type == "transformer" and device.type == "cuda")
 
 
-def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
-    """Linear warm-up, then cosine decay to a tenth of the peak learning rate."""
+def lr_factor(step: int, warmup_steps: int, total_steps: int, decay_from: tuple[int, float] | None = None) -> float:
+    """Linear warm-up, then cosine decay to a tenth of the peak learning rate. A run extended to a new
+    horizon (`decay_from` = (the step it was extended at, the factor it had there)) decays from where
+    it was to a tenth over its new horizon: the curve goes on without a jump."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+    start, start_factor = decay_from if decay_from is not None else (warmup_steps, 1.0)
+    progress = min(1.0, max(0, step - start) / max(1, total_steps - start))
+    return 0.1 + (start_factor - 0.1) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def make_scheduler(optimizer, warmup_steps: int, total_steps: int):
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup_steps, total_steps))
+def make_scheduler(optimizer, warmup_steps: int, total_steps: int, decay_from: tuple[int, float] | None = None):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup_steps, total_steps, decay_from))
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device):
@@ -92,10 +95,11 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def build_training(mc: ModelConfig, tc: TrainConfig, device: torch.device, total_steps: int, cluster=None) -> Training:
-    """Model, optimizer, schedule, scaler and autocast for one run; `tc` is the resolved config. Under
-    torchrun (`cluster.active`) the step runs through DistributedDataParallel, which averages the
-    gradients of all processes."""
+def build_training(mc: ModelConfig, tc: TrainConfig, device: torch.device, total_steps: int, cluster=None,
+                   decay_from: tuple[int, float] | None = None) -> Training:
+    """Model, optimizer, schedule, scaler and autocast for one run; `tc` is the resolved config (and
+    `decay_from` where the run was extended: `lr_factor`). Under torchrun (`cluster.active`) the step
+    runs through DistributedDataParallel, which averages the gradients of all processes."""
     configure_backends(device)
     amp_dtype = resolve_precision(tc.precision, device)
     raw_model = build_model(mc).to(device)
@@ -110,7 +114,7 @@ def build_training(mc: ModelConfig, tc: TrainConfig, device: torch.device, total
     loss_of = functools.partial(_forward_loss, stepped)
     return Training(
         raw_model=raw_model, loss_of=torch.compile(loss_of) if compiled else loss_of, optimizer=optimizer,
-        scheduler=make_scheduler(optimizer, tc.warmup_steps, total_steps),
+        scheduler=make_scheduler(optimizer, tc.warmup_steps, total_steps, decay_from),
         scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16), autocast=autocast,
         device=device, precision={None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype], compiled=compiled,
     )

@@ -14,6 +14,7 @@ from .. import checkpoints, runs, storage
 from ..configs import RUN_DEFINING, ModelConfig, TrainConfig
 from ..errors import CheckpointError, ConfigError
 from ..presets import get_preset, preset_for_hardware
+from .setup import lr_factor
 from .state import TrainState
 
 
@@ -69,6 +70,11 @@ def find_start(tc: TrainConfig, model_config, overrides: dict, paths, dataset, d
             return _resumed(found, tc, model_config, overrides, dataset, log)
         if isinstance(record.get("model_config"), dict) and isinstance(record.get("train_config"), dict):
             return _restarted(record, tc, dataset, log, world_size)
+    if tc.extend:  # nothing unfinished: extend continues the newest finished run of this type
+        for record in runs.list_runs(paths, model_type=tc.model_type, status="done"):
+            found = checkpoints.load_latest(record.path, log=log)
+            if found is not None:
+                return _resumed(found, tc, model_config, overrides, dataset, log)
     return new_run(tc, model_config, overrides, paths, dataset, device, world_size)
 
 
@@ -111,13 +117,21 @@ def _resumed(found, tc: TrainConfig, model_config, overrides, dataset, log) -> S
 def _extended(state: TrainState, tc: TrainConfig, log) -> TrainState:
     """The run with a horizon planned from the new epochs/max_steps: an explicit, logged choice."""
     total = planned_steps(tc.epochs, tc.max_steps, state.steps_per_epoch)
+    if total == state.total_steps and not state.finished:
+        log(f"{state.run_id}: extend asks for the horizon it already has ({total} steps); nothing to re-plan.")
+        return state
     if total <= state.step:
         raise ConfigError(f"--extend: the new horizon ({total} steps from epochs={tc.epochs}, max_steps={tc.max_steps}) "
                           f"is not past step {state.step}; ask for more --max_steps or --epochs.")
-    log(f"Extending {state.run_id}: horizon {state.total_steps} -> {total} steps; the learning-rate schedule is "
-        f"re-planned from step {state.step}.")
+    log(f"Extending {state.run_id}: horizon {state.total_steps} -> {total} steps; the learning rate goes on from where "
+        f"it is at step {state.step} and decays over the new horizon.")
     train_config = replace(state.train_config, epochs=tc.epochs, max_steps=tc.max_steps)
-    return replace(state, train_config=train_config, total_steps=total)
+    warmup = train_config.warmup_steps
+    # Where the curve is now: the new decay starts there (past the warm-up; a warm-up goes on as it was).
+    decay_from = state.decay_from
+    if state.step >= warmup:
+        decay_from = (state.step, lr_factor(state.step, warmup, state.total_steps, state.decay_from))
+    return replace(state, train_config=train_config, total_steps=total, decay_from=decay_from)
 
 
 def _legacy_horizon(checkpoint: dict, dataset) -> tuple[int | None, int | None]:
@@ -141,7 +155,8 @@ def _restarted(record: runs.RunRecord, tc: TrainConfig, dataset, log, world_size
 
 # What may differ between sessions of one run: where and how it runs, how it saves and stops early.
 _SESSION_FIELDS = ("checkpoint_dir", "dataset", "patience", "device", "precision", "compile", "checkpoint_every_minutes",
-                   "checkpoint_every_steps", "keep_last", "resume", "takeover", "extend", "progress", "val_split")
+                   "checkpoint_every_steps", "keep_last", "resume", "takeover", "extend", "progress", "val_split",
+                   "max_minutes", "final_wait_minutes")
 
 
 def new_run(tc: TrainConfig, model_config, overrides: dict, paths, dataset, device, world_size: int = 1) -> Start:

@@ -88,6 +88,7 @@ class TrainState:
     dataset: dict  # name, fingerprint, vocab_size
     steps_per_epoch: int
     total_steps: int  # the learning-rate schedule's horizon
+    decay_from: tuple[int, float] | None = None  # (step, lr factor) where an extended run's new decay starts
     step: int = 0
     tokens_seen: int = 0
     elapsed_before: float = 0.0  # seconds trained before this process took over
@@ -162,6 +163,7 @@ class TrainState:
             "elapsed_seconds": self.elapsed_seconds(), "history": self.history.to_state(),
             "best_val_loss": self.best_val_loss, "best_step": self.best_step, "bad_evals": self.bad_evals,
             "finished": self.finished, "stop_reason": self.stop_reason,
+            "decay_from": list(self.decay_from) if self.decay_from is not None else None,
         }
 
     @classmethod
@@ -184,6 +186,7 @@ class TrainState:
             step=state["step"], tokens_seen=state["tokens_seen"], elapsed_before=state["elapsed_seconds"],
             best_val_loss=state["best_val_loss"], best_step=state["best_step"], bad_evals=state["bad_evals"],
             finished=bool(state.get("finished")), stop_reason=state.get("stop_reason"),
+            decay_from=tuple(state["decay_from"]) if state.get("decay_from") is not None else None,
             history=LossHistory.from_state(history, total_steps),
         )
 

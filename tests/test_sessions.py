@@ -1,0 +1,136 @@
+"""A run across Colab sessions: a time budget per command (--max_minutes) that ends a session
+resumable, `extend` that re-plans a run without a jump in its learning rate, and a stopped run's
+best weights that play like a finished run's (`--run latest`)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+import torch
+
+from midikit import checkpoints, runs
+from midikit.configs import SampleConfig
+from midikit.generate import generate, load_run
+from midikit.storage import DatasetPaths
+from midikit.train import TrainConfig, train
+
+from helpers import own_root, the_run
+
+TINY = dict(d_model=32, nhead=2, num_layers=2, dim_feedforward=64, dropout=0.1, context_length=32)
+STEPS = 150
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def config(paths: DatasetPaths, **changes) -> TrainConfig:
+    values = dict(dataset=paths.dataset, checkpoint_dir=str(paths.root), model_type="transformer", preset="cpu",
+                  batch_size=8, lr=3e-3, max_steps=STEPS, eval_every=25, eval_windows=16, device="cpu", progress=False,
+                  checkpoint_every_minutes=0, patience=0, seed=3)
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+def quiet(*_):
+    pass
+
+
+def final_state(paths: DatasetPaths) -> dict:
+    _, state = checkpoints.load_latest(the_run(paths))
+    return state
+
+
+def test_a_run_ended_by_its_time_budget_continues_bit_identical_with_the_same_command(tiny_dataset, tmp_path):
+    reference, budgeted = own_root(tiny_dataset, tmp_path / "reference"), own_root(tiny_dataset, tmp_path / "budgeted")
+    assert train(config(reference), log=quiet, model_overrides=TINY).status == "max_steps"
+
+    # The same call each time, as a user runs the same cell or command again after each budget.
+    sessions, messages = [], []
+    while not sessions or sessions[-1].status == "time_budget":
+        assert len(sessions) < 40, "the run made no progress across sessions"
+        sessions.append(train(config(budgeted, max_minutes=0.01), log=messages.append, model_overrides=TINY))
+        if sessions[-1].status == "time_budget":
+            record = runs.read_record(the_run(budgeted))
+            assert record.status == "time_budget" and record.owner_state() == "released"
+            assert runs.describe_progress(record).startswith(f"paused (time budget) at step {sessions[-1].steps:,}")
+    assert sessions[-1].status == "max_steps" and sum(s.status == "time_budget" for s in sessions) >= 1
+    assert all(b.steps > a.steps for a, b in zip(sessions, sessions[1:]))  # every session trained
+    assert any("at most 0.01 min (max_minutes)" in m for m in messages)
+
+    state, expected = final_state(budgeted), final_state(reference)
+    assert state["step"] == expected["step"] == STEPS
+    for name, tensor in expected["model"].items():
+        assert torch.equal(state["model"][name], tensor), name
+    for index, moments in expected["optimizer"]["state"].items():
+        for key, tensor in moments.items():
+            assert torch.equal(state["optimizer"]["state"][index][key], tensor), (index, key)
+    for key in ("train_loss", "lr"):
+        assert torch.equal(state["history"][key], expected["history"][key]), key
+    assert state["history"]["val_loss"] == expected["history"]["val_loss"]
+
+
+def test_the_command_says_the_budget_ended_it_and_exits_zero(tiny_dataset, tmp_path):
+    paths = own_root(tiny_dataset, tmp_path)
+    command = [sys.executable, "-m", "midikit", "train", "--dataset", paths.dataset, "--checkpoint_dir", str(paths.root),
+               "--model_type", "gru", "--preset", "cpu", "--device", "cpu", "--max_steps", "100000", "--eval_every", "50",
+               "--eval_windows", "8", "--batch_size", "4", "--context_length", "32", "--max_minutes", "0.02", "--no_progress"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=180, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "The time budget of this command (max_minutes) ended it at step" in done.stdout
+    record = runs.read_record(the_run(paths))
+    assert record.status == "time_budget" and 0 < record.get("step") < 100000
+
+
+def test_extend_continues_a_finished_run_without_a_jump_in_the_learning_rate(tiny_dataset, tmp_path):
+    paths = own_root(tiny_dataset, tmp_path)
+    first = train(config(paths, max_steps=40, eval_every=20, warmup_steps=5), log=quiet, model_overrides=TINY)
+    assert first.status == "max_steps"
+    messages = []
+    # The form's "extend" with resume "auto": nothing is unfinished, so the newest finished run goes on.
+    extended = train(config(paths, max_steps=100, eval_every=20, warmup_steps=5, extend=True), log=messages.append)
+    assert extended.run_id == first.run_id and extended.resumed_from_step == 40 and extended.steps == 100
+    assert any("horizon 40 -> 100 steps" in m for m in messages)
+    lrs, peak = extended.history["lr"], 3e-3
+    assert len(lrs) == 100
+    # Where it was extended the curve goes on from where it was (it had decayed to a tenth), then decays again.
+    assert abs(lrs[40] - lrs[39]) <= 2 * abs(lrs[39] - lrs[38]) + 1e-12
+    assert lrs[39] == pytest.approx(0.1 * peak, rel=0.02) and lrs[99] == pytest.approx(0.1 * peak, rel=0.02)
+    assert all(b <= a + 1e-15 for a, b in zip(lrs[40:], lrs[41:]))
+
+
+def test_extend_re_plans_a_run_that_stopped_and_a_resume_after_it_is_exact(tiny_dataset, tmp_path):
+    reference, resumed = own_root(tiny_dataset, tmp_path / "reference"), own_root(tiny_dataset, tmp_path / "resumed")
+    for paths in (reference, resumed):
+        train(config(paths, max_steps=40), log=quiet, model_overrides=TINY)
+    train(config(reference, max_steps=90, extend=True), log=quiet)
+    # The extended run stopped half-way (the stop button), then the same cell again: the re-planned schedule is
+    # part of the run, so the resumed run ends where an uninterrupted extension ends.
+    stop_at_60 = lambda history: os.kill(os.getpid(), signal.SIGINT) if history["val_step"][-1] == 50 else None  # noqa: E731
+    assert train(config(resumed, max_steps=90, extend=True, eval_every=25), on_eval=stop_at_60, log=quiet).status == "interrupted"
+    assert train(config(resumed, max_steps=90), log=quiet).steps == 90
+    state, expected = final_state(resumed), final_state(reference)
+    assert torch.equal(state["history"]["lr"], expected["history"]["lr"])
+    for name, tensor in expected["model"].items():
+        assert torch.equal(state["model"][name], tensor), name
+
+
+def test_latest_plays_a_stopped_run_and_says_which_it_is(tiny_dataset, tmp_path):
+    paths = own_root(tiny_dataset, tmp_path)
+    press_stop = lambda history: os.kill(os.getpid(), signal.SIGINT) if history["val_step"][-1] == 50 else None  # noqa: E731
+    stopped = train(config(paths), on_eval=press_stop, log=quiet, model_overrides=TINY)
+    assert stopped.status == "interrupted" and stopped.steps == 50
+    assert runs.finished_runs(paths) == [] and [r.run_id for r in runs.playable_runs(paths)] == [stopped.run_id]
+
+    said = []
+    loaded = load_run("latest", paths, log=said.append)
+    assert loaded.run_id == stopped.run_id
+    assert said == [f"latest: {stopped.run_id} (stopped at step 50, best at 50)"]
+    assert torch.equal(loaded.model.state_dict()["head.weight"].cpu(),
+                       torch.load(paths.best_weights(stopped.run_id), weights_only=True)["head.weight"])
+    result = generate(loaded, SampleConfig(num_tokens=64, num_samples=2, seed=1), progress=False)
+    assert len(result.midi_paths) == 2 and all(path.is_file() for path in result.midi_paths)
+    assert load_run(stopped.run_id, paths, log=quiet).run_id == stopped.run_id  # a run id names it too
