@@ -28,7 +28,8 @@ TOKENIZERS = ("REMI", "TSD", "MIDILike")  # single-stream, one vocabulary
 TRACK_MODES = ("merged", "separate")
 SOURCES = ("folder", "nottingham", "corpus")
 ROOT_HELP = "the checkpoint folder that holds every dataset"
-ROOT_DEFAULT = "$MIDIKIT_ROOT, else MyDrive/midikit_checkpoints in Colab, else ./midikit_data"
+ROOT_DEFAULT = ("$MIDIKIT_ROOT, else the folder chosen in notebook 01, else MyDrive/midikit_checkpoints in Colab, else "
+                "./midikit_data")
 
 
 # --------------------------------------------------------------------------- model

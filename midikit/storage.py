@@ -154,13 +154,11 @@ def flush_drive(mount_point: Path | None = None) -> str:
 
 
 def default_root() -> Path:
-    """$MIDIKIT_ROOT if set, else a folder on MyDrive in Colab, else ./midikit_data."""
-    env = os.environ.get(ROOT_ENV_VAR)
-    if env:
-        return Path(env).expanduser()
-    if in_colab():
-        return COLAB_DEFAULT_ROOT
-    return LOCAL_DEFAULT_ROOT
+    """$MIDIKIT_ROOT if set, else the folder chosen in notebook 01 (`midikit.preferences`), else a
+    folder on MyDrive in Colab, else ./midikit_data."""
+    from .preferences import default_root_and_origin  # it asks this module where Drive is
+
+    return default_root_and_origin()[0]
 
 
 def resolve_root(root: str | os.PathLike | None = None, create: bool = True) -> Path:

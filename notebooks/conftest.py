@@ -8,3 +8,4 @@ import tempfile
 
 def pytest_configure(config):
     os.environ["MIDIKIT_ROOT"] = tempfile.mkdtemp(prefix="midikit_notebooks_")
+    os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="midikit_config_")  # not the user's remembered folder

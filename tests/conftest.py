@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 # ../shared/data/nottingham from the repository root (never copied into the repo).
 NOTTINGHAM_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "nottingham"
+
+
+def pytest_configure(config):
+    # The folder a user chose in notebook 01 is remembered in their config folder (midikit.preferences):
+    # tests and the processes they start read a fresh one, never the user's.
+    os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="midikit_config_")
 
 
 @pytest.fixture(scope="module")

@@ -173,22 +173,38 @@ def test_generate_form_shows_the_sampling_error(tmp_path):
     paths = widgets.DatasetForm(tmp_path, dataset="folk").value
     _finished_run(paths)
     form = widgets.GenerateForm(paths)
-    weights, sample = form.value
-    assert weights == paths.best_weights("lstm_20260101_000000")
-    assert (sample.strategy, sample.p, sample.seed) == ("top_p", 0.9, 0)
+    where, sample = form.value
+    assert (where.run, where.dataset, where.checkpoint_dir) == ("lstm_20260101_000000", "folk", str(tmp_path))
+    assert (sample.strategy, sample.p, sample.seed) == ("top_p", 0.9, None)  # a random seed unless one is typed
     form.fields["p"].value = 1.5
     with pytest.raises(ConfigError) as raised:
         form.value
     assert "p must be a number > 0.0 and <= 1.0, got 1.5" in str(raised.value) and "&lt;= 1.0" in form.message.value
     form.fields["p"].value = 0.5
-    form.fields["seed"].value = -1
-    assert form.value[1].seed is None and "✓" in form.message.value
+    form.fields["seed"].value = 7
+    assert form.value[1].seed == 7 and "seed 7" in form.message.value
 
 
-def test_generate_form_without_runs_says_what_to_do(tmp_path):
+def test_generate_form_without_runs_offers_the_starter_model(tmp_path):
     paths = widgets.DatasetForm(tmp_path, dataset="folk").value
-    with pytest.raises(StorageError, match="train one first"):
-        widgets.GenerateForm(paths)
+    form = widgets.GenerateForm(paths)
+    assert [value for _, value in form.fields["run"].widget.options] == ["starter"]
+    assert form.value[0].run == "starter"
+
+
+def test_a_primer_uploaded_through_the_form_is_what_generation_continues(tmp_path, nottingham_dir):
+    paths = widgets.DatasetForm(tmp_path, dataset="folk").value
+    form = widgets.GenerateForm(paths)
+    tune = (nottingham_dir / "ashover1.mid").read_bytes()
+    # The message the browser sends when a file is chosen, through the widget's own deserializer (ipywidgets 8;
+    # Colab's 7.7 keeps a dict of name -> content, which `uploaded_files` reads the same way).
+    form.upload.set_state({"value": [{"name": "my tune.mid", "type": "audio/midi", "size": len(tune),
+                                      "content": memoryview(tune), "last_modified": 1_700_000_000_000}]})
+    where, _ = form.value
+    assert Path(where.seed_midi).name == "my tune.mid" and Path(where.seed_midi).read_bytes() == tune
+    assert where.seed_bars == 4 and "continues my tune.mid (its first 4 bars)" in form.message.value
+    form.fields["seed_midi"].value = str(tmp_path / "missing.mid")
+    assert "⚠" in form.message.value and "missing.mid is not a file" in form.message.value
 
 
 def test_train_form_presets_and_model_validation(tiny_dataset):  # tiny_dataset: tests/conftest.py
@@ -275,7 +291,7 @@ def test_train_form_refuses_a_context_longer_than_the_dataset(tiny_dataset):
 
 def test_a_form_displays_its_box_in_ipywidgets_7_and_8(tmp_path, monkeypatch):
     shown = []
-    monkeypatch.setattr(widgets.forms, "display", shown.append)
+    monkeypatch.setattr(widgets.fields, "display", shown.append)
     form = widgets.FolderForm(tmp_path)
     form._ipython_display_()  # what IPython calls; ipywidgets 7 widgets have no _repr_mimebundle_
     assert shown == [form.box]
@@ -315,7 +331,7 @@ def test_a_generated_piece_without_notes_is_reported_not_drawn(tiny_dataset, not
     result = GenerationResult(tokens=[[], [1]], midi_paths=paths, scores=[empty, tune], invalid_token_share=[0.0, 0.0],
                               seconds=1.0, tokens_per_second=1.0)
     shown = []
-    monkeypatch.setattr(widgets.displays, "display", shown.append)
+    monkeypatch.setattr(widgets.listening, "display", shown.append)
     widgets.show_generation(result, tiny_dataset, max_dataset_files=4)
     assert "sample00.mid: no notes" in capsys.readouterr().out
     assert [type(item).__name__ for item in shown] == ["Image", "Audio", "HTML"]  # the tune's roll and audio, the table
@@ -332,3 +348,19 @@ def test_typing_a_folder_name_never_creates_it(tmp_path):
     preprocess_form = widgets.PreprocessForm(tmp_path / "third", source="corpus")
     assert preprocess_form.value.checkpoint_dir == str(tmp_path / "third")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_notebooks_are_what_their_generator_writes_and_03_to_05_differ_only_in_the_model_type():
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "write_notebooks.py"
+    done = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    sources = {}
+    for name, model in (("03_train_lstm.ipynb", "lstm"), ("04_train_gru.ipynb", "gru"), ("05_train_transformer.ipynb", "transformer")):
+        nb = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
+        code = [cell.source for cell in code_cells(nb)]
+        assert any(f'widgets.TrainForm("{model}", paths)' in source for source in code), name
+        sources[name] = [source.replace(f'"{model}"', '"MODEL"') for source in code]
+    assert len({tuple(code) for code in sources.values()}) == 1  # the same cells but for the model type

@@ -28,6 +28,7 @@ from ..configs import ModelConfig, TrainConfig
 from ..data.sampler import evaluation_windows, sample_windows
 from ..errors import ConfigError
 from ..runs import DONE
+from ..threads import threads_for
 from .distributed import Cluster, RankLost, broadcast, gather, is_lost, join, leave, lost, mean, total
 from .recorder import Bystander, Recorder, open_run
 from .setup import Training, build_training, resolve_precision, restore_training, seed_everything
@@ -82,7 +83,7 @@ def train(train_config: TrainConfig, model_config: ModelConfig | None = None, on
     pending_losses, status, in_step, failure = [], None, 0, None  # in_step: the step being applied (0: none)
     progress = Progress(state, training, say, enabled=tc.progress and cluster.writer)
     try:
-        with GracefulStop(say, minutes=tc.max_minutes) as stop:
+        with GracefulStop(say, minutes=tc.max_minutes) as stop, threads_for(training.raw_model):
             while status is None and state.step < state.total_steps:
                 in_step = state.step + 1
                 inputs, targets = sample_windows(train_tokens, batch, context, generator)

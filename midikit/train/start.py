@@ -267,13 +267,17 @@ def new_run_id(paths: storage.DatasetPaths, model_type: str) -> str:
 def describe_resumable(train_config: TrainConfig) -> dict | None:
     """What `resume="auto"` would continue, from the registry alone (no checkpoint is read): run_id,
     model_type, status, step, epoch, best_val_loss, elapsed_seconds, model_config and train_config
-    (dicts), path (the run folder), owner_state ("live" while another runtime trains it) and owner
-    (who, since when). None when a new run would start."""
+    (dicts), path (the run folder), progress (in words), done (a finished run that `extend` goes on
+    with), owner_state ("live" while another runtime trains it) and owner (who, since when). None when
+    a new run would start."""
     tc = replace(train_config).validate()
     if tc.resume != "auto":
         return None
     paths = storage.DatasetPaths(storage.resolve_root(tc.checkpoint_dir, create=False), tc.dataset)
-    for record in runs.list_runs(paths, model_type=tc.model_type, status="resumable"):
+    candidates = runs.list_runs(paths, model_type=tc.model_type, status="resumable")
+    if tc.extend:  # nothing unfinished: extend goes on with the newest finished run (as find_start does)
+        candidates += runs.list_runs(paths, model_type=tc.model_type, status="done")[:1]
+    for record in candidates:
         if not isinstance(record.get("model_config"), dict) or not isinstance(record.get("train_config"), dict):
             continue
         owner = record.owner
@@ -284,6 +288,7 @@ def describe_resumable(train_config: TrainConfig) -> dict | None:
             "epoch": record.get("epoch", step // per_epoch), "best_val_loss": record.get("best_val_loss"),
             "elapsed_seconds": record.get("elapsed_seconds"), "model_config": record.get("model_config"),
             "train_config": record.get("train_config"), "path": record.path, "owner_state": record.owner_state(),
-            "owner": owner.describe() if owner is not None else None,
+            "owner": owner.describe() if owner is not None else None, "done": record.done,
+            "progress": runs.describe_progress(record), "total_steps": record.get("total_steps"),
         }
     return None

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import html
 import io
-import os
 from pathlib import Path
 
 import numpy as np
-from IPython.display import HTML, Audio, FileLink, Image, display
+from IPython.display import HTML, Image, display
 
-from .. import artifacts, checkpoints, evaluate, presets, runs, storage
+from .. import artifacts, checkpoints, presets, runs, storage
 from ..errors import DatasetError, StorageError
 
 
@@ -32,20 +31,15 @@ __all__ = [
     "show_skipped",
     "plot_token_lengths",
     "require_dataset",
-    "require_finished_run",
+    "require_playable_run",
+    "show_runs_to_play",
     "show_resumable",
     "LossPlot",
-    "train_with_live_plot",
     "show_artifacts",
     "show_models_csv",
     "show_checkpoints",
     "show_loss_arrays",
-    "show_generation",
-    "download",
-    "CPU_QUALITY_PIECES",
-    "CPU_QUALITY_TOKENS",
-    "quality_config",
-    "show_quality",
+    "flush_drive",
 ]
 # The one place that spells the repository; the notebooks' badges and install cells use the same string.
 REPO_URL = "https://github.com/midikit/midikit"
@@ -72,10 +66,19 @@ def show_hardware() -> None:
 
 
 def mount_drive() -> None:
-    """Mount Google Drive in Colab; elsewhere say which local folder stands in for it."""
+    """Mount Google Drive in Colab (again, if its mount dropped); elsewhere say which local folder stands
+    in for it. A plain folder where Drive should be mounted is refused with its fix (StorageError)."""
+    from .. import preferences
+
     mounted = storage.mount_drive()
     where = f"Google Drive mounted at {mounted}" if mounted else "Not in Colab: no Drive to mount, files stay on this machine"
-    print(f"{where}. Default checkpoint folder: {storage.default_root()}")
+    root, origin = preferences.default_root_and_origin()
+    print(f"{where}. Default checkpoint folder: {root} ({origin})")
+
+
+def flush_drive() -> None:
+    """Upload what Drive still holds back (Colab uploads in the background) and say what was done."""
+    print(storage.flush_drive())
 
 
 def html_table(rows: list[dict], columns: list[str] | None = None) -> HTML:
@@ -187,20 +190,33 @@ def require_dataset(paths: storage.DatasetPaths):
         raise DatasetError(f"{exc} In the notebooks: run 02_preprocess first (same checkpoint folder and dataset name).") from None
 
 
-def require_finished_run(paths: storage.DatasetPaths) -> list:
-    """The dataset's finished runs with weights, newest first; when there is none, say what to run first."""
-    finished = runs.finished_runs(paths)
-    if not finished:
-        raise StorageError(f"No finished run in {paths.checkpoints}: train one first (notebooks 03-05, or "
+def require_playable_run(paths: storage.DatasetPaths) -> list:
+    """The dataset's runs with best weights (finished, stopped or paused), newest first, each said with how
+    far it got; when there is none, say what to run first."""
+    playable = runs.playable_runs(paths)
+    if not playable:
+        raise StorageError(f"No run with best weights in {paths.checkpoints}: train one first (notebooks 03-05, or "
                            f"`python -m midikit train --dataset {paths.dataset}`), then run this notebook again.")
-    return finished
+    for record in playable:
+        print(f"{record.run_id}: {runs.describe_progress(record)}")
+    return playable
+
+
+def show_runs_to_play(paths: storage.DatasetPaths) -> None:
+    """What notebook 07 can play: the dataset's runs with best weights, and the starter model."""
+    playable = runs.playable_runs(paths)
+    for record in playable:
+        print(f"{record.run_id}: {runs.describe_progress(record)}")
+    if not playable:
+        print(f"No run with best weights in {paths.checkpoints} yet (notebooks 03-05 train one): the form below plays "
+              "the starter model shipped with midikit meanwhile.")
 
 
 def show_resumable(train_config, form=None) -> None:
     """Say whether training will resume an unfinished run, and from where (the registry's run.json:
     no checkpoint is read). With `form`, its own look-up is reused."""
     if form is not None:
-        info = form.resumable if train_config.resume == "auto" else None
+        info = form.run if train_config.resume == "auto" else None
     else:
         from ..train import describe_resumable
 
@@ -209,10 +225,11 @@ def show_resumable(train_config, form=None) -> None:
         print(f"{info['run_id']} is still being trained by another runtime ({info['owner']}): training will refuse to "
               "start. Stop that runtime, wait for its heartbeat to go stale, or choose 'take over' in the form.")
     elif info is not None:
-        verb = "Taking over" if train_config.takeover else "Resuming"
-        print(f"{verb} {info['run_id']} at step {info['step']} (epoch {info['epoch']}, "
-              f"best validation loss {_cell(info['best_val_loss'])}). Its model settings come from the run; "
-              "choose resume 'never' in the form to start a new run with the form's settings.")
+        verb = "Taking over" if train_config.takeover else "Extending" if info["done"] else "Resuming"
+        horizon = " to the form's new horizon" if train_config.extend else ""
+        print(f"{verb} {info['run_id']}{horizon}: {info['progress']} (epoch {info['epoch']}, best validation loss "
+              f"{_cell(info['best_val_loss'])}). Its model settings come from the run; choose resume 'never' in the "
+              "form to start a new run with the form's settings.")
     elif train_config.resume == "never":
         print(f"resume is 'never': starting a new {train_config.model_type} run.")
     else:
@@ -232,16 +249,22 @@ class LossPlot:
         self.handle.update(_png(self.fig))
 
 
-def train_with_live_plot(train_config, model_config):
-    """Train (or resume) with a live loss plot; returns the TrainResult."""
-    from ..train import train
-
-    return train(train_config, model_config, on_eval=LossPlot(f"{train_config.model_type} on {train_config.dataset}"))
+_NEXT = {
+    "time_budget": "The session's time budget (max_minutes) ended it: run the training cell again to continue it for "
+                   "another budget (set max_minutes to 0 for no limit).",
+    "interrupted": "Stopped: run the training cell again to continue it where it stopped.",
+    "max_steps": "To go bigger: tick extend and raise max_steps (or set it to 0 to train for the epochs), then run the "
+                 "training cell again; this run continues with a new horizon. Notebook 07 plays it now.",
+    "finished": "Finished all its epochs. Notebook 07 plays it; extend (with more epochs) trains it further.",
+    "early_stopped": "Stopped early: validation loss no longer improved. Notebook 07 plays its best weights.",
+}
 
 
 def show_artifacts(result) -> None:
     print(f"{result.run_id}: {result.status} after {result.steps} steps ({result.epochs} epochs), "
           f"best validation loss {_cell(result.best_val_loss)}")
+    if result.status in _NEXT:
+        print(_NEXT[result.status])
     display(html_table([{"artifact": name, "path": str(path)} for name, path in result.artifacts.items()]))
 
 
@@ -295,68 +318,3 @@ def show_loss_arrays(paths: storage.DatasetPaths, run_id: str) -> None:
     last = f"last {train_losses[-1]:.3f}" if len(train_losses) else "none yet"
     best = f"best {val_losses.min():.3f}" if len(val_losses) else "no validation yet"
     print(f"{len(train_losses)} training losses, {last}; {len(val_losses)} validation losses, {best}")
-
-
-def show_generation(result, paths: storage.DatasetPaths, max_dataset_files: int = 50) -> None:
-    """Per generated piece a piano roll and an audio player; then its metrics next to the dataset's."""
-    for path, score in zip(result.midi_paths, result.scores):
-        if score.note_num() == 0:  # the model ended the piece at once: nothing to draw or play
-            print(f"{path.name}: no notes (the model ended the piece at its first token)")
-            continue
-        fig, ax = _figure(10, 3)
-        evaluate.plot_piano_roll(path, ax=ax, title=path.name)
-        display(_png(fig))
-        audio, rate = evaluate.render_audio(path)
-        display(Audio(audio, rate=rate))
-    generated = {f"sample {i}": evaluate.midi_metrics(path) for i, path in enumerate(result.midi_paths)}
-    real = evaluate.dataset_metrics(paths, max_files=max_dataset_files)
-    display(html_table([
-        {"metric": name, **{label: values[name] for label, values in generated.items()},
-         f"dataset ({real['count']} pieces)": f"{real['mean'][name]:.3g} ± {real['std'][name]:.2g}"}
-        for name in evaluate.METRICS
-    ]))
-
-
-# The quality report's sizes on a CPU (a laptop, CI): a few short pieces, so a notebook stays quick.
-CPU_QUALITY_PIECES = 4
-CPU_QUALITY_TOKENS = 512
-
-
-def quality_config(paths: storage.DatasetPaths, run="latest"):
-    """The QualityConfig of a run of the dataset (its id, a weights path, or "latest"): the package's
-    defaults (16 pieces of at most 2,048 tokens) with a GPU, fewer and shorter pieces on a CPU."""
-    from ..configs import QualityConfig
-
-    on_cpu = presets.preset_for_hardware() == "cpu"
-    sizes = dict(pieces=CPU_QUALITY_PIECES, max_tokens=CPU_QUALITY_TOKENS) if on_cpu else {}
-    return QualityConfig(run=str(run), dataset=paths.dataset, checkpoint_dir=str(paths.root), **sizes).validate()
-
-
-def show_quality(report) -> None:
-    """A quality report (midikit.quality): its held-out loss, the metrics table against the data, the
-    pieces' health and the figure of generated vs data distributions."""
-    from .. import quality
-
-    h = report.heldout
-    print(f"{report.run_id}: held-out loss {h['nats_per_token']:.4f} nats/token (perplexity {h['perplexity']:.2f}), "
-          f"{h['nats_per_note']:.3f} nats/note on {h['songs']} validation songs")
-    print(f"{len(report.pieces)} pieces of at most {report.config['max_tokens']} tokens against "
-          f"{report.data['count']} training pieces ({report.seconds['total']:.0f} s)")
-    display(html_table([{"metric": row["metric"], "data mean": row["data"], "generated mean": row["generated"],
-                         "difference": f"{row['difference']:+.1%}" if row["relative"] else f"{row['difference'] * 100:+.1f} pt",
-                         "verdict": row["verdict"]} for row in report.comparison]))
-    display(html_table([{"check": row["check"], "value": row["shown"], "target": row["target"], "verdict": row["verdict"]}
-                        for row in report.health]))
-    display(_png(quality.plot_report(report)))
-    if report.files:
-        print("saved: " + ", ".join(str(path) for path in report.files.values()))
-
-
-def download(path: Path) -> None:
-    """Colab: send the file to the browser. Elsewhere: a link to it."""
-    if storage.in_colab():
-        from google.colab import files  # only importable inside Colab
-
-        files.download(str(path))
-    else:
-        display(FileLink(os.path.relpath(path)))
