@@ -1,4 +1,4 @@
-"""The seed's per-run artifacts, refreshed at every checkpoint so a disconnect still leaves them on Drive:
+"""The original project's per-run artifacts, refreshed at every checkpoint so a disconnect still leaves them on Drive:
 
 * ``models/<run_id>.pth`` best weights (a plain state_dict) + ``models/<run_id>.json`` sidecar;
 * ``outputs/plots/loss_curve_<run_id>.png``;
@@ -74,7 +74,7 @@ def finite_or_none(value):
 
 
 def write_weights(paths: DatasetPaths, run_id: str, weights: dict, abandoned=None) -> Path:
-    """models/<run_id>.pth: a plain state_dict (the seed's `torch.load` snippet reads it), streamed
+    """models/<run_id>.pth: a plain state_dict (the original project's `torch.load` snippet reads it), streamed
     to disk and installed atomically; the replaced file is emptied (Drive's trash)."""
     import torch
 

@@ -41,7 +41,7 @@ class ModelConfig:
 
     model_type: str = setting("lstm", "model architecture", choices=MODEL_TYPES, cli=False)
     vocab_size: int = setting(0, "tokens in the vocabulary (from the dataset)", ge=0, cli=False)
-    context_length: int = setting(100, "tokens the model sees at once (the seed's seq_length)", group="model", gt=0,
+    context_length: int = setting(100, "tokens the model sees at once (the original project's seq_length)", group="model", gt=0,
                                   none="the dataset's seq_length")
     dropout: float = setting(0.2, "dropout probability", group="model", ge=0.0, lt=1.0)
     embed_size: int = setting(128, "token embedding size", group="model", gt=0, model_types=RNN_TYPES)
@@ -53,7 +53,7 @@ class ModelConfig:
     # rope by default: 37% lower held-out loss per note than learned at equal tokens (bench/results/quality_cpu.md);
     # configs saved without this field (midikit 0.1) load as "learned" (LEGACY_VALUES).
     positions: str = setting("rope", "how the Transformer knows where a token is: rope (rotary, relative; generation "
-                             "rolls its window on without re-priming) or learned (absolute, the seed's; generation "
+                             "rolls its window on without re-priming) or learned (absolute, the original project's; generation "
                              "re-primes its window past the context)", group="model", choices=POSITION_ENCODINGS,
                              model_types=("transformer",), none="rope")
 
@@ -176,7 +176,7 @@ class SampleConfig(Checked):
     draws from the model's own distribution. `num_tokens` is the most new tokens per sample (a
     sample ends earlier when the model ends the piece); `bars`, if set, replaces it."""
 
-    strategy: str = setting("top_p", "how the next token is chosen (the seed's default was greedy)", group="sampling",
+    strategy: str = setting("top_p", "how the next token is chosen (the original project's default was greedy)", group="sampling",
                             choices=STRATEGIES)
     k: int = setting(8, "top_k: tokens to keep", group="sampling", label="k (top_k)", ge=1)
     p: float = setting(0.9, "top_p: probability mass to keep", group="sampling", label="p (top_p)", gt=0.0, le=1.0,
@@ -248,11 +248,11 @@ class QualityConfig(RunChoice):
 @dataclass
 class PreprocessConfig:
     """Everything `python -m midikit preprocess` takes. `source` None means "folder" when
-    `input_dir` is given, else "nottingham" (the seed's default, downloaded once)."""
+    `input_dir` is given, else "nottingham" (the original project's default, downloaded once)."""
 
     input_dir: str | None = setting(None, "folder of .mid/.midi/.abc files, searched recursively", group="source (one of)",
                                     label="folder of MIDI/ABC files", none="no folder")
-    source: str | None = setting(None, "nottingham: download the seed's dataset; corpus: music21's bundled folk tunes, "
+    source: str | None = setting(None, "nottingham: download the original project's dataset; corpus: music21's bundled folk tunes, "
                                  "offline; folder: --input_dir", group="source (one of)", choices=SOURCES,
                                  none="folder with --input_dir, else nottingham")
     dataset: str = setting("nottingham", "dataset name: the folder under the checkpoint root", group="dataset",
@@ -260,7 +260,7 @@ class PreprocessConfig:
     checkpoint_dir: str | None = setting(None, ROOT_HELP, group="dataset", label="checkpoint folder",
                                          none=ROOT_DEFAULT)
     val_split: float = setting(0.05, "share of source files held out for validation", group="dataset",
-                               label="validation share", gt=0.0, lt=1.0, hint="The seed uses 0.05.")
+                               label="validation share", gt=0.0, lt=1.0, hint="The original project uses 0.05.")
     transpositions: tuple = setting((-5, -3, -1, 0, 1, 3, 5), "semitone shifts applied to the training files",
                                     group="tokens", label="transpositions (semitones)")
     augment_validation: bool = setting(False, "transpose the validation files too", group="tokens")
@@ -269,7 +269,7 @@ class PreprocessConfig:
                                 label="limit (first N files)", gt=0, none="all files")
     tokenizer: str = setting("REMI", "miditok tokenizer", group="tokens", choices=TOKENIZERS)
     tracks: str = setting("merged", "merged: one sequence per tune with Program tokens (melody and chords together); "
-                          "separate: one sequence per track, as the seed", group="tokens", choices=TRACK_MODES)
+                          "separate: one sequence per track, as the original project", group="tokens", choices=TRACK_MODES)
     tokenizer_params: dict = setting(help="extra miditok TokenizerConfig options as JSON, e.g. '{\"use_time_signatures\": true}'",
                                      group="tokens", default_factory=dict)
     seed: int = setting(42, "seed of the train/validation split", group="dataset", ge=0)

@@ -3,7 +3,7 @@
 This is the only module that spells folder and artifact names. Everything else asks a
 `DatasetPaths` for a path and never joins folder names by hand.
 
-Layout under a root (the seed's, plus what midikit adds)::
+Layout under a root (the original project's, plus what midikit adds)::
 
     <root>/<dataset>/models/                 best weights <model>_<ts>.pth + <model>_<ts>.json
     <root>/<dataset>/outputs/plots/          loss_curve_<model>_<ts>.png, piano rolls
@@ -302,7 +302,7 @@ def _fsync_folder(folder: Path) -> None:
 
 
 def timestamp(now: datetime | None = None) -> str:
-    """The seed's artifact timestamp, e.g. 20261128_214500."""
+    """The original project's artifact timestamp, e.g. 20261128_214500."""
     return (now or datetime.now()).strftime(TIMESTAMP_FORMAT)
 
 

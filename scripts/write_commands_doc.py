@@ -1,6 +1,6 @@
 """Write docs/COLAB_COMMANDS.md from the command line itself: every command that
 `midikit.cli.COMMANDS` lists, every flag of `midikit.cli.build_parser()` with its help, default and
-an example, and where a default differs from the seed project's. Each example is parsed with the
+an example, and where a default differs from the original project's. Each example is parsed with the
 real parser before it is written, so a doc example that would not run cannot be committed.
 
     python scripts/write_commands_doc.py            # rewrite docs/COLAB_COMMANDS.md
@@ -38,7 +38,7 @@ EXAMPLES = {
     "lr": "0.0003", "weight_decay": "0.1", "warmup_steps": "200", "max_steps": "300", "max_batches": "5",
     "grad_clip": "0.5", "patience": "10", "eval_every": "500", "eval_windows": "64", "device": "cuda",
     "precision": "fp32", "compile": "off", "checkpoint_every_minutes": "5", "checkpoint_every_steps": "1000",
-    "keep_last": "3", "final_wait_minutes": "2", "resume": "never", "model": f"{DRIVE}/nottingham/models/{RUN_ID}.pth",
+    "keep_last": "3", "final_wait_minutes": "2", "resume": "never", "max_minutes": "60", "seed_bars": "8",
     "seed_midi": "/content/opening.mid", "strategy": "greedy", "k": "5", "p": "0.95", "temperature": "0.8",
     "num_tokens": "1024", "bars": "16", "num_samples": "4", "seed": "1234", "data_dir": f"{DRIVE}/nottingham",
     "seed_file": "seeds.txt", "seed_length": "short", "seed_style": "folk", "run": RUN_ID, "pieces": "32",
@@ -53,49 +53,57 @@ COMMAND_EXAMPLES_BY_FLAG = {
 COMMAND_EXAMPLES = {
     "preprocess": [
         ("the offline folk corpus bundled with music21 (no download)", "--source corpus --dataset folk"),
-        ("the seed's dataset, downloaded once (cached under the root)", "--source nottingham"),
+        ("the original project's dataset, downloaded once (cached under the root)", "--source nottingham"),
         ("any folder of .mid/.midi/.abc files on Drive", "--input_dir /content/drive/MyDrive/my_midis --dataset mine"),
     ],
     "train": [
         ("a first run on the CPU in a few minutes", "--dataset folk --model_type transformer --preset cpu --max_steps 300"),
         ("the same command after a disconnect or Ctrl-C: resumes the run", "--dataset folk --model_type transformer"),
-        ("the seed's large Transformer on an A100-class GPU (where `large` is also what the preset defaults to)",
+        ("an hour of training in this session; run it again to continue for another hour",
+         "--dataset nottingham --model_type transformer --max_minutes 60"),
+        ("train a finished run further: a new horizon, the learning rate going on from where it was",
+         "--dataset folk --model_type transformer --max_steps 3000 --extend"),
+        ("the original project's large Transformer on an A100-class GPU (where `large` is also what the preset defaults to)",
          "--dataset nottingham --model_type transformer --preset large"),
-        ("the seed's README quick run", "--dataset nottingham --model_type lstm --epochs 4 --max_batches 5"),
+        ("the original project's README quick run", "--dataset nottingham --model_type lstm --epochs 4 --max_batches 5"),
     ],
     "generate": [
-        ("four pieces from the newest finished run, midikit's default sampling (top-p 0.9)",
-         "--dataset folk --model latest --num_samples 4"),
-        ("the seed's default: greedy decoding of the newest Transformer", "--dataset folk --model_type transformer --strategy greedy"),
-        ("the seed's spelling: a .pth and its data folder", f"--model_path {DRIVE}/nottingham/models/{RUN_ID}.pth "
+        ("four pieces from the newest run with best weights, midikit's default sampling (top-p 0.9)",
+         "--dataset folk --run latest --num_samples 4"),
+        ("continue a tune of your own: its first 8 bars, then the model", "--dataset folk --seed_midi /content/opening.mid "
+         "--seed_bars 8"),
+        ("the starter model shipped with midikit, before any training", "--run starter"),
+        ("the original project's default: greedy decoding of the newest Transformer", "--dataset folk --model_type transformer --strategy greedy"),
+        ("the original project's spelling: a .pth and its data folder", f"--model_path {DRIVE}/nottingham/models/{RUN_ID}.pth "
          f"--data_dir {DRIVE}/nottingham --strategy top_k --k 5"),
     ],
     "evaluate": [
-        ("the quality report of the newest finished run", "--dataset folk"),
+        ("the quality report of the newest run with best weights", "--dataset folk"),
         ("a given run, more pieces", f"--dataset nottingham --run {RUN_ID} --pieces 32"),
     ],
 }
 
-# Where midikit's default is not the seed project's (from the seed's README, train_generator.py and
+# Where midikit's default is not the original project's (from the original project's README, train_generator.py and
 # generate.py: /work/shared/SEED_COMMANDS.md and SEED_BASELINE.md).
 SEED_DEFAULTS = {
-    ("preprocess", "tracks"): "the seed made one sequence per track (`--tracks separate`); midikit keeps melody and chords "
+    ("preprocess", "tracks"): "the original project made one sequence per track (`--tracks separate`); midikit keeps melody and chords "
                               "of a tune in one sequence",
-    ("preprocess", "val_split"): "the same share, 0.05; the seed split the already transposed sequences, midikit splits "
+    ("preprocess", "val_split"): "the same share, 0.05; the original project split the already transposed sequences, midikit splits "
                                  "the files before transposing (no transposed copy of a validation tune is trained on)",
-    ("train", "val_split"): "the seed split the data when training; midikit splits when preprocessing, so here it is "
+    ("train", "val_split"): "the original project split the data when training; midikit splits when preprocessing, so here it is "
                             "only checked against the dataset's split",
-    ("train", "preset"): "the seed's script defaults are the `small` preset; midikit picks `large` on a 40 GB-class GPU, "
+    ("train", "preset"): "the original project's script defaults are the `small` preset; midikit picks `large` on a 40 GB-class GPU, "
                          "`t4` on a smaller one, `cpu` without one",
-    ("train", "weight_decay"): "the seed used Adam with weight_decay 1e-4 on every parameter; midikit AdamW, 0.01, "
+    ("train", "weight_decay"): "the original project used Adam with weight_decay 1e-4 on every parameter; midikit AdamW, 0.01, "
                                "matrices and embeddings only",
-    ("train", "grad_clip"): "the seed clipped at 1.0 only for datasets named `miditok`/`miditok_augmented`",
-    ("generate", "strategy"): "the seed decoded greedily by default; midikit samples with top-p (p 0.9): pass "
-                              "`--strategy greedy` for the seed's behaviour",
-    ("generate", "num_tokens"): "the seed's `--generate_length` defaulted to 100 tokens; midikit's to 512 (a piece "
+    ("train", "grad_clip"): "the original project clipped at 1.0 only for datasets named `miditok`/`miditok_augmented`",
+    ("generate", "strategy"): "the original project decoded greedily by default; midikit samples with top-p (p 0.9): pass "
+                              "`--strategy greedy` for the original project's behaviour",
+    ("generate", "num_tokens"): "the original project's `--generate_length` defaulted to 100 tokens; midikit's to 512 (a piece "
                                 "ends earlier when the model ends it)",
-    ("generate", "model"): "the seed's `--model_path` was required; midikit defaults to the newest finished run",
-    ("generate", "seq_length"): "the seed's input length (\"must match training\"); midikit reads it from the run and "
+    ("generate", "run"): "the original project's `--model_path` was required; midikit defaults to the newest run with best "
+                         "weights (finished or not)",
+    ("generate", "seq_length"): "the original project's input length (\"must match training\"); midikit reads it from the run and "
                                 "only checks it",
 }
 
@@ -144,9 +152,21 @@ def help_text(action: argparse.Action) -> str:
     return re.sub(r"<(\w[^<>]*)>", r"&lt;\1&gt;", text.replace("|", "\\|"))
 
 
+def original_spellings() -> set[str]:
+    """The flags that are the original project's spellings (declared beside their field as `seed_flags`)."""
+    from dataclasses import fields
+
+    from midikit import configs
+
+    classes = (configs.ModelConfig, configs.TrainConfig, configs.SampleConfig, configs.GenerateConfig,
+               configs.QualityConfig, configs.PreprocessConfig)
+    return {f"--{flag}" for cls in classes for f in fields(cls) for flag in f.metadata.get("seed_flags", ())}
+
+
 def flag_cell(action: argparse.Action) -> str:
+    original = original_spellings()
     names = [f"`{action.option_strings[0]}`"]
-    names += [f"`{alias}` (the seed's)" for alias in action.option_strings[1:]]
+    names += [f"`{alias}` ({'the original project' if alias in original else 'also'})" for alias in action.option_strings[1:]]
     return "<br>".join(names)
 
 
@@ -169,7 +189,7 @@ def command_section(parser: argparse.ArgumentParser, name: str, sub: argparse.Ar
             args = example_args(name, action)
             check_parses(parser, name, args, action.dest, example_value(name, action))
             seed = SEED_DEFAULTS.get((name, action.dest))
-            text = help_text(action) + (f" **Seed:** {seed}." if seed else "")
+            text = help_text(action) + (f" **The original project:** {seed}." if seed else "")
             lines.append(f"| {flag_cell(action)} | {text} | `{shlex.join(args)}` |")
         lines.append("")
     return lines
@@ -189,15 +209,17 @@ def render() -> str:
         "",
         "Everything the notebooks do also runs from a terminal, or from a Colab cell with `!` in front",
         "(`!python -m midikit train --dataset folk`), after notebook 01 has mounted Google Drive. In Colab the",
-        f"checkpoint folder defaults to `{DRIVE}`; elsewhere to `$MIDIKIT_ROOT`, else `./midikit_data`.",
+        f"checkpoint folder defaults to `$MIDIKIT_ROOT`, else the folder chosen in notebook 01, else `{DRIVE}`",
+        "(elsewhere `./midikit_data`).",
         "Every command answers `--help` at once (it imports neither torch nor miditok). A value the",
         "command cannot use stops it before any work with one line that says what to pass instead.",
         "",
-        "Commands: " + ", ".join(f"[`{name}`](#{name})" for name in names) + ". The seed project's spellings",
+        "Commands: " + ", ".join(f"[`{name}`](#{name})" for name in names) + ". midikit grew out of the original",
+        "csce585-midi project; its spellings",
         "(`--model_path`, `--data_dir`, `--generate_length`, `--seed_midi_file`, `--transformer_layers`, ...) work",
-        "as aliases; `tests/test_seed_commands.py` runs every command line of the seed's README and A100 script.",
+        "as aliases; `tests/test_seed_commands.py` runs every command line of the original project's README and A100 script.",
         "",
-        "## Where midikit's defaults differ from the seed's",
+        "## Where midikit's defaults differ from the original project's",
         "",
         "| command | flag | what changed |",
         "|---|---|---|",

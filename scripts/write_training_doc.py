@@ -7,7 +7,9 @@ is edited by hand).
   the files a real one-step `train()` run writes on the CPU; tokens/s from `bench/results/train_*.md`,
   with the machine each was measured on ("not measured" where there is none);
 * storage: the Drive budget those files add up to with the defaults (`--keep_last 2`);
-* estimates: time per epoch and per run, computed from the benchmark figures (each labelled).
+* estimates: time per epoch and per run, computed from the benchmark figures (each labelled);
+* first_run: how long the notebooks' first run takes on Colab's GPUs, calculated (`midikit.estimates`;
+  `--first_run` rewrites only this section, in seconds).
 
     python scripts/write_training_doc.py [--nottingham ../shared/data/nottingham] [--keep DIR]
 
@@ -43,10 +45,10 @@ NOTTINGHAM = REPO.parent / "shared" / "data" / "nottingham"
 MODEL_TYPES = ("lstm", "gru", "transformer")
 PRESETS = ("large", "t4", "small", "cpu")
 
-# The seed's own loop, measured by the seed project on one H200 (random tokens, sequence 100, vocabulary
-# 357, fp32, the seed's batch sizes). Not midikit's numbers: midikit has no GPU measurement yet.
+# The original project's own loop, measured by the original project on one H200 (random tokens, sequence 100, vocabulary
+# 357, fp32, the original project's batch sizes). Not midikit's numbers: midikit has no GPU measurement yet.
 SEED_H200_TOKENS_PER_S = {"transformer": 49_500, "lstm": 930_000, "gru": 1_150_000}
-SEED_H200_SOURCE = "the seed project's own training loop on one H200 (its SEED_BASELINE: fp32, batch 512/256)"
+SEED_H200_SOURCE = "the original project's own training loop on one H200 (its SEED_BASELINE: fp32, batch 512/256)"
 
 
 # --------------------------------------------------------------------------- measuring
@@ -241,13 +243,51 @@ def estimates_section(rows: list[dict], data: dict, speeds: dict) -> str:
         value = SEED_H200_TOKENS_PER_S[model_type]
         lines.append(f"| {model_type}, `large` | **not midikit's**: {SEED_H200_SOURCE} | {value:,} | "
                      f"{duration(tokens / value)} | {duration(20 * tokens / value)} |")
-    lines += ["", "midikit has not been measured on a GPU yet, so the `large` rows use the speed of the seed's loop "
-              "on an H200: what midikit would take on that GPU if it were no faster than the seed's loop (its bf16, "
+    lines += ["", "midikit has not been measured on a GPU yet, so the `large` rows use the speed of the original project's loop "
+              "on an H200: what midikit would take on that GPU if it were no faster than the original project's loop (its bf16, "
               "fused and compiled step is meant to be several times faster: the targets are in `bench/README.md`). "
               "Colab's A100 is slower than an H200, so expect longer there. The `large` presets are not for a CPU: one step of the `large` "
               f"Transformer at batch 1 took {by['transformer', 'large']['seconds']:.0f} s with set-up and saving, on the "
               "machine above."]
     return "\n".join(lines)
+
+
+# The Colab GPUs a first run is sized for, and the preset midikit picks on each (preset_for_hardware: by memory).
+FIRST_RUN_GPUS = (("Tesla T4", "t4"), ("NVIDIA A100-SXM4-40GB", "large"))
+
+
+def first_run_section(speeds: dict) -> str:
+    """How long the notebooks' first GPU run takes, by calculation (midikit.estimates): no measurement."""
+    from midikit import estimates
+    from midikit.presets import get_preset
+    from midikit.widgets.forms import BEST_RECIPE
+    from midikit.widgets.train_form import CPU_MAX_STEPS
+
+    vocab, context = BEST_RECIPE["bpe_vocab"], BEST_RECIPE["seq_length"]  # notebook 02's defaults
+
+    lines = [f"An estimate, not a measurement: midikit has not run on a GPU yet. A step costs about 6 FLOPs per "
+             f"parameter per token; the FLOP rate comes from models of each family measured on one H200 (the `large` "
+             f"sizes: a decoder-only Transformer with SDPA, bf16 and torch.compile at 647k tokens/s, the LSTM and GRU under "
+             f"bf16 autocast at 1.75M and 1.79M tokens/s), scaled by each GPU's dense fp16/bf16 peak "
+             f"({', '.join(f'{g} {p:g}' for g, p in estimates.GPU_PEAK_TFLOPS.items() if g in ('T4', 'A100', 'H200'))} "
+             f"TFLOPS). Smaller models use less of a GPU, so real runs are slower: `max_minutes` "
+             f"({estimates.FIRST_RUN_GUARD_MINUTES:g}) ends the first run in any case, resumable. Dataset: notebook 02's "
+             f"defaults (BPE vocabulary {vocab}, context {context}).", "",
+             "| GPU | model, preset | parameters | tokens per step | estimated tokens/s | first run: steps | about |",
+             "|---|---|---|---|---|---|---|"]
+    for gpu, preset in FIRST_RUN_GPUS:
+        for model_type in MODEL_TYPES:
+            parameters = parameters_of(model_type, preset, vocab, context)
+            per_step = get_preset(model_type, preset).batch_size * context
+            rate = estimates.tokens_per_second(model_type, parameters, gpu)
+            steps = estimates.first_run_steps(model_type, parameters, per_step, gpu)
+            lines.append(f"| {gpu} | {model_type}, `{preset}` | {parameters / 1e6:.2f}M | {per_step:,} | {rate:,.0f} | "
+                         f"{steps:,} | {steps * per_step / rate / 60:.1f} min |")
+    cpu = [(model_type, speeds.get((model_type, "cpu"), [(None, "")])[-1]) for model_type in MODEL_TYPES]
+    measured = ", ".join(f"{model_type} {value:,} tokens/s" for model_type, (value, _) in cpu if value)
+    lines += ["", f"On a CPU the first run is {CPU_MAX_STEPS} steps of the `cpu` preset; measured there "
+              f"(one torch thread, 2 shared cores, context 100): {measured} ([train_cpu.md](../bench/results/train_cpu.md))."]
+    return "\n".join(lines) + "\n"
 
 
 def replace_section(text: str, name: str, body: str) -> str:
@@ -264,7 +304,11 @@ def main() -> int:
     parser.add_argument("--measurements", type=Path, default=None,
                         help="a JSON file: written after measuring, and read instead of measuring when it exists "
                              "(to change the text without measuring again)")
+    parser.add_argument("--first_run", action="store_true", help="only the first-run estimates (a calculation: seconds)")
     args = parser.parse_args()
+    if args.first_run:
+        DOC.write_text(replace_section(DOC.read_text(), "first_run", first_run_section(bench_tokens_per_second())))
+        return 0
     if args.measurements and args.measurements.is_file():
         saved = json.loads(args.measurements.read_text())
         return write(saved["rows"], saved["data"], saved["where"])
@@ -301,6 +345,7 @@ def write(rows: list[dict], data: dict, where: str) -> int:
     text = replace_section(text, "presets", presets_section(rows, data, speeds, where))
     text = replace_section(text, "storage", storage_section(rows, data, where))
     text = replace_section(text, "estimates", estimates_section(rows, data, speeds))
+    text = replace_section(text, "first_run", first_run_section(speeds))
     DOC.write_text(text)
     print(f"wrote the measured sections of {DOC.relative_to(REPO)}")
     return 0

@@ -21,7 +21,7 @@ COMMANDS = {
     "generate": ("generate", "generate MIDI from a trained run"),
     "evaluate": ("evaluate", "how good is a run's music: held-out loss and generated pieces against the data"),
 }
-# "-5,-3,-1,0,1,3,5" (the seed's --transpositions) would read as a flag: joined to its flag instead.
+# "-5,-3,-1,0,1,3,5" (the original project's --transpositions) would read as a flag: joined to its flag instead.
 _NEGATIVE_LIST = re.compile(r"^-\d[\d,\s-]*$")
 
 

@@ -1,6 +1,6 @@
-"""`python -m midikit generate`: sample MIDI files from a trained run (the seed's flags work too).
+"""`python -m midikit generate`: sample MIDI files from a trained run (the original project's flags work too).
 
-The seed's generate.py flags that are not a single midikit field are declared here, beside what
+The original project's generate.py flags that are not a single midikit field are declared here, beside what
 they mean: --data_dir names a dataset folder, --seq_length is checked against the run, and the
 seed's opening-selection flags say what to use instead."""
 
@@ -19,18 +19,18 @@ SEED_OPENING_FLAGS = ("seed_file", "seed_length", "seed_style")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_flags(parser, GenerateConfig)
     add_flags(parser, SampleConfig)
-    seed = parser.add_argument_group("the seed project's generate.py flags")
-    seed.add_argument("--data_dir", help="the seed's preprocessed data folder: <root>/<dataset> or its data/ subfolder "
+    seed = parser.add_argument_group("the original project's generate.py flags")
+    seed.add_argument("--data_dir", help="the original project's preprocessed data folder: <root>/<dataset> or its data/ subfolder "
                       "(midikit's spelling: --checkpoint_dir ROOT --dataset NAME)")
-    seed.add_argument("--seq_length", type=int, help="checked against the run's context length (the seed: must match training)")
+    seed.add_argument("--seq_length", type=int, help="checked against the run's context length (the original project: must match training)")
     for name in SEED_OPENING_FLAGS:
-        seed.add_argument(f"--{name}", help="the seed's choice of an opening from its data: use --seed_midi PATH instead")
+        seed.add_argument(f"--{name}", help="the original project's choice of an opening from its data: use --seed_midi PATH instead")
 
 
 def run(args: argparse.Namespace) -> int:
     used = [f"--{name}" for name in SEED_OPENING_FLAGS if getattr(args, name) is not None]
     if used:
-        raise ConfigError(f"{', '.join(used)}: the seed's opening selection is not part of midikit; pass --seed_midi PATH "
+        raise ConfigError(f"{', '.join(used)}: the original project's opening selection is not part of midikit; pass --seed_midi PATH "
                           "(any MIDI file to continue), or nothing to start from scratch.")
     sample = from_args(SampleConfig, args).validate()  # before loading anything, so a bad flag fails fast
     where = from_args(GenerateConfig, args, **_dataset_from_data_dir(args)).validate()
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _dataset_from_data_dir(args) -> dict:
-    """--data_dir DIR (the seed's) as checkpoint_dir + dataset: DIR is <root>/<dataset> or <root>/<dataset>/data."""
+    """--data_dir DIR (the original project's) as checkpoint_dir + dataset: DIR is <root>/<dataset> or <root>/<dataset>/data."""
     if args.data_dir is None:
         return {}
     folder = Path(args.data_dir).expanduser().absolute()
@@ -69,7 +69,7 @@ def _dataset_from_data_dir(args) -> dict:
 
 
 def _check_seed_expectations(args, where: GenerateConfig, model_config) -> None:
-    """The seed's --seq_length ("must match training") and --model_type with a path are checks, not settings."""
+    """The original project's --seq_length ("must match training") and --model_type with a path are checks, not settings."""
     if args.seq_length is not None and args.seq_length != model_config.context_length:
         raise ConfigError(f"--seq_length {args.seq_length} does not match the run's context length {model_config.context_length} "
                           "(midikit reads it from the run: drop --seq_length).")

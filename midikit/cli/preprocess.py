@@ -1,7 +1,7 @@
 """`python -m midikit preprocess`: tokenize a MIDI/ABC source into a dataset under the checkpoint folder.
 
     python -m midikit preprocess --source corpus --dataset folk --checkpoint_dir ./midikit_data
-    python -m midikit preprocess --source nottingham            # the seed's dataset, downloaded once
+    python -m midikit preprocess --source nottingham            # the original project's dataset, downloaded once
     python -m midikit preprocess --input_dir my_midis/ --dataset mine --tracks separate
 """
 

@@ -1,4 +1,4 @@
-"""`python -m midikit train`: every TrainConfig field as a flag (the seed's names included), plus
+"""`python -m midikit train`: every TrainConfig field as a flag (the original project's names included), plus
 the model sizes, which override the preset's when given. Builds the configs and calls train()."""
 
 from __future__ import annotations

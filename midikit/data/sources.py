@@ -18,7 +18,7 @@ from ..errors import DatasetError
 
 MUSIC_SUFFIXES = (".mid", ".midi", ".abc")
 
-# The seed's default dataset: the top-level MIDI/*.mid of jukedeck/nottingham-dataset.
+# The original project's default dataset: the top-level MIDI/*.mid of jukedeck/nottingham-dataset.
 NOTTINGHAM_URL = "https://github.com/jukedeck/nottingham-dataset/archive/refs/heads/master.zip"
 _NOTTINGHAM_MEMBER = re.compile(r"^[^/]+/MIDI/([^/]+\.mid)$", re.IGNORECASE)
 _DOWNLOAD_MARKER = ".midikit_download.json"  # written last: the cache is complete

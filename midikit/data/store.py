@@ -115,7 +115,7 @@ class TokenDataset:
 
     @property
     def seq_length(self) -> int:
-        """The dataset's default context length (the seed's --seq_length)."""
+        """The dataset's default context length (the original project's --seq_length)."""
         return self.config["seq_length"]
 
     @cached_property

@@ -8,7 +8,7 @@ How tracks reach the model (``tracks``):
   program 0, so before tokenizing we give each repeated program the next free program of its
   instrument family (melody piano 0, chords bright piano 1): both tracks survive, stay apart, and
   decode back to two tracks.
-* ``"separate"``: the seed's layout, one sequence per track (no Program tokens); the melody and the
+* ``"separate"``: the original project's layout, one sequence per track (no Program tokens); the melody and the
   chords of a tune become two sequences and the model never sees them together.
 
 Transposition: the file's pitch range decides which offsets fit the tokenizer's pitch range; the
@@ -16,7 +16,7 @@ others are skipped and counted. The transposed copies are what miditok's
 ``data_augmentation.augment_score`` + ``encode`` give. When that equals shifting the pitch tokens
 of the untransposed sequence (pitch-only tokenizers, no chords, pitch intervals or drums; see
 ``FileTokenizer._can_shift``) we shift token ids instead: encoding is nearly all of the work, so
-this cuts the CPU time of the seed's 7 transpositions about 6x (bench/results/preprocess.md). A
+this cuts the CPU time of the original project's 7 transpositions about 6x (bench/results/preprocess.md). A
 test checks that both give the same tokens on real data.
 """
 

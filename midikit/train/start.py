@@ -203,7 +203,7 @@ def _check_same_dataset(checkpoint: dict, path: Path, dataset) -> None:
 def _new_model_config(tc, preset, dataset, model_config: ModelConfig | None, overrides: dict) -> ModelConfig:
     vocab_size = dataset.vocab_size
     if model_config is None:
-        # The context is the dataset's --seq_length (the seed's window), not the preset's.
+        # The context is the dataset's --seq_length (the original project's window), not the preset's.
         values = preset.model_config(tc.model_type, vocab_size, context_length=dataset.seq_length).to_dict()
     else:
         values = model_config.to_dict()

@@ -73,7 +73,7 @@ class LossHistory:
         return loaded
 
     def as_lists(self) -> dict:
-        """Plain lists, for plots, notebooks and the loss arrays (the seed's train_step/train_loss layout)."""
+        """Plain lists, for plots, notebooks and the loss arrays (the original project's train_step/train_loss layout)."""
         return {"train_loss": self.train_loss[: self.steps].tolist(), "train_step": list(range(1, self.steps + 1)),
                 "val_loss": list(self.val_loss), "val_step": list(self.val_step), "lr": self.lr[: self.lr_steps].tolist()}
 

@@ -35,8 +35,9 @@ def first_run_defaults(model_type: str, dataset, preset_name: str) -> tuple[dict
     preset = presets.get_preset(model_type, preset_name)
     config = preset.model_config(model_type, dataset.vocab_size, context_length=dataset.seq_length)
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else ""
-    steps = estimates.first_run_steps(model_type, count_parameters(build_model(config)),
-                                      preset.batch_size * config.context_length, gpu)
+    with torch.device("meta"):  # only its size is wanted: no memory, no time
+        parameters = count_parameters(build_model(config))
+    steps = estimates.first_run_steps(model_type, parameters, preset.batch_size * config.context_length, gpu)
     if steps is None:
         return dict(max_minutes=estimates.FIRST_RUN_MINUTES), f"a first run of {estimates.FIRST_RUN_MINUTES:g} minutes"
     return (dict(max_steps=steps, eval_every=max(50, steps // 5), max_minutes=estimates.FIRST_RUN_GUARD_MINUTES),
