@@ -6,6 +6,7 @@ finished with these settings on this build of the dataset is skipped (its run.js
 
     python scripts/train_all.py --dataset nottingham --source nottingham   # preprocesses first if needed
     python scripts/train_all.py --preset cpu --epochs 1 --max_steps 50 --dataset folk --source corpus   # a dry run on a laptop
+    python scripts/train_all.py --dataset nottingham --max_minutes 60   # each model an hour now; again: the next hour
     torchrun --nproc_per_node=4 scripts/train_all.py --dataset nottingham      # each model on 4 GPUs (docs/multi_gpu.md)
 
 Under torchrun every process runs this script; rank 0 alone preprocesses (the others wait for the
@@ -26,7 +27,7 @@ from midikit.errors import ConfigError, DatasetError
 from midikit.settings import add_flags, from_args
 from midikit.train import train
 
-SHARED_SETTINGS = ("checkpoint_dir", "dataset", "preset", "epochs", "max_steps", "checkpoint_every_minutes",
+SHARED_SETTINGS = ("checkpoint_dir", "dataset", "preset", "epochs", "max_steps", "max_minutes", "checkpoint_every_minutes",
                    "checkpoint_every_steps", "keep_last", "device", "precision", "compile", "takeover", "progress")
 
 
@@ -89,7 +90,7 @@ def main(argv=None) -> int:
         return 2
     preset = args.preset or presets.preset_for_hardware()
 
-    failures = []
+    failures, paused = [], []
     for model_type in args.models.split(","):
         config = from_args(TrainConfig, args, checkpoint_dir=str(paths.root), model_type=model_type, preset=preset,
                            resume="auto")
@@ -107,10 +108,16 @@ def main(argv=None) -> int:
         if result.status == "interrupted":
             say("Interrupted; run this script again to continue.")
             return 130
+        if result.status == "time_budget":  # --max_minutes is each model's budget in this call
+            say(f"== {model_type}: paused at step {result.steps} (max_minutes); run this script again to continue it.")
+            paused.append(model_type)
+            continue
         say(f"== {model_type}: {result.status}, best validation loss {result.best_val_loss}; weights {result.artifacts['weights']}")
     if failures:
         say(f"Failed: {', '.join(failures)}", file=sys.stderr)
         return 1
+    if paused:
+        say(f"Paused by their time budget: {', '.join(paused)}; the same command continues them.")
     return 0
 
 
