@@ -134,3 +134,31 @@ def test_latest_plays_a_stopped_run_and_says_which_it_is(tiny_dataset, tmp_path)
     result = generate(loaded, SampleConfig(num_tokens=64, num_samples=2, seed=1), progress=False)
     assert len(result.midi_paths) == 2 and all(path.is_file() for path in result.midi_paths)
     assert load_run(stopped.run_id, paths, log=quiet).run_id == stopped.run_id  # a run id names it too
+
+
+def test_the_commands_lines_reach_a_pipe_as_they_are_printed(tiny_dataset, tmp_path):
+    # `... | tee train.log` in a user's shell, where PYTHONUNBUFFERED is not set: a disconnect that kills the
+    # process must not take the lines already printed with it (Python buffers 8 kB blocks for a pipe).
+    import time
+
+    paths = own_root(tiny_dataset, tmp_path)
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
+    command = [sys.executable, "-m", "midikit", "train", "--dataset", paths.dataset, "--checkpoint_dir", str(paths.root),
+               "--model_type", "gru", "--preset", "cpu", "--device", "cpu", "--max_steps", "100000", "--eval_every", "50",
+               "--eval_windows", "8", "--batch_size", "4", "--context_length", "32", "--checkpoint_every_steps", "20",
+               "--checkpoint_every_minutes", "0", "--no_progress"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**env, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and process.poll() is None:  # the first checkpoint on disk: a disconnect now
+            landed = [path for run_dir in paths.checkpoints.glob("gru_*") for path in checkpoints.list_checkpoints(run_dir)
+                      if checkpoints.verify_checkpoint(path)[0] == "valid"]
+            if landed:
+                time.sleep(1.0)  # its "Checkpoint saved" line is printed just after the file lands
+                break
+            time.sleep(0.05)
+    finally:
+        process.kill()
+        output = process.communicate(timeout=30)[0].decode(errors="replace")
+    assert landed, output
+    assert "Starting gru_" in output and "Checkpoint saved" in output, output
