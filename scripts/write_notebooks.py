@@ -214,8 +214,10 @@ def generate_notebook() -> list:
              'print(f"{len(result.midi_paths)} piece(s), {sum(result.new_tokens)} new tokens in {result.seconds:.1f} s")'),
         md("## Optional: instrument sounds\nThe audio preview plays plain sine tones unless FluidSynth is installed; with "
            "it, each track sounds as its General MIDI instrument (piano, strings, ...), from the soundfont that "
-           "pretty_midi ships. In Colab the next cell installs it (`apt-get`, its errors shown); set `INSTRUMENTS = "
-           "False` to skip it. Elsewhere run `sudo apt-get install -y fluidsynth` yourself."),
+           "pretty_midi ships. In Colab the next cell installs it (`apt-get update`, then `apt-get install -y fluidsynth`; "
+           "apt's errors are shown); set `INSTRUMENTS = False` to skip it. Elsewhere run `sudo apt-get install -y "
+           "fluidsynth` yourself (`pip install pyfluidsynth` adds the Python binding, which midikit then uses instead "
+           "of the program: the same synthesizer)."),
         code("INSTRUMENTS = True  # False: keep the plain sine tones (nothing is installed)\n"
              'if INSTRUMENTS and "google.colab" in sys.modules:\n    !apt-get update -qq && apt-get install -y -qq fluidsynth\n'
              "from midikit import evaluate\n\nprint(evaluate.audio_synthesizer().line)"),

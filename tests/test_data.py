@@ -264,7 +264,7 @@ def test_cli_preprocess_end_to_end(nottingham_dir, tmp_path, capsys):
 
     assert cli.main(["preprocess", "--input_dir", str(nottingham_dir), "--checkpoint_dir", str(tmp_path), "--val_split", "1.5"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: val_split must be a number > 0.0 and < 1.0, got 1.5. The seed uses 0.05.") and "Traceback" not in err
+    assert err.startswith("error: val_split must be a number > 0.0 and < 1.0, got 1.5. The original project uses 0.05.") and "Traceback" not in err
     assert cli.main(["preprocess", "--source", "corpus", "--checkpoint_dir", str(tmp_path), "--tokenizer_params", "{oops"]) == 2
     assert capsys.readouterr().err.startswith("error: tokenizer_params must be a JSON object")
 
