@@ -103,53 +103,54 @@ def model_fields(model_type: str) -> tuple[str, ...]:
 @dataclass
 class TrainConfig:
     """How to train. Model sizes live in `ModelConfig` (from a preset unless given). A resumed run
-    keeps what defines it (batches, learning-rate curve and horizon: `RUN_DEFINING`)."""
+    keeps what defines it (batches, learning-rate curve and horizon: `kept_on_resume()`)."""
 
-    dataset: str = setting("nottingham", "preprocessed dataset name", group="data")
-    checkpoint_dir: str | None = setting(None, ROOT_HELP, group="data", none=ROOT_DEFAULT)
+    dataset: str = setting("nottingham", "preprocessed dataset name", group="data", kept_on_resume=False)
+    checkpoint_dir: str | None = setting(None, ROOT_HELP, group="data", none=ROOT_DEFAULT, kept_on_resume=False)
     val_split: float | None = setting(None, "only checked against the dataset's split (the split is made by `midikit preprocess`)",
-                                      group="data", gt=0.0, lt=1.0, none="the dataset's")
-    subsample_ratio: float = setting(1.0, "share of the training tokens one epoch covers", group="data", gt=0.0, le=1.0)
-    model_type: str = setting("lstm", "model architecture", group="model", choices=MODEL_TYPES)
+                                      group="data", gt=0.0, lt=1.0, none="the dataset's", kept_on_resume=False)
+    subsample_ratio: float = setting(1.0, "share of the training tokens one epoch covers", group="data", gt=0.0, le=1.0, kept_on_resume=True)
+    model_type: str = setting("lstm", "model architecture", group="model", choices=MODEL_TYPES, kept_on_resume=True)
     preset: str | None = setting(None, "model sizes, batch size and learning rate", group="model", choices=PRESET_NAMES,
-                                 none="chosen for this hardware")
-    epochs: int = setting(20, "passes over the training tokens", group="training", label="epochs", gt=0)
-    batch_size: int | None = setting(None, "windows per step", group="training", gt=0, none="the preset's")
-    lr: float | None = setting(None, "peak learning rate", group="training", gt=0.0, none="the preset's")
-    weight_decay: float = setting(0.01, "AdamW weight decay (matrices and embeddings only)", group="training", ge=0.0)
+                                 none="chosen for this hardware", kept_on_resume=True)
+    epochs: int = setting(20, "passes over the training tokens", group="training", label="epochs", gt=0, kept_on_resume=True)
+    batch_size: int | None = setting(None, "windows per step", group="training", gt=0, none="the preset's", kept_on_resume=True)
+    lr: float | None = setting(None, "peak learning rate", group="training", gt=0.0, none="the preset's", kept_on_resume=True)
+    weight_decay: float = setting(0.01, "AdamW weight decay (matrices and embeddings only)", group="training", ge=0.0, kept_on_resume=True)
     warmup_steps: int | None = setting(None, "linear warm-up steps before the cosine decay", group="training", ge=0,
-                                       none="5% of the run, at most 200")
+                                       none="5% of the run, at most 200", kept_on_resume=True)
     max_steps: int | None = setting(None, "stop after this many optimizer steps", group="training", gt=0,
-                                    label="max_steps", none="no limit")
+                                    label="max_steps", none="no limit", kept_on_resume=True)
     max_minutes: float | None = setting(None, "minutes this command trains (not the run's total): at the budget the run "
                                         "saves and ends resumable, and the same command continues it for another budget",
-                                        group="training", gt=0.0, label="max_minutes (this session)", none="no limit")
-    max_batches: int | None = setting(None, "cap on steps per epoch", group="training", gt=0, none="no cap")
-    grad_clip: float = setting(1.0, "gradient norm clipping (0: off)", group="training", ge=0.0)
-    seed: int = setting(42, "random seed of weights, batches and dropout", group="training", ge=0, lt=2**32)
+                                        group="training", gt=0.0, label="max_minutes (this session)", none="no limit", kept_on_resume=False)
+    max_batches: int | None = setting(None, "cap on steps per epoch", group="training", gt=0, none="no cap", kept_on_resume=True)
+    grad_clip: float = setting(1.0, "gradient norm clipping (0: off)", group="training", ge=0.0, kept_on_resume=True)
+    seed: int = setting(42, "random seed of weights, batches and dropout", group="training", ge=0, lt=2**32, kept_on_resume=True)
     patience: int = setting(5, "evaluations without a new best before stopping (0: never stop early)", group="evaluation",
-                            label="patience (evaluations)", ge=0)
+                            label="patience (evaluations)", ge=0, kept_on_resume=False)
     eval_every: int | None = setting(None, "steps between evaluations", group="evaluation", gt=0, label="eval_every",
-                                     none="once per epoch")
+                                     none="once per epoch", kept_on_resume=True)
     eval_windows: int = setting(256, "validation windows per evaluation, spread over the whole split", group="evaluation",
-                                label="validation windows", gt=0)
-    device: str = setting("auto", "auto, cpu, cuda or cuda:N", group="hardware")
+                                label="validation windows", gt=0, kept_on_resume=True)
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N", group="hardware", kept_on_resume=False)
     precision: str = setting("auto", "auto: bf16 on GPUs that have it, fp16 on older ones, fp32 on the CPU",
-                             group="hardware", choices=PRECISIONS)
-    compile: str = setting("auto", "torch.compile (auto: the Transformer on CUDA)", group="hardware", choices=COMPILE_MODES)
+                             group="hardware", choices=PRECISIONS, kept_on_resume=False)
+    compile: str = setting("auto", "torch.compile (auto: the Transformer on CUDA)", group="hardware", choices=COMPILE_MODES, kept_on_resume=False)
     checkpoint_every_minutes: float = setting(10.0, "minutes between checkpoints (0: off)", group="checkpoints",
-                                              label="checkpoint every (minutes)", ge=0.0)
-    checkpoint_every_steps: int = setting(0, "steps between checkpoints (0: off)", group="checkpoints", ge=0)
-    keep_last: int = setting(2, "step checkpoints kept (best.pt is kept besides)", group="checkpoints", ge=1)
+                                              label="checkpoint every (minutes)", ge=0.0, kept_on_resume=False)
+    checkpoint_every_steps: int = setting(0, "steps between checkpoints (0: off)", group="checkpoints", ge=0, kept_on_resume=False)
+    keep_last: int = setting(2, "step checkpoints kept (best.pt is kept besides)", group="checkpoints", ge=1, kept_on_resume=False)
     final_wait_minutes: float = setting(10.0, "how long the end of a run waits for its last checkpoint to reach the disk, "
-                                        "then says what was and was not saved", group="checkpoints", ge=0.0)
+                                        "then says what was and was not saved", group="checkpoints", ge=0.0, kept_on_resume=False)
     resume: str = setting("auto", "auto: continue the newest unfinished run of this model type; never; or a checkpoint "
-                          "file or run folder", group="checkpoints")
+                          "file or run folder", group="checkpoints", kept_on_resume=False)
     takeover: bool = setting(False, "continue a run even though another runtime's heartbeat says it is still "
-                             "training it (that runtime then stops writing)", group="checkpoints")
-    extend: bool = setting(False, "continue a run past the horizon it was planned with (new --max_steps/--epochs); "
-                           "the learning-rate schedule is re-planned from the current step", group="checkpoints")
-    progress: bool = setting(True, "no progress bar (log lines only)", group="hardware", flag="--no_progress")
+                             "training it (that runtime then stops writing)", group="checkpoints", kept_on_resume=False)
+    extend: bool = setting(False, "continue a run past the horizon it was planned with (new --max_steps/--epochs): the "
+                           "learning rate goes on from where it is and decays over the new horizon; with --resume auto and "
+                           "nothing unfinished, the newest finished run goes on", group="checkpoints", kept_on_resume=False)
+    progress: bool = setting(True, "no progress bar (log lines only)", group="hardware", flag="--no_progress", kept_on_resume=False)
 
     def validate(self) -> "TrainConfig":
         check_fields(self)
@@ -161,10 +162,11 @@ class TrainConfig:
         return asdict(self)
 
 
-# What a resumed run keeps from its checkpoint whatever is asked now: any of these would change the
-# batches or the learning-rate curve. Stopping, checkpointing and hardware settings follow the new config.
-RUN_DEFINING = ("preset", "batch_size", "lr", "weight_decay", "warmup_steps", "grad_clip", "seed",
-                "max_batches", "subsample_ratio", "eval_every", "eval_windows")
+def kept_on_resume(kept: bool = True) -> tuple[str, ...]:
+    """The TrainConfig fields a resumed run keeps from its checkpoint whatever is asked now (they fix its
+    batches, its learning-rate curve and its horizon: `kept_on_resume=True` in their declaration), or,
+    with `kept=False`, those that follow the session (where and how it runs, saves and stops)."""
+    return tuple(f.name for f in fields(TrainConfig) if f.metadata.get("kept_on_resume") is kept)
 
 
 # --------------------------------------------------------------------------- generation

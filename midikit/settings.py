@@ -23,7 +23,8 @@ NUMBER_TYPES = (int, float)
 
 def setting(default=MISSING, help: str = "", *, group: str = "", label: str | None = None, choices=None,
             ge=None, gt=None, le=None, lt=None, none: str | None = None, model_types=None, seed_flags=(), aliases=(),
-            flag: str | None = None, cli: bool = True, hint: str = "", default_factory=MISSING) -> Field:
+            flag: str | None = None, cli: bool = True, hint: str = "", kept_on_resume: bool | None = None,
+            default_factory=MISSING) -> Field:
     """A dataclass field with its metadata.
 
     help: one line for --help and the form's tooltip; group: the --help section; label: the form's
@@ -32,11 +33,13 @@ def setting(default=MISSING, help: str = "", *, group: str = "", label: str | No
     model_types: the model types a model field applies to; seed_flags: the original csce585-midi project's spellings of
     the same flag (without --); aliases: midikit's own earlier spellings; flag: a
     different flag spelling (e.g. "--no_progress" for a bool that defaults to True); cli: False
-    for fields with no flag (set by the program, not the user).
+    for fields with no flag (set by the program, not the user); kept_on_resume: a training setting that a resumed
+    run keeps from its checkpoint (True) or takes from the session (False).
     """
     metadata = dict(help=help, group=group, label=label, choices=tuple(choices) if choices else None, ge=ge, gt=gt,
                     le=le, lt=lt, none=none, model_types=tuple(model_types) if model_types else None,
-                    seed_flags=tuple(seed_flags), aliases=tuple(aliases), flag=flag, cli=cli, hint=hint)
+                    seed_flags=tuple(seed_flags), aliases=tuple(aliases), flag=flag, cli=cli, hint=hint,
+                    kept_on_resume=kept_on_resume)
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=metadata)
     return field(default=default, metadata=metadata)

@@ -162,3 +162,37 @@ def test_the_commands_lines_reach_a_pipe_as_they_are_printed(tiny_dataset, tmp_p
         output = process.communicate(timeout=30)[0].decode(errors="replace")
     assert landed, output
     assert "Starting gru_" in output and "Checkpoint saved" in output, output
+
+
+def test_every_training_setting_says_whether_a_resumed_run_keeps_it():
+    from dataclasses import fields
+
+    from midikit.configs import TrainConfig, kept_on_resume
+
+    undeclared = [f.name for f in fields(TrainConfig) if f.metadata.get("kept_on_resume") not in (True, False)]
+    assert undeclared == [], f"declare kept_on_resume=True or False on {undeclared}"
+    kept, session = set(kept_on_resume()), set(kept_on_resume(False))
+    assert not kept & session and kept | session == {f.name for f in fields(TrainConfig)}
+    # What fixes the batches, the learning-rate curve and the horizon stays the run's; how it runs and saves follows now.
+    assert {"batch_size", "lr", "seed", "warmup_steps", "epochs", "max_steps"} <= kept
+    assert {"max_minutes", "final_wait_minutes", "device", "keep_last", "patience"} <= session
+
+
+def test_an_orphan_restarted_under_its_id_takes_this_sessions_final_wait(tiny_dataset, tmp_path):
+    # A run killed before its first checkpoint starts over under its id with its own settings, but the session's
+    # own ones (here final_wait_minutes and max_minutes) are the ones passed now, as for a resume.
+    from midikit.data import load_dataset
+    from midikit.train.start import find_start
+
+    paths = own_root(tiny_dataset, tmp_path)
+    dataset = load_dataset(paths)
+    run_id = "transformer_20260101_000000"  # what claim() leaves before the first checkpoint: a record, no state
+    model = {"model_type": "transformer", "vocab_size": dataset.vocab_size, **TINY}
+    runs.write_record(paths.run_checkpoints(run_id), {"run_id": run_id, "model_type": "transformer", "status": "running",
+                                                      "model_config": model,
+                                                      "train_config": config(paths, final_wait_minutes=3.0).to_dict()})
+    asked = config(paths, final_wait_minutes=0.5, max_minutes=2.0, seed=99)
+    start = find_start(asked, None, {}, paths, dataset, torch.device("cpu"), quiet)
+    assert start.kind == "restarted" and start.state.run_id == run_id
+    kept = start.state.train_config
+    assert (kept.final_wait_minutes, kept.max_minutes, kept.seed) == (0.5, 2.0, 3)  # the session's; the run's seed

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from .. import checkpoints, runs, storage
-from ..configs import RUN_DEFINING, ModelConfig, TrainConfig
+from ..configs import ModelConfig, TrainConfig, kept_on_resume
 from ..errors import CheckpointError, ConfigError
 from ..presets import get_preset, preset_for_hardware
 from .setup import lr_factor
@@ -98,8 +98,8 @@ def _resumed(found, tc: TrainConfig, model_config, overrides, dataset, log) -> S
     _check_same_dataset(checkpoint, path, dataset)
     saved = TrainState.from_state(checkpoint, *_legacy_horizon(checkpoint, dataset))
     _refuse_other_model(saved, model_config, overrides)
-    asked_changes = [f"{k}={getattr(saved.train_config, k)!r} (asked {getattr(tc, k)!r})" for k in RUN_DEFINING
-                     if getattr(tc, k) is not None and getattr(tc, k) != getattr(saved.train_config, k)]
+    asked_changes = [f"{k}={getattr(saved.train_config, k)!r} (asked {getattr(tc, k)!r})" for k in kept_on_resume()
+                     if k not in HORIZON and getattr(tc, k) is not None and getattr(tc, k) != getattr(saved.train_config, k)]
     if asked_changes:
         log(f"Resuming keeps the run's own settings: {', '.join(asked_changes)}.")
     state = saved.with_settings_of_now(tc)
@@ -112,6 +112,10 @@ def _resumed(found, tc: TrainConfig, model_config, overrides, dataset, log) -> S
         raise ConfigError(f"Run {saved.run_id} already finished ({saved.stop_reason or 'finished'} at step {saved.step}). "
                           "To train it further pass --extend with a larger --max_steps or --epochs; --resume never starts a new run.")
     return Start(replace(state, finished=False, stop_reason=None), checkpoint, path, "resumed")
+
+
+# The settings that plan a run's horizon: kept on resume like the others, said apart (extend changes them).
+HORIZON = ("epochs", "max_steps")
 
 
 def _extended(state: TrainState, tc: TrainConfig, log) -> TrainState:
@@ -149,14 +153,9 @@ def _restarted(record: runs.RunRecord, tc: TrainConfig, dataset, log, world_size
     saved_tc = TrainConfig(**{k: v for k, v in record.get("train_config").items() if k in TrainConfig.__dataclass_fields__})
     mc = ModelConfig.from_dict(record.get("model_config"))
     log(f"{record.run_id} stopped before its first checkpoint: starting it over from step 0 under the same id.")
-    state = _planned(record.run_id, mc, replace(saved_tc, **{k: getattr(tc, k) for k in _SESSION_FIELDS}), dataset, world_size)
+    session = {name: getattr(tc, name) for name in kept_on_resume(False)}
+    state = _planned(record.run_id, mc, replace(saved_tc, **session), dataset, world_size)
     return Start(state, kind="restarted")
-
-
-# What may differ between sessions of one run: where and how it runs, how it saves and stops early.
-_SESSION_FIELDS = ("checkpoint_dir", "dataset", "patience", "device", "precision", "compile", "checkpoint_every_minutes",
-                   "checkpoint_every_steps", "keep_last", "resume", "takeover", "extend", "progress", "val_split",
-                   "max_minutes", "final_wait_minutes")
 
 
 def new_run(tc: TrainConfig, model_config, overrides: dict, paths, dataset, device, world_size: int = 1) -> Start:

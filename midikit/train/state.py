@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from ..checkpoints import STATE_FORMAT
-from ..configs import RUN_DEFINING, ModelConfig, TrainConfig
+from ..configs import ModelConfig, TrainConfig, kept_on_resume
 from ..errors import CheckpointError
 
 STATE_VERSION = 2
@@ -193,5 +193,5 @@ class TrainState:
     def with_settings_of_now(self, asked: TrainConfig) -> "TrainState":
         """This run, continuing with what may change between sessions (stopping, checkpoints, hardware)
         taken from `asked`; what defines the run stays its own."""
-        keep = {name: getattr(self.train_config, name) for name in RUN_DEFINING + ("model_type", "epochs", "max_steps")}
+        keep = {name: getattr(self.train_config, name) for name in kept_on_resume()}
         return replace(self, train_config=replace(asked, **keep))
