@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from .errors import ConfigError
-from .settings import Checked, check_fields, setting
+from .settings import Checked, setting
 
 MODEL_TYPES = ("lstm", "gru", "transformer")
 RNN_TYPES = ("lstm", "gru")
@@ -36,7 +36,7 @@ ROOT_DEFAULT = ("$MIDIKIT_ROOT, else the folder chosen in notebook 01, else MyDr
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Checked):
     """Everything needed to rebuild a model. Saved inside every checkpoint, sidecar and run.json."""
 
     model_type: str = setting("lstm", "model architecture", choices=MODEL_TYPES, cli=False)
@@ -57,8 +57,7 @@ class ModelConfig:
                              "re-primes its window past the context)", group="model", choices=POSITION_ENCODINGS,
                              model_types=("transformer",), none="rope")
 
-    def validate(self) -> "ModelConfig":
-        check_fields(self)
+    def check(self) -> None:
         if self.vocab_size <= 0:
             raise ConfigError(f"vocab_size must be a positive integer, got {self.vocab_size!r} (it comes from the preprocessed dataset).")
         if self.model_type == "transformer" and self.d_model % self.nhead:
@@ -69,7 +68,6 @@ class ModelConfig:
         if self.model_type == "transformer" and self.positions == "rope" and head_dim % 2:
             raise ConfigError(f"positions='rope' rotates pairs of features, but d_model/nhead = {self.d_model}/{self.nhead} "
                               f"= {head_dim} is odd; choose d_model and nhead with an even quotient, or positions='learned'.")
-        return self
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -101,7 +99,7 @@ def model_fields(model_type: str) -> tuple[str, ...]:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Checked):
     """How to train. Model sizes live in `ModelConfig` (from a preset unless given). A resumed run
     keeps what defines it (batches, learning-rate curve and horizon: `kept_on_resume()`)."""
 
@@ -152,11 +150,9 @@ class TrainConfig:
                            "nothing unfinished, the newest finished run goes on", group="checkpoints", kept_on_resume=False)
     progress: bool = setting(True, "no progress bar (log lines only)", group="hardware", flag="--no_progress", kept_on_resume=False)
 
-    def validate(self) -> "TrainConfig":
-        check_fields(self)
+    def check(self) -> None:
         if not self.resume:
             raise ConfigError("resume must be 'auto', 'never' or a path to a checkpoint or run folder.")
-        return self
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -248,7 +244,7 @@ class QualityConfig(RunChoice):
 
 
 @dataclass
-class PreprocessConfig:
+class PreprocessConfig(Checked):
     """Everything `python -m midikit preprocess` takes. `source` None means "folder" when
     `input_dir` is given, else "nottingham" (the original project's default, downloaded once)."""
 
@@ -269,7 +265,8 @@ class PreprocessConfig:
     seq_length: int = setting(100, "default context length recorded for training", group="tokens", gt=0)
     limit: int | None = setting(None, "use only the first N files (quick runs)", group="dataset",
                                 label="limit (first N files)", gt=0, none="all files")
-    tokenizer: str = setting("REMI", "miditok tokenizer", group="tokens", choices=TOKENIZERS)
+    tokenizer: str = setting("REMI", "miditok tokenizer", group="tokens", choices=TOKENIZERS,
+                             hint="Multi-vocabulary tokenizers such as CPWord or Octuple do not give one token stream.")
     tracks: str = setting("merged", "merged: one sequence per tune with Program tokens (melody and chords together); "
                           "separate: one sequence per track, as the original project", group="tokens", choices=TRACK_MODES)
     tokenizer_params: dict = setting(help="extra miditok TokenizerConfig options as JSON, e.g. '{\"use_time_signatures\": true}'",
@@ -289,9 +286,10 @@ class PreprocessConfig:
         if isinstance(self.tokenizer_params, str):
             self.tokenizer_params = parse_json_object("tokenizer_params", self.tokenizer_params)
 
-    def validate(self) -> "PreprocessConfig":
-        """Check every value (the tokenizer options through miditok itself, imported only here)."""
-        from .data.tokenization import build_tokenizer, tokenizer_spec
+    def check(self) -> None:
+        """The source, the transpositions and the dataset's name. The tokenizer's options are checked by
+        miditok itself when preprocessing starts (`midikit.data.preprocess`), before any file is read:
+        configs import neither torch nor miditok, so a form checks a value in milliseconds."""
         from .storage import DatasetPaths
 
         if self.source == "folder" and not self.input_dir:
@@ -301,14 +299,9 @@ class PreprocessConfig:
         self.transpositions = tuple(sorted({_as_int("transpositions", k) for k in self.transpositions}))
         if not self.transpositions:
             raise ConfigError("transpositions is empty: give at least 0 (no augmentation), e.g. --transpositions 0.")
-        spec = tokenizer_spec(self.tokenizer, self.tracks, self.tokenizer_params)  # says why a tokenizer is unsupported
-        check_fields(self)
+        if self.tokenizer_params and not all(isinstance(key, str) for key in self.tokenizer_params):
+            raise ConfigError(f"tokenizer_params must map option names to values, got {self.tokenizer_params!r}.")
         DatasetPaths(Path("."), self.dataset)  # validates the name
-        base = len(build_tokenizer(spec))  # checks option values too
-        if self.bpe_vocab and self.bpe_vocab <= base:
-            raise ConfigError(f"bpe_vocab={self.bpe_vocab} is not above the base vocabulary ({base} tokens): BPE adds merged "
-                              f"tokens to it; use --bpe_vocab {base * 2} or more, or leave it out.")
-        return self
 
     def command(self, root: Path) -> str:
         """The equivalent `python -m midikit preprocess` command line (stored in config.json)."""

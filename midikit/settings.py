@@ -105,7 +105,8 @@ def _check_type(name: str, value, base: type):
 def _check_range(f: Field, value) -> None:
     meta = f.metadata
     if meta.get("choices") and value not in meta["choices"]:
-        raise ConfigError(f"Unknown {f.name} {value!r}: choose one of {', '.join(map(str, meta['choices']))}.")
+        hint = f" {meta['hint']}" if meta.get("hint") else ""
+        raise ConfigError(f"Unknown {f.name} {value!r}: choose one of {', '.join(map(str, meta['choices']))}.{hint}")
     bounds = (("ge", ">=", value >= meta["ge"] if meta.get("ge") is not None else True),
               ("gt", ">", value > meta["gt"] if meta.get("gt") is not None else True),
               ("le", "<=", value <= meta["le"] if meta.get("le") is not None else True),
@@ -119,11 +120,16 @@ def _check_range(f: Field, value) -> None:
 
 
 class Checked:
-    """A config dataclass whose checks are all in its fields' declarations: `validate()` runs them."""
+    """A config dataclass validated the one way every config is: `validate()` runs the checks in its
+    fields' declarations, then `check()`, the class's checks across fields (none by default)."""
 
     def validate(self):
         check_fields(self)
+        self.check()
         return self
+
+    def check(self) -> None:
+        """Checks that involve several fields; raise ConfigError naming the values and the fix."""
 
 
 def describe_valid(f: Field) -> str:

@@ -57,3 +57,15 @@ def test_help_imports_neither_torch_nor_miditok():
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert done.stderr.strip().endswith("False False"), done.stderr
     assert "--eval_windows" in done.stdout and "--takeover" in done.stdout and "--transformer_layers" in done.stdout
+
+
+def test_checking_every_config_imports_neither_torch_nor_miditok():
+    # What a form does on every keystroke: it must stay a matter of milliseconds.
+    probe = ("import sys\nfrom midikit import configs\n"
+             "configs.PreprocessConfig(source='corpus', bpe_vocab=1000, seq_length=256).validate()\n"
+             "configs.TrainConfig(max_minutes=5).validate()\nconfigs.SampleConfig().validate()\n"
+             "configs.GenerateConfig(seed_bars=4).validate()\nconfigs.QualityConfig().validate()\n"
+             "configs.ModelConfig(vocab_size=500).validate()\n"
+             "print('torch' in sys.modules, 'miditok' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "False False", done.stdout + done.stderr

@@ -299,7 +299,7 @@ def test_split_is_deterministic_and_never_empty():
     [
         (dict(source="corpus", val_split=0), "val_split"),
         (dict(source="corpus", transpositions="a,b"), "transpositions"),
-        (dict(source="corpus", tokenizer="Octuple"), "Unsupported tokenizer"),
+        (dict(source="corpus", tokenizer="Octuple"), "Unknown tokenizer 'Octuple'.*CPWord or Octuple do not give one"),
         (dict(source="corpus", tracks="both"), "tracks"),
         (dict(source="corpus", tokenizer_params={"use_programs": False}), "set by midikit"),
         (dict(source="corpus", tokenizer_params={"no_such_option": 1}), "Unknown tokenizer options"),
@@ -330,4 +330,5 @@ def test_bpe_puts_more_music_in_fewer_tokens_and_decodes_to_the_same_notes(tiny_
         assert [list(t.notes.numpy()["pitch"]) for t in merged.tracks] == [list(t.notes.numpy()["pitch"]) for t in plain.tracks]
     assert "--bpe_vocab" in bpe.config["command"]
     with pytest.raises(ConfigError, match=f"bpe_vocab=10 is not above the base vocabulary \\({base.vocab_size} tokens\\)"):
-        PreprocessConfig(source="corpus", bpe_vocab=10).validate()
+        preprocess(PreprocessConfig(source="corpus", bpe_vocab=10, checkpoint_dir=str(tmp_path)), progress=False)
+    assert not (tmp_path / "nottingham").exists()  # refused before anything was read or written

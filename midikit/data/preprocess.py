@@ -41,11 +41,22 @@ class PreprocessResult:
     report: str
 
 
+def check_tokenizer(config: PreprocessConfig) -> dict:
+    """The tokenizer's spec, its options checked by miditok itself (names and values) and the BPE
+    vocabulary against the base one: before any file is read, so a bad option costs no time."""
+    spec = tokenizer_spec(config.tokenizer, config.tracks, config.tokenizer_params)  # says why one is unsupported
+    base = len(build_tokenizer(spec))
+    if config.bpe_vocab and config.bpe_vocab <= base:
+        raise ConfigError(f"bpe_vocab={config.bpe_vocab} is not above the base vocabulary ({base} tokens): BPE adds merged "
+                          f"tokens to it; use --bpe_vocab {base * 2} or more, or leave it out.")
+    return spec
+
+
 def preprocess(config: PreprocessConfig, progress: bool = True, log=print) -> PreprocessResult:
     """Build (or reuse) the token store of `config.dataset` under `config.checkpoint_dir`."""
     started = time.perf_counter()
     config.validate()
-    spec = tokenizer_spec(config.tokenizer, config.tracks, config.tokenizer_params)
+    spec = check_tokenizer(config)
     root = storage.resolve_root(config.checkpoint_dir)
     paths = DatasetPaths(root, config.dataset)
 
