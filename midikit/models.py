@@ -124,8 +124,13 @@ def cudnn_has_bf16_rnn(device_index: int, cudnn_enabled: bool) -> bool:
         x = torch.zeros(1, 1, 8, device=device, dtype=torch.bfloat16, requires_grad=True)
         weights = [torch.zeros(shape, device=device, dtype=torch.bfloat16) for shape in ((24, 8), (24, 8), (24,), (24,))]
         out = torch.gru(x, torch.zeros(1, 1, 8, device=device, dtype=torch.bfloat16), weights, True, 1, 0.0, True, False, True)[0]
-    nodes = [out.grad_fn]
-    for _ in range(4):  # the cuDNN node is the output's own or a few views up
+    return ran_on_cudnn(out)
+
+
+def ran_on_cudnn(output: torch.Tensor) -> bool:
+    """Whether an RNN's output (with autograd on) came from cuDNN: its node, or one a few views up."""
+    nodes = [output.grad_fn]
+    for _ in range(4):
         if any("CudnnRnn" in type(node).__name__ for node in nodes if node is not None):
             return True
         nodes = [parent for node in nodes if node is not None for parent, _ in node.next_functions]
