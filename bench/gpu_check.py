@@ -18,7 +18,7 @@ a part killed by its limit, or the whole check killed from outside, leaves every
 part that overruns is written as "timed out after N s".
 
     bash bench/gpu_check.sh                                      # on the GPU machine (about 5 minutes)
-    python bench/gpu_check.py --device cpu --quick --out DIR     # a CPU rehearsal, tiny, about a minute
+    python bench/gpu_check.py --device cpu --quick --out DIR     # a CPU rehearsal, tiny (about 65 CPU-seconds)
 """
 
 from __future__ import annotations

@@ -205,7 +205,8 @@ def stall(args) -> None:
     r = measure_save_stall(training, batch)
     verdict = "—" if device.type != "cuda" else (
         "met" if r["worst_warm_s"] <= 0.1 else f"**missed** by {r['worst_warm_s'] - 0.1:.3f} s")
-    say(f"- {preset.name} Transformer, eager, batch {batch_size}: state {r['state_gib']:.2f} GiB "
+    size = "a tiny" if args.quick else f"the {preset.name}"
+    say(f"- {size} Transformer, eager, batch {batch_size}: state {r['state_gib']:.2f} GiB "
         f"({'pinned' if r['pinned'] else 'pageable'}), plain step {r['plain_step_s'] * 1e3:.0f} ms")
     say(f"- the pool's buffers: made on thread `{r['fill_thread']}` in {r['fill_s']:.2f} s, when the run starts")
     say(f"- a save holds training: first {r['first_s'] * 1e3:.0f} ms, warm {r['warm_s'] * 1e3:.0f} ms (worst "

@@ -25,7 +25,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 CHECK = [sys.executable, str(REPO / "bench" / "gpu_check.py"), "--device", "cpu", "--quick"]
-WAIT_S = 900  # a generous bound on a busy machine; the rehearsal takes about a minute on two free cores
+WAIT_S = 900  # a generous bound for a busy machine; the rehearsal needs about 65 CPU-seconds
 
 
 def check_env(**changes) -> dict:
