@@ -222,8 +222,8 @@ def main(argv=None) -> int:
         results.add(f"## {number}. {part.title}")
         left = args.budget_s - (time.monotonic() - started)
         if left < part.min_s:
-            results.add(f"- **dropped**: {left:.0f} s of the {args.budget_s:.0f} s budget left, it needs {part.min_s} s "
-                        f"(run it alone: `--parts {part.name}`, or raise --budget_s).")
+            results.add(f"- **dropped**: {max(0.0, left):.0f} s of the {args.budget_s:.0f} s budget left, it needs "
+                        f"{part.min_s} s (run it alone: `--parts {part.name}`, or raise --budget_s).")
             continue
         run_part(part, min(limits[part.name], left), args, scratch, compiled, results, log_path)
     results.add()

@@ -76,6 +76,17 @@ def test_a_broken_compiler_one_line_then_a_part_past_its_limit_then_a_kill_from_
     assert not processes_mentioning(str(scratch)), "a part outlived the check that was killed"
 
 
+def test_a_budget_too_small_for_a_part_drops_it_and_says_so(rehearsal, tmp_path):
+    no_compiler = check_env(CC="/nonexistent/cc", CXX="/nonexistent/c++")  # the preflight fails fast
+    finished = subprocess.run([*CHECK, "--out", str(tmp_path), "--parts", "path,stall", "--budget_s", "1"], env=no_compiler,
+                              capture_output=True, text=True, timeout=WAIT_S)
+    assert finished.returncode == 0, finished.stderr
+    text = results_of(tmp_path)
+    for heading, needs in (("## 1. The GPU path", 60), ("## 2. Checkpoint stall", 25)):
+        assert re.search(rf"- \*\*dropped\*\*: 0 s of the 1 s budget left, it needs {needs} s", section(text, heading))
+    assert "Total" in text
+
+
 def results_of_or_empty(out: Path) -> str:
     found = list(out.glob("gpu_check_*.md")) if out.is_dir() else []
     return found[0].read_text() if found else ""
