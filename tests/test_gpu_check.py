@@ -3,7 +3,8 @@
 `python bench/gpu_check.py --device cpu --quick --out DIR` runs every part with tiny models: each
 writes its lines. A part killed by its own limit, and the whole check killed from outside in the
 middle of a part, leave every earlier line in the results file; a preflight whose torch.compile
-really fails (this process has no C compiler) says so in one line and the rest runs uncompiled.
+really fails (this process has no C compiler) says so in one line and the rest runs uncompiled; a
+budget too small for a part drops it with a line that says so.
 Then the checkpoint pool's buffers: made on the pool's own thread, and the ones a save uses; and
 the RNN's recurrent core: the precision the start line states is the one it runs in.
 """
