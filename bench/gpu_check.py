@@ -1,262 +1,234 @@
-"""One device check for a CUDA machine, within about 5 minutes on one H100/H200-class GPU.
+"""The one check for a GPU machine: runs in a short window and keeps every result it gets.
 
-1. The GPU path works: each model type trains a few hundred steps on CUDA with torch.compile
-   through the real CLI; one run is killed with SIGKILL and resumed; a run started on the CPU
-   (unfused AdamW) is resumed on the GPU (fused AdamW: torch must put its step counters on the
-   device); every run's model generates.
-2. The numbers: bf16 matmul peak measured here; the training benchmark of the large presets beside
-   a seed-style loop in the same process (bench/train_bench.py); the generation benchmark
-   (bench/generate_bench.py); and the checkpoint stall: how much longer a training step of the
-   large Transformer takes when a full-state save happens during it.
-3. One dated results file: bench/results/gpu_check_<date>.md (and a copy under $OUT when set).
+Parts, most important first. --budget_s (default 300) drops from the end of this list: a part
+starts only with at least its `min_s` of the budget left, and runs at most `cap_s` or what is left.
 
-Needs neither miditok nor symusic: the data are synthetic tokens in midikit's store format.
+    preflight    always, first: nvidia-smi, CUDA, cuDNN, and a tiny torch.compile (a C compiler and
+                 Python.h); if that fails the check says why in one line and runs the rest uncompiled
+    path         the GPU path through the CLI: each model type trains; the Transformer compiled,
+                 killed with SIGKILL after a checkpoint and resumed; a run started on the CPU resumed
+                 on the GPU (fused AdamW); each run's model generates; the RNN core's dtype on the device
+    throughput   tokens/s of the three large models against the original project's loop (train_bench.py)
+    generation   tokens/s of the large Transformer (learned and rotary positions) and LSTM (generate_bench.py)
+    stall        what a checkpoint of the large Transformer adds to a training step (save_stall.py)
 
-    bash bench/gpu_check.sh                      # on the GPU machine
-    python bench/gpu_check.py --device cpu --quick   # the same steps, tiny, to check the script here
+Each part runs as its own process (`gpu_parts.py NAME`) under its own time limit; every line it
+prints is appended to the dated results file the moment it arrives (and to a copy under $OUT), so
+a part killed by its limit, or the whole check killed from outside, leaves every earlier line. A
+part that overruns is written as "timed out after N s".
+
+    bash bench/gpu_check.sh                                      # on the GPU machine (about 5 minutes)
+    python bench/gpu_check.py --device cpu --quick --out DIR     # a CPU rehearsal, tiny (about 65 CPU-seconds)
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime
-import functools
+import json
 import os
-import shutil
+import queue
+import shlex
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from train_bench import SYNTHETIC_VOCAB, synthetic_sequences, write_synthetic_store  # noqa: E402
-
-from midikit import checkpoints, storage  # noqa: E402
-from midikit.configs import TrainConfig  # noqa: E402
-from midikit.generate import SampleConfig, decode, next_tokens  # noqa: E402
-from midikit.models import build_model  # noqa: E402
-from midikit.presets import get_preset  # noqa: E402
-from midikit.train import build_training, train_step  # noqa: E402
-
-RESULTS: list[str] = []
 
 
-def say(line: str = "") -> None:
-    print(line, flush=True)
-    RESULTS.append(line)
+@dataclass(frozen=True)
+class Part:
+    name: str
+    title: str
+    min_s: int  # starts only with this much of the budget left
+    cap_s: int  # its own time limit
 
 
-def midikit_train(root: Path, *args: str, timeout: float = 240) -> subprocess.Popen:
-    command = [sys.executable, "-m", "midikit", "train", "--dataset", "synthetic", "--checkpoint_dir", str(root),
-               "--no_progress", "--checkpoint_every_minutes", "0", "--eval_windows", "64", *args]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(HERE.parent)))
+PREFLIGHT = Part("preflight", "Preflight", 10, 90)
+PARTS = (  # most important first: the budget drops from the end
+    Part("path", "The GPU path through the CLI", 60, 150),
+    Part("throughput", "Training throughput against the original project's loop", 50, 120),
+    Part("generation", "Generation speed", 40, 100),
+    Part("stall", "Checkpoint stall", 25, 60),
+)
+OWN_GROUP = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}  # Python 3.10
+TAIL_LINES = 25  # of a failed part's log, copied into the results
+QUICK_SLACK = 4  # --quick (a rehearsal on a slow, shared CPU): limits and the default budget this many times longer
 
 
-def finish(process: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
-    output = process.communicate(timeout=timeout)[0]
-    return process.returncode, output
+class Results:
+    """The results file (and its copy under $OUT): each line appended and flushed as it comes."""
+
+    def __init__(self, paths: list[Path]):
+        self.paths = paths
+        for path in paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("")
+
+    def add(self, line: str = "") -> None:
+        print(line, flush=True)
+        for path in self.paths:
+            with path.open("a") as file:
+                file.write(line + "\n")
 
 
-def newest_state(root: Path, model_type: str):
-    paths = storage.DatasetPaths(root, "synthetic")
-    run_dir = sorted(p for p in paths.checkpoints.iterdir() if p.name.startswith(model_type))[-1]
-    return checkpoints.load_latest(run_dir, log=lambda message: None)
+def _pipe_lines(stream, lines: queue.Queue) -> None:
+    for line in stream:
+        lines.put(line.rstrip("\n"))
+    lines.put(None)
 
 
-# --------------------------------------------------------------------------- 1. the GPU path
+def _log_lines(stream, log_path: Path, header: str, done: queue.Queue) -> None:
+    """Copies a part's progress (stderr) to the log; hands its last lines back at the end."""
+    tail = collections.deque(maxlen=TAIL_LINES)
+    with log_path.open("a") as log:
+        log.write(header)
+        for line in stream:
+            log.write(line)
+            log.flush()
+            tail.append(line.rstrip("\n"))
+    done.put(tuple(tail))
 
 
-def check_training(root: Path, device: str, preset: str, steps: int) -> None:
-    say("## 1. The GPU path")
-    say()
-    # auto: the Transformer compiled on CUDA (the RNNs are cuDNN kernels); on a CPU inductor takes minutes: off.
-    compile_mode = "auto" if device.startswith("cuda") else "off"
-    for model_type in ("lstm", "gru", "transformer"):
-        started = time.perf_counter()
-        code, output = finish(midikit_train(root, "--model_type", model_type, "--preset", preset, "--device", device,
-                                            "--compile", compile_mode, "--max_steps", str(steps), "--eval_every", str(steps // 2),
-                                            "--checkpoint_every_steps", str(steps // 2), "--resume", "never"))
-        compiled = next((line for line in output.splitlines() if line.startswith("Compiled")), "no compile line")
-        say(f"- {model_type} ({preset}, compile {compile_mode}): exit {code} in {time.perf_counter() - started:.0f} s; {compiled}")
-        if code != 0:
-            say("```\n" + output[-3000:] + "\n```")
-
-    paths = storage.DatasetPaths(root, "synthetic")
-    earlier = set(paths.checkpoints.iterdir())
-    victim = midikit_train(root, "--model_type", "transformer", "--preset", preset, "--device", device, "--compile", compile_mode,
-                           "--max_steps", str(steps * 4), "--eval_every", str(steps), "--checkpoint_every_steps", str(steps // 2),
-                           "--resume", "never")
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and victim.poll() is None:
-        found = _newest_step(set(paths.checkpoints.iterdir()) - earlier)
-        if found and found >= steps:
-            break
-        time.sleep(0.5)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    killed_at = _newest_step(set(paths.checkpoints.iterdir()) - earlier)
-    code, output = finish(midikit_train(root, "--model_type", "transformer", "--preset", preset, "--device", device,
-                                        "--compile", compile_mode, "--max_steps", str(steps * 4), "--eval_every", str(steps)))
-    resumed = next((line for line in output.splitlines() if line.startswith("Resuming")), "no resume line")
-    say(f"- SIGKILL at checkpoint step {killed_at}, resumed: exit {code}; {resumed[:160]}")
-
-    code, output = finish(midikit_train(root, "--model_type", "gru", "--preset", preset, "--device", "cpu", "--max_steps", "10",
-                                        "--eval_every", "10", "--resume", "never"))
-    cpu_run = sorted(p for p in paths.checkpoints.iterdir() if p.name.startswith("gru"))[-1]
-    code, output = finish(midikit_train(root, "--model_type", "gru", "--device", device, "--resume", str(cpu_run),
-                                        "--extend", "--max_steps", "30", "--eval_every", "10"))
-    say(f"- a CPU-started run (unfused AdamW) resumed on {device} (fused AdamW): exit {code}"
-        + ("" if code == 0 else "\n```\n" + output[-3000:] + "\n```"))
-    check_generation(root, device)
+def run_part(part: Part, limit_s: float, args, scratch: Path, compiled: bool, results: Results, log_path: Path) -> str:
+    """Run one part under its limit, its result lines appended as they come; returns how it ended."""
+    command = [sys.executable, str(HERE / "gpu_parts.py"), part.name, "--device", args.device, "--scratch", str(scratch)]
+    command += (["--quick"] if args.quick else []) + ([] if compiled else ["--no_compile"])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")])),
+               PYTHONUNBUFFERED="1")
+    if args.quick:  # tiny models are all dispatch: a second torch thread on shared cores only adds waiting
+        env["OMP_NUM_THREADS"] = "1"
+    started = time.monotonic()
+    # Its own process group: a part that overruns goes with everything it started (CLI runs, compile workers).
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **OWN_GROUP)
+    lines, tail = queue.Queue(), queue.Queue()
+    threading.Thread(target=_pipe_lines, args=(process.stdout, lines), daemon=True).start()
+    header = f"\n===== {part.name}: {shlex.join(command)}\n"
+    threading.Thread(target=_log_lines, args=(process.stderr, log_path, header, tail), daemon=True).start()
+    try:
+        ended = _relay(lines, results, started + limit_s)
+    except BaseException:  # SIGTERM or Ctrl-C: the part goes too, the lines so far stay
+        _kill_group(process)
+        results.add(f"- **stopped from outside** after {time.monotonic() - started:.0f} s: the lines above are what it had.")
+        raise
+    if ended == "timed out":
+        _kill_group(process)
+    code = process.wait()
+    seconds = time.monotonic() - started
+    if ended == "timed out":
+        results.add(f"- **timed out after {limit_s:.0f} s** (its limit): the lines above are what it had.")
+        return "timed out"
+    if code != 0:
+        try:
+            last = tail.get(timeout=30)
+        except queue.Empty:
+            last = ("(its log did not close)",)
+        results.add(f"- **failed** (exit {code}) after {seconds:.0f} s; the end of its log:")
+        results.add("```\n" + "\n".join(last) + "\n```")
+        return "failed"
+    results.add()
+    results.add(f"({part.name}: {seconds:.0f} s)")
+    return "ok"
 
 
-def _newest_step(run_dirs) -> int | None:
-    steps = [checkpoints.step_of(p) for run_dir in run_dirs for p in checkpoints.list_checkpoints(run_dir)
-             if checkpoints.verify_checkpoint(p)[0] == "valid"]
-    return max(steps, default=None)
+def _kill_group(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
-def check_generation(root: Path, device: str) -> None:
-    for model_type in ("lstm", "gru", "transformer"):
-        _, state = newest_state(root, model_type)
-        from midikit.configs import ModelConfig
-
-        model = build_model(ModelConfig.from_dict(state["model_config"])).to(device).eval()
-        model.load_state_dict(state["model"])
-        prime = torch.ones(1, 1, dtype=torch.long, device=device)
-        # On a GPU the Transformer's fixed-shape step runs as a CUDA graph: the path Colab users get.
-        graph = functools.partial(torch.compile, mode="reduce-overhead") if model_type == "transformer" and device.startswith("cuda") else None
-        started = time.perf_counter()
-        out = decode(model, prime, 256, lambda logits: next_tokens(logits, SampleConfig(strategy="top_p", p=0.95)),
-                     compile_step=graph)
-        seconds = time.perf_counter() - started
-        say(f"- {model_type} generates{' (CUDA graph step)' if graph else ''}: {out.shape[1] - 1} tokens in {seconds:.2f} s "
-            "(compile included)")
-    say()
+def _relay(lines: queue.Queue, results: Results, deadline: float) -> str:
+    while True:
+        try:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            return "timed out"
+        if line is None:
+            return "done"
+        results.add("###" + line[1:] if line.startswith("# ") else line)  # a benchmark's own title, under the part's
 
 
-# --------------------------------------------------------------------------- 2. numbers
+def preflight_found(scratch: Path) -> dict:
+    try:
+        return json.loads((scratch / "preflight.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
-def matmul_peak(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
-    b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    torch.cuda.synchronize()
-    started = time.perf_counter()
-    for _ in range(20):
-        a @ b
-    torch.cuda.synchronize()
-    return 20 * 2 * 8192**3 / (time.perf_counter() - started)
+def compile_works(scratch: Path) -> bool:
+    """What the preflight found; no answer (it failed or timed out first) counts as no."""
+    return preflight_found(scratch).get("compile") == "ok"
 
 
-def checkpoint_stall(device: torch.device, preset: str) -> None:
-    """Step time of the large Transformer with and without a full-state save during the step."""
-    mc = get_preset("transformer", preset).model_config("transformer", SYNTHETIC_VOCAB)
-    settings = TrainConfig(model_type="transformer", batch_size=get_preset("transformer", preset).batch_size, lr=1e-4,
-                           warmup_steps=10, device=str(device), compile="off").validate()
-    training = build_training(mc, settings, device, total_steps=100)
-    tokens = torch.randint(0, SYNTHETIC_VOCAB, (settings.batch_size, mc.context_length + 1), device=device)
-    inputs, targets = tokens[:, :-1], tokens[:, 1:]
-
-    def timed_step(save: bool, pool, folder) -> tuple[float, float]:
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        host = time.perf_counter()
-        held = 0.0
-        if save:
-            state = {"model": training.raw_model.state_dict(), "optimizer": training.optimizer.state_dict()}
-            snapshot, copied = pool.take(state)
-            held = time.perf_counter() - host
-            training.copy_done = copied
-            threading.Thread(target=_write_when_copied, args=(snapshot, copied, folder), daemon=True).start()
-        train_step(training, inputs, targets, 1.0)
-        end.record()
-        torch.cuda.synchronize()
-        return start.elapsed_time(end) / 1e3, held
-
-    pool, folder = checkpoints.SnapshotPool(size=2), Path(tempfile.mkdtemp(prefix="stall_"))
-    for _ in range(5):
-        timed_step(False, pool, folder)
-    plain = sorted(timed_step(False, pool, folder)[0] for _ in range(10))[5]
-    with_save = [timed_step(True, pool, folder) for _ in range(2)]
-    time.sleep(1)
-    state_gib = sum(t.numel() * t.element_size() for t in training.raw_model.state_dict().values()) * 3 / 2**30
-    worst = max(seconds for seconds, _ in with_save)
-    say(f"- checkpoint stall, {preset} Transformer (about {state_gib:.2f} GiB of weights + AdamW moments): step {plain * 1e3:.0f} ms "
-        f"without a save, {worst * 1e3:.0f} ms with one (GPU stall {max(0.0, worst - plain) * 1e3:.0f} ms; the host "
-        f"held {max(h for _, h in with_save) * 1e3:.0f} ms); overhead at a 10-minute cadence "
-        f"{max(0.0, worst - plain) / 600:.4%}")
-    shutil.rmtree(folder, ignore_errors=True)
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--quick", action="store_true", help="tiny models and few steps: rehearses every part, measures nothing")
+    parser.add_argument("--out", type=Path, default=HERE / "results", help="folder of the dated results file")
+    parser.add_argument("--budget_s", type=float, default=None,
+                        help="seconds for the whole check, parts dropped from the end (default 300; with --quick 1200)")
+    parser.add_argument("--parts", default=",".join(p.name for p in PARTS), help="comma-separated, of: "
+                        + ", ".join(p.name for p in PARTS) + " (the preflight always runs)")
+    parser.add_argument("--limits", default="", help="a part's own limit instead of its cap: NAME=SECONDS,...")
+    return parser.parse_args(argv)
 
 
-def _write_when_copied(snapshot, copied, folder: Path) -> None:
-    if copied is not None:
-        copied.synchronize()
-    torch.save(snapshot, folder / "state.pt")
-
-
-def run_benchmarks(device: torch.device, preset: str, quick: bool) -> None:
-    say("## 2. Numbers")
-    say()
-    peak = matmul_peak(device)
-    if peak:
-        say(f"- measured bf16 matmul peak (8192^3): {peak / 1e12:.0f} TFLOP/s (data sheet, H100/H200 SXM dense bf16: 989)")
-    out = Path(tempfile.mkdtemp(prefix="bench_")) / "train.md"
-    train_args = ["--device", str(device), "--presets", preset, "--synthetic", "--out", str(out)]
-    if quick:
-        train_args += ["--steps", "3", "--warmup", "1", "--seed_steps", "2", "--skip_resume"]
-    subprocess.run([sys.executable, str(HERE / "train_bench.py"), *train_args], check=False, timeout=200)
-    if out.exists():
-        say(out.read_text())
-    gen_out = out.with_name("generate.md")
-    gen_args = ["--device", str(device), "--out", str(gen_out)] + (["--new_tokens", "64", "--batches", "1"] if quick else [])
-    subprocess.run([sys.executable, str(HERE / "generate_bench.py"), *gen_args], check=False, timeout=150,
-                   env=dict(os.environ, PYTHONPATH=str(HERE.parent)))
-    if gen_out.exists():
-        say(gen_out.read_text())
-    if device.type == "cuda":
-        checkpoint_stall(device, preset)
+def plan(args) -> tuple[list[Part], dict[str, float]]:
+    names = [name for name in args.parts.split(",") if name]
+    unknown = sorted(set(names) - {p.name for p in PARTS})
+    if unknown:
+        raise SystemExit(f"Unknown part(s) {', '.join(unknown)}: choose from {', '.join(p.name for p in PARTS)}.")
+    slack = QUICK_SLACK if args.quick else 1
+    limits = {part.name: part.cap_s * slack for part in (PREFLIGHT, *PARTS)}
+    for item in filter(None, args.limits.split(",")):
+        name, _, seconds = item.partition("=")
+        limits[name] = float(seconds)
+    args.budget_s = args.budget_s or 300 * slack
+    return [p for p in PARTS if p.name in names], limits
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--quick", action="store_true", help="tiny settings: checks the script, measures nothing")
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: path, numbers")
-    args = parser.parse_args(argv)
-    device = torch.device(args.device)
-    preset = "cpu" if args.quick else "large"
-    stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M")
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    say(f"# Device check {stamp}: {name}, torch {torch.__version__}, CUDA {torch.version.cuda}")
-    say()
-    say(f"Command: `bash bench/gpu_check.sh` (python bench/gpu_check.py {' '.join(argv or sys.argv[1:])})")
-    say()
-    root = Path(tempfile.mkdtemp(prefix="gpu_check_"))
-    write_synthetic_store(storage.DatasetPaths(root, "synthetic"), synthetic_sequences(SYNTHETIC_VOCAB, 2_000_000), SYNTHETIC_VOCAB)
-    started = time.perf_counter()
-    if "path" not in args.skip:
-        check_training(root, str(device), "small" if not args.quick else "cpu", 20 if args.quick else 100)
-    if "numbers" not in args.skip:
-        run_benchmarks(device, preset, args.quick)
-    say(f"\nTotal {time.perf_counter() - started:.0f} s.")
-    text = "\n".join(RESULTS) + "\n"
-    result = HERE / "results" / f"gpu_check_{stamp}.md"
-    result.write_text(text)
-    if os.environ.get("OUT"):
-        shutil.copy(result, Path(os.environ["OUT"]) / result.name)
-    print(f"wrote {result}")
+    args = parse_args(argv)
+    parts, limits = plan(args)
+    stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M%S")  # a rerun never overwrites
+    name = f"gpu_check_{stamp}{'_' + args.device.replace(':', '') if args.device != 'cuda' else ''}"
+    copies = [Path(os.environ["OUT"]) / f"{name}.md"] if os.environ.get("OUT") else []
+    results = Results([args.out / f"{name}.md", *copies])
+    scratch = Path(tempfile.mkdtemp(prefix="gpu_check_"))
+    log_path = (Path(os.environ["OUT"]) if os.environ.get("OUT") else scratch) / f"{name}.log"
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout`: end like a kill, the lines stay
+    started = time.monotonic()
+    results.add(f"# GPU check {stamp} ({args.device}{', quick rehearsal' if args.quick else ''})")
+    results.add()
+    results.add(f"Command: `bash bench/gpu_check.sh {shlex.join(argv if argv is not None else sys.argv[1:])}`; "
+                f"budget {args.budget_s:.0f} s; parts: preflight, {', '.join(p.name for p in parts)}; progress log: {log_path}")
+    results.add()
+    results.add(f"## {PREFLIGHT.title}")
+    run_part(PREFLIGHT, limits[PREFLIGHT.name], args, scratch, True, results, log_path)
+    compiled = compile_works(scratch)
+    if preflight_found(scratch).get("device") == "missing":
+        results.add()
+        results.add("Stopped: every part needs the device the preflight did not find.")
+        return 1
+    for number, part in enumerate(parts, start=1):
+        results.add()
+        results.add(f"## {number}. {part.title}")
+        left = args.budget_s - (time.monotonic() - started)
+        if left < part.min_s:
+            results.add(f"- **dropped**: {max(0.0, left):.0f} s of the {args.budget_s:.0f} s budget left, it needs "
+                        f"{part.min_s} s (run it alone: `--parts {part.name}`, or raise --budget_s).")
+            continue
+        run_part(part, min(limits[part.name], left), args, scratch, compiled, results, log_path)
+    results.add()
+    results.add(f"Total {time.monotonic() - started:.0f} s (budget {args.budget_s:.0f} s).")
+    print(f"wrote {results.paths[0]}", file=sys.stderr)
     return 0
 
 

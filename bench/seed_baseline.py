@@ -1,7 +1,7 @@
-"""The seed's training, rebuilt for benchmarks (see /work/shared/SEED_BASELINE.md): its models,
-its per-sample Dataset over every overlapping window, and its plain fp32 loop.
+"""The original csce585-midi project's training, rebuilt for benchmarks (see /work/shared/SEED_BASELINE.md):
+its models, its per-sample Dataset over every overlapping window, and its plain fp32 loop.
 
-Only `train_bench.py` uses this; nothing in midikit depends on it.
+`train_bench.py` and `quality.py` use it; nothing in midikit depends on it.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class SinusoidalPositions(nn.Module):
 
 
 class SeedTransformer(nn.Module):
-    """The seed's transformer: a TransformerDecoder whose cross-attention "memory" is its own
+    """The original project's transformer: a TransformerDecoder whose cross-attention "memory" is its own
     embedded input, unmasked (so it sees the tokens it predicts), and a causal self-attention mask."""
 
     def __init__(self, vocab_size, d_model=1024, nhead=16, num_layers=8, dim_feedforward=4096, dropout=0.3):
@@ -68,7 +68,7 @@ class SeedTransformer(nn.Module):
 
 
 def seed_model(model_config) -> nn.Module:
-    """The seed's model of the same sizes as a midikit ModelConfig."""
+    """The original project's model of the same sizes as a midikit ModelConfig."""
     c = model_config
     if c.model_type == "transformer":
         return SeedTransformer(c.vocab_size, c.d_model, c.nhead, c.num_layers, c.dim_feedforward, c.dropout)
@@ -77,7 +77,7 @@ def seed_model(model_config) -> nn.Module:
 
 class EveryWindowDataset(Dataset):
     """Every window of seq_length + 1 tokens, one token apart, from every sequence; one sample
-    per __getitem__, as the seed served them."""
+    per __getitem__, as the original project served them."""
 
     def __init__(self, sequences: list[np.ndarray], seq_length: int):
         kept = [np.asarray(s, dtype=np.int64) for s in sequences if len(s) > seq_length]
@@ -105,7 +105,7 @@ def seed_loader(sequences, seq_length, batch_size, device: torch.device) -> Data
 
 
 def time_seed_loop(model_config, sequences, batch_size, lr, device, warmup_steps, timed_steps) -> dict:
-    """Seconds per step and tokens/s of the seed's fp32 loop (Adam, label smoothing 0.1, no clipping,
+    """Seconds per step and tokens/s of the original project's fp32 loop (Adam, label smoothing 0.1, no clipping,
     default fp32 matmul precision), after `warmup_steps` untimed steps."""
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -126,7 +126,7 @@ def time_seed_loop(model_config, sequences, batch_size, lr, device, warmup_steps
         loss = criterion(model(inputs).reshape(-1, model_config.vocab_size), targets.reshape(-1))
         loss.backward()
         optimizer.step()
-        loss.item()  # the seed accumulated running loss with .item() every step
+        loss.item()  # the original project accumulated running loss with .item() every step
     _sync(device)
     seconds = (time.perf_counter() - start) / timed_steps
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None

@@ -328,11 +328,13 @@ def _resumed_step(start) -> int | None:
 
 
 def _describe(state: TrainState, training: Training, recorder: Recorder) -> str:
+    from .setup import describe_precision  # an RNN's core precision too (its own hunk: setup.py owns precision)
+
     mc, tc = state.model_config, state.train_config
     verb = "Resuming" if recorder.resumed_step is not None else "Starting"
     processes = f" x {state.world_size} processes (effective batch {tc.batch_size * state.world_size})" if state.world_size > 1 else ""
     return (f"{verb} {state.run_id}: {mc.model_type}, {recorder.parameters / 1e6:.2f}M parameters, {training.device}, "
-            f"{training.precision}{', compiled' if training.compiled else ''}; batch {tc.batch_size} x {mc.context_length} "
+            f"{describe_precision(training)}{', compiled' if training.compiled else ''}; batch {tc.batch_size} x {mc.context_length} "
             f"tokens{processes}, {state.steps_per_epoch} steps/epoch, step {state.step} of {state.total_steps}; "
             f"checkpoints in {recorder.run_dir}")
 

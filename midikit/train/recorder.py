@@ -18,6 +18,8 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 
+import torch
+
 from .. import checkpoints, runs
 from ..artifacts import RunReport, remove_temporaries, write_run_artifacts, write_weights
 from ..checkpoints import BackgroundWriter, retrying, to_cpu_snapshot
@@ -58,7 +60,13 @@ class Recorder:
         self.paths, self.run_dir, self.log = paths, paths.run_checkpoints(state.run_id), log
         self.owner, self.keeper = owner, keeper
         self.writer = writer or BackgroundWriter(log=log)
-        self.pool = checkpoints.SnapshotPool(size=2)  # double-buffered: one write in flight, one being filled
+        # Double-buffered CPU copies of the state and of the best weights, their first buffers made now on the
+        # pools' own thread (pinned on a GPU: about 12 bytes per parameter), so no save allocates on this thread.
+        self.pool = checkpoints.SnapshotPool(size=2)
+        self.weights_pool = checkpoints.SnapshotPool(size=2)
+        device = next(model.parameters()).device
+        self.pool.prepare(checkpoints.buffer_spec(model.state_dict().values()) + adamw_buffer_spec(model), device)
+        self.weights_pool.prepare(checkpoints.buffer_spec(model.state_dict().values()), device)
         self.retry_wait_s = retry_wait_s
         self.parameters = count_parameters(model)
         self.resumed_step = resumed_step  # the step already on disk when this process started
@@ -103,14 +111,18 @@ class Recorder:
                 self.log(f"checkpoint step {state.step}: skipped, every copy of the state is still held by a write.")
                 return None
             snapshot, copied = taken
+        weights, weights_step, weights_copied = self._weights_to_send(state, training.raw_model)
+        copied = weights_copied or copied  # queued after the state's on the same stream: its event covers both
+        if copied is not None:
             training.copy_done = copied  # the next optimizer step waits for the copies, on the GPU
-        weights, weights_step = self._weights_to_send(state, training.raw_model)
         plot = status != "running" or started - self._last_plot >= PLOT_EVERY_SECONDS
         job = SaveJob(state.step, best, snapshot, copied, weights, weights_step, self.weights_step,
                       self.report(state, status, snapshot), plot)
         future = self.writer.start(functools.partial(self._write, job), f"checkpoint step {state.step}")
         if snapshot is not None:
             self.pool.hold(snapshot, future)
+        if weights is not None:
+            self.weights_pool.hold(weights, future)
         self._pending.append(future)
         self._last_plot = started if plot else self._last_plot
         self._last_save_end = time.monotonic()
@@ -119,12 +131,19 @@ class Recorder:
             self.longest_stall = max(self.longest_stall, self._last_save_cost)
         return future
 
-    def _weights_to_send(self, state: TrainState, model) -> tuple[dict | None, int | None]:
+    def _weights_to_send(self, state: TrainState, model) -> tuple[dict | None, int | None, object]:
+        """(CPU copy of the weights the .pth should hold, their step, the CUDA event of its copies), or Nones:
+        copied like the state (pinned buffers, the side stream), never synchronously on this thread."""
         if self._best is not None and self._best_step != self.weights_step:
-            return to_cpu_snapshot(self._best), self._best_step
-        if state.best_val_loss is None and self.weights_step is None:  # before the first evaluation: the current ones
-            return to_cpu_snapshot(model.state_dict()), state.step
-        return None, None
+            weights, step = self._best, self._best_step
+        elif state.best_val_loss is None and self.weights_step is None:  # before the first evaluation: the current ones
+            weights, step = model.state_dict(), state.step
+        else:
+            return None, None, None
+        taken = self.weights_pool.take(weights)
+        if taken is None:  # both copies held by writes (one hung): the device copy waits for the next save
+            return None, None, None
+        return taken[0], step, taken[1]
 
     def collect(self) -> None:
         """Take in the outcomes of finished saves: what the .pth holds now, whether the run was taken over."""
@@ -249,6 +268,13 @@ class Recorder:
         except Exception as exc:
             self.log(f"{what} NOT saved: {exc} Training continues; the next checkpoint tries again.")
             return False
+
+
+def adamw_buffer_spec(model) -> tuple:
+    """The buffers AdamW's state needs beside the weights: two moments shaped like each trainable
+    parameter and its step count (a float32 scalar, on the GPU with the fused kernel)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return checkpoints.buffer_spec(params) * 2 + tuple(((), torch.float32, p.is_cuda) for p in params)
 
 
 class Bystander:

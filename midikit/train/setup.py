@@ -33,6 +33,7 @@ class Training:
     device: torch.device
     precision: str  # "bf16" | "fp16" | "fp32": what "auto" became
     compiled: bool
+    core_precision: str | None = None  # an RNN's recurrent core, as it runs (None: a Transformer)
     copy_done: object = None  # a checkpoint's GPU-to-CPU copies: the next optimizer step waits for them
 
 
@@ -111,13 +112,42 @@ def build_training(mc: ModelConfig, tc: TrainConfig, device: torch.device, total
     compiled = resolve_compile(tc.compile, mc.model_type, device)
     optimizer = make_optimizer(raw_model, tc.lr, tc.weight_decay, device)
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+    core = recurrent_core_dtype(raw_model, autocast, device)
     loss_of = functools.partial(_forward_loss, stepped)
     return Training(
         raw_model=raw_model, loss_of=torch.compile(loss_of) if compiled else loss_of, optimizer=optimizer,
         scheduler=make_scheduler(optimizer, tc.warmup_steps, total_steps, decay_from),
-        scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16), autocast=autocast,
-        device=device, precision={None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype], compiled=compiled,
+        # fp16 anywhere in the backward pass (the run's autocast, or an RNN core cuDNN runs in fp16 only) needs loss scaling
+        scaler=torch.amp.GradScaler(device.type, enabled=torch.float16 in (amp_dtype, core)), autocast=autocast,
+        device=device, precision=DTYPE_NAMES[amp_dtype], compiled=compiled,
+        core_precision=None if core is None else DTYPE_NAMES[core],
     )
+
+
+DTYPE_NAMES = {None: "fp32", torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+@torch.no_grad()
+def recurrent_core_dtype(model: torch.nn.Module, autocast, device: torch.device) -> torch.dtype | None:
+    """The dtype an RNN's LSTM/GRU core computes in under the run's autocast, found by running it on
+    one token: what torch does (fp16 for cuDNN under any CUDA autocast, bf16 where models.LSTMCore
+    takes over, fp32 for a CPU GRU), not what was asked for. None for a Transformer."""
+    rnn = getattr(model, "rnn", None)
+    if not isinstance(rnn, torch.nn.RNNBase):
+        return None
+    probe = torch.zeros(1, 1, rnn.input_size, device=device)
+    with autocast:
+        return rnn(probe)[0].dtype
+
+
+def describe_precision(training: Training) -> str:
+    """The start line's precision: the autocast dtype, and an RNN's core where it differs or matters."""
+    core = training.core_precision
+    if core is None:
+        return training.precision
+    scaled = ", loss-scaled" if core == "fp16" and training.scaler.is_enabled() else ""
+    why = " (this GPU's cuDNN has no bf16 RNN)" if core == "fp16" and training.precision == "bf16" else ""
+    return f"{training.precision}, recurrent core {core}{scaled}{why}"
 
 
 def _forward_loss(model, inputs, targets):
