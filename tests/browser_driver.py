@@ -8,6 +8,7 @@ client only: `playwright install` downloads a browser, which is neither possible
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -29,12 +30,10 @@ GREEN, RED = "1a7f37", "cf222e"  # the forms' message colours (midikit.widgets.f
 
 def missing() -> str | None:
     """Why a browser test cannot run here (one line), or None when everything it needs is installed."""
-    lacks = [] if Path(CHROMIUM).is_file() else ["chromium (apt-get install -y chromium)"]
-    for module in ("playwright", "jupyterlab"):
-        try:
-            __import__(module)
-        except ImportError:
-            lacks.append(f"{module} (pip install -r requirements-browser.txt)")
+    lacks = [] if Path(CHROMIUM).is_file() else [f"{CHROMIUM} (apt-get install -y chromium)"]
+    modules = [name for name in ("playwright", "jupyterlab") if importlib.util.find_spec(name) is None]
+    if modules:
+        lacks.append(f"{' and '.join(modules)} (pip install -r requirements-browser.txt)")
     return f"needs {', '.join(lacks)}" if lacks else None
 
 
