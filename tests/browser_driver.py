@@ -20,6 +20,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+try:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+except ImportError:  # the test skips (missing() says why)
+    PlaywrightTimeout = TimeoutError
+
 CHROMIUM = "/usr/bin/chromium"
 # The network is closed on CI machines: without these Chromium hangs on connection attempts.
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -164,7 +169,7 @@ class Notebook:
                 self.page.wait_for_function(f"() => ({_PROMPTS})().some(p => /\\[(\\*|\\d+)\\]/.test(p))",
                                             timeout=10_000)
                 return
-            except Exception:  # Playwright's TimeoutError: nothing started
+            except PlaywrightTimeout:  # nothing started
                 if attempt == 4:
                     raise
                 self.wait_kernel_idle()
@@ -197,7 +202,7 @@ class Notebook:
                 self.page.wait_for_function("([el, before]) => el.textContent.includes('*') || el.textContent !== before",
                                             arg=[prompt.element_handle(), before], timeout=5000)
                 break
-            except Exception:  # not started: press again
+            except PlaywrightTimeout:  # not started: press again
                 if attempt == 3:
                     raise
         self.page.wait_for_function("(el) => /\\[\\d+\\]/.test(el.textContent)", arg=prompt.element_handle(),
@@ -224,6 +229,14 @@ class Notebook:
                 found.append(f"cell {index} ({self.cells.nth(index).locator('.jp-InputArea-editor').inner_text()[:60]!r}):"
                              f" …{text[-600:]}")
         return found
+
+    def bare_results(self) -> list[str]:
+        """Every cell result that is only a Python repr (`[16]: PosixPath('…')`): clutter nobody asked to
+        see. Forms, tables and pictures are results too, drawn as such."""
+        return self.page.eval_on_selector_all(
+            ".jp-NotebookPanel .jp-OutputArea-executeResult .jp-OutputArea-output",
+            "outputs => outputs.filter(o => o.getAttribute('data-mime-type') === 'text/plain')"
+            ".map(o => o.textContent.trim().slice(0, 120))")
 
     # -- forms
     def form(self, index: int):
@@ -293,7 +306,7 @@ def keep_for_a_look(context, lab: JupyterLab | None, folder: Path) -> None:
             name = re.sub(r"\W+", "_", page.url.split("/lab/tree/")[-1].split("?")[0]) or f"page{number}"
             page.screenshot(path=str(folder / f"FAILED_{name}.png"), full_page=True)
             page.keyboard.press("Control+s")  # the copy's outputs, for a look afterwards
-        except Exception as exc:  # a page that cannot be drawn any more: keep the rest
+        except Exception as exc:  # noqa: BLE001 (a page that cannot be drawn any more: keep the rest)
             (folder / f"page{number}_error.txt").write_text(repr(exc))
     if lab is not None:
         time.sleep(1)  # the saves above

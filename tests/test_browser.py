@@ -32,7 +32,6 @@ import nbformat
 import numpy as np
 import pytest
 import symusic
-
 from browser_driver import JupyterLab, Notebook, keep_for_a_look, launch, missing
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,7 +62,7 @@ def hour(tmp_path):
            "TMPDIR": str(tmp_path / "tmp")}
     lab = JupyterLab(work, env, tmp_path / "jupyterlab.log")
     started = time.monotonic()
-    say = lambda text: print(f"[{time.monotonic() - started:6.1f} s] {text}", flush=True)  # noqa: E731
+    say = lambda text: print(f"[{time.monotonic() - started:6.1f} s] {text}", flush=True)
     kept = Path(os.environ["CI_ARTIFACTS"]) / "browser" if os.environ.get("CI_ARTIFACTS") else tmp_path / "failure"
     try:
         lab.start()
@@ -90,9 +89,12 @@ def run_all(notebook: Notebook) -> None:
     notebook.say(f"{notebook.name}: Run All done")
 
 
-def no_traceback(notebook: Notebook) -> None:
+def clean(notebook: Notebook) -> None:
+    """No cell shows a traceback, nor a bare Python repr as its result."""
     errors = notebook.tracebacks()
     assert not errors, f"{notebook.name}: a cell shows a traceback:\n" + "\n".join(errors)
+    bare = notebook.bare_results()
+    assert not bare, f"{notebook.name}: cells show a bare Python value as their result: {bare}"
 
 
 def close(notebook: Notebook) -> None:
@@ -119,7 +121,7 @@ def setup_01(nb: Notebook) -> Path:
     root = Path(re.match(r"✓ (\S+) ", shown).group(1))
     assert root == nb.lab.work / "midikit_data", shown  # ./midikit_data, where the kernel runs
     assert "Later notebooks" in nb.output_text(nb.index_of("folder.remember()"))
-    no_traceback(nb)
+    clean(nb)
     error = nb.check_bad_value(form, "checkpoint folder", "/content/drive/MyDrive/elsewhere", "Drive is not mounted")
     nb.say(f"01: the folder form renders ({shown!r}); a folder on an unmounted Drive shows {error[:70]!r}")
     close(nb)
@@ -132,7 +134,7 @@ def preprocess_02(nb: Notebook, root: Path) -> None:
     nb.renders(form, "corpus → folk_corpus")
     folder = nb.field(form, "checkpoint").input_value()
     assert Path(folder) == root, f"02 does not start from the folder 01 remembered: {folder}"
-    no_traceback(nb)
+    clean(nb)
     assert (root / DATASET / "data").is_dir(), f"02 preprocessed nothing into {root / DATASET}"
     error = nb.check_bad_value(form, "transpositions", "0,x", "transpositions must be")
     nb.say(f"02: preprocessed into {root / DATASET}; a bad transposition shows {error[:70]!r}")
@@ -153,7 +155,7 @@ def train_and_stop_05(nb: Notebook) -> tuple[str, int]:
     run_id, stopped = found.group(1), int(found.group(2))
     assert 20 <= stopped < 40, ended
     assert "Stop requested" in nb.output_text(training)
-    no_traceback(nb)
+    clean(nb)
     for index, (label, bad, error) in {"DatasetForm()": ("dataset", "a/b", "Invalid dataset name"),
                                       "TrainForm(": ("max_steps", "-3", "max_steps must be")}.items():
         form = nb.form(nb.index_of(index))
@@ -168,7 +170,7 @@ def generate_07(nb: Notebook, root: Path, run_id: str, stopped: int) -> None:
     run_all(nb)
     listed = nb.output_text(nb.index_of("show_runs_to_play"))
     assert f"{run_id}: stopped at step {stopped}, best at 20" in listed, listed
-    no_traceback(nb)
+    clean(nb)
     form = nb.form(nb.index_of("GenerateForm(paths)"))
     nb.renders(form, f"{run_id} · top_p")
     data = nb.form(nb.index_of("DatasetForm()"))
@@ -189,7 +191,7 @@ def generate_07(nb: Notebook, root: Path, run_id: str, stopped: int) -> None:
     for index in range(first, last + 1):
         if "jp-CodeCell" in (nb.cells.nth(index).get_attribute("class") or ""):
             nb.run_cell(index)
-    no_traceback(nb)
+    clean(nb)
     made = nb.output_text(first)
     found = re.search(r"(\d+) piece\(s\), (\d+) new tokens", made)
     assert found and int(found.group(1)) == 2 and int(found.group(2)) > 0, made
@@ -239,7 +241,10 @@ def starts_with_primer(piece: Path, primer: Path, root: Path) -> None:
     from midikit.storage import DatasetPaths
 
     tokenizer = load_dataset(DatasetPaths(root, DATASET)).tokenizer
-    kept_by_tokenizer = lambda score: notes_of(tokenizer.decode(tokenizer.encode(score)))  # noqa: E731
+
+    def kept_by_tokenizer(score):
+        return notes_of(tokenizer.decode(tokenizer.encode(score)))
+
     score = symusic.Score(str(primer))
     raw, kept = notes_of(first_bars(score)), kept_by_tokenizer(first_bars(score))
     grid = Fraction(1, max(tokenizer.config.beat_res.values()))
