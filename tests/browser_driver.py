@@ -303,13 +303,16 @@ def keep_for_a_look(context, lab: JupyterLab | None, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for number, page in enumerate(context.pages if context is not None else []):
         try:
-            name = re.sub(r"\W+", "_", page.url.split("/lab/tree/")[-1].split("?")[0]) or f"page{number}"
+            opened = re.search(r"/tree/([^?]+)", page.url)  # /lab/tree/… or /lab/workspaces/…/tree/…
+            name = re.sub(r"\W+", "_", opened.group(1)) if opened else f"page{number}"
             page.screenshot(path=str(folder / f"FAILED_{name}.png"), full_page=True)
             page.keyboard.press("Control+s")  # the copy's outputs, for a look afterwards
         except Exception as exc:  # noqa: BLE001 (a page that cannot be drawn any more: keep the rest)
             (folder / f"page{number}_error.txt").write_text(repr(exc))
     if lab is not None:
         time.sleep(1)  # the saves above
-        shutil.copytree(lab.work, folder / "notebooks", dirs_exist_ok=True)
+        (folder / "notebooks").mkdir(exist_ok=True)
+        for notebook in lab.work.glob("*.ipynb"):
+            shutil.copy(notebook, folder / "notebooks" / notebook.name)
         if lab.log_path.exists():
             shutil.copy(lab.log_path, folder / lab.log_path.name)

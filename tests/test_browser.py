@@ -68,6 +68,8 @@ def hour(tmp_path):
         lab.start()
         with sync_playwright() as playwright:
             context = launch(playwright, tmp_path / "chromium_profile", FIND_S)
+            login = context.pages[0] if context.pages else context.new_page()
+            login.goto(f"{lab.url}/lab?token={lab.token}", wait_until="domcontentloaded")  # sets the token's cookie
             yield lab, context, say, kept
             context.close()
     finally:
@@ -75,10 +77,7 @@ def hour(tmp_path):
 
 
 def open_notebook(lab: JupyterLab, context, name: str, say) -> Notebook:
-    page = context.new_page()
-    if len(context.pages) == 2:  # the first page of all: JupyterLab's login, which sets the token cookie
-        page.goto(f"{lab.url}/lab?token={lab.token}", wait_until="domcontentloaded")
-    notebook = Notebook(page, lab, name, WAIT_S, say)
+    notebook = Notebook(context.new_page(), lab, name, WAIT_S, say)
     notebook.open(len(nbformat.read(lab.work / name, as_version=4).cells))
     return notebook
 
