@@ -224,7 +224,7 @@ def generate_notebook() -> list:
         md("## Look and listen\nA piano roll and an audio preview per piece, then the metrics against the dataset."),
         code("widgets.show_generation(result, run.paths)"),
         md("## Download\nAll the pieces as one zip (Colab's download; a link elsewhere)."),
-        code("widgets.download_all(result.midi_paths)"),
+        code("zip_path = widgets.download_all(result.midi_paths)  # kept, not shown: the cell prints where it is"),
         md(QUALITY_TEXT.replace("The run's quality report", "The chosen run's quality report")),
         code("from midikit import quality\n\nreport = quality.run_report(widgets.quality_config(paths, where.run), run=run)\n"
              "widgets.show_quality(report)"),

@@ -308,6 +308,15 @@ def _quiet(*_):
 # --------------------------------------------------------------------------- displays
 
 
+def test_tables_read_text_columns_from_the_left_and_keep_numbers_right():
+    # JupyterLab right-aligns every cell, which put a run's long artifact paths at the far right, cut mid-path.
+    table = widgets.html_table([{"artifact": "weights", "path": "/root/folk/models/a.pth", "steps": 40, "change": "+3.5%"}])
+    head = re.findall(r"<th([^>]*)>(\w+)</th>", table.data)
+    assert head == [(' style="text-align:left"', "artifact"), (' style="text-align:left"', "path"), ("", "steps"),
+                    ("", "change")]
+    assert '<td style="text-align:left">/root/folk/models/a.pth</td>' in table.data and "<td>40</td>" in table.data
+
+
 def test_loss_arrays_of_a_run_stopped_before_its_first_evaluation(tmp_path, capsys):
     paths = DatasetPaths(tmp_path, "folk").ensure()
     run_id = "lstm_20260101_000000"
@@ -335,7 +344,7 @@ def test_a_generated_piece_without_notes_is_reported_not_drawn(tiny_dataset, not
     widgets.show_generation(result, tiny_dataset, max_dataset_files=4)
     assert "sample00.mid: no notes" in capsys.readouterr().out
     assert [type(item).__name__ for item in shown] == ["Image", "Audio", "HTML"]  # the tune's roll and audio, the table
-    assert "<td>num_notes</td><td>0</td><td>158</td>" in shown[-1].data
+    assert "<td style=\"text-align:left\">num_notes</td><td>0</td><td>158</td>" in shown[-1].data
 
 
 def test_typing_a_folder_name_never_creates_it(tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -82,10 +83,14 @@ def flush_drive() -> None:
 
 
 def html_table(rows: list[dict], columns: list[str] | None = None) -> HTML:
-    """A plain HTML table of dicts (no pandas in Colab's install path)."""
+    """A plain HTML table of dicts (no pandas in Colab's install path). JupyterLab right-aligns every
+    cell: columns of numbers stay so, columns of text (paths, verdicts) read from the left."""
     columns = columns or list(dict.fromkeys(key for row in rows for key in row))
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(row.get(c, '')))}</td>" for c in columns) + "</tr>" for row in rows)
+    left = {c for c in columns if any(isinstance(row.get(c), str) and re.search(r"[A-Za-z/]", row[c]) for row in rows)}
+    style = {c: ' style="text-align:left"' if c in left else "" for c in columns}
+    head = "".join(f"<th{style[c]}>{html.escape(str(c))}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td{style[c]}>{html.escape(_cell(row.get(c, '')))}</td>" for c in columns) + "</tr>"
+                   for row in rows)
     return HTML(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
 
 

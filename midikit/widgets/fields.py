@@ -18,11 +18,14 @@ from IPython.display import display
 from ..errors import ConfigError, StorageError
 from ..settings import value_type
 
-_STYLE = {"description_width": "190px"}
+# Wide enough for the longest label, "bars of the primer to keep (0 = the whole file)", in Colab's font and
+# JupyterLab's: a label cut short hides what 0 means (the browser test checks none is).
+LABEL_PX = 320
+_STYLE = {"description_width": f"{LABEL_PX}px"}
 
 
 def _layout():
-    return W.Layout(width="520px")  # one per widget: hiding one field must not hide the others
+    return W.Layout(width="660px")  # one per widget: hiding one field must not hide the others
 
 
 def tooltip(widget, text: str) -> None:

@@ -18,7 +18,7 @@ from .. import presets, runs, storage
 from ..configs import GenerateConfig, SampleConfig
 from ..errors import ConfigError
 from ..generate import STARTER
-from .fields import Field, Form, tooltip
+from .fields import LABEL_PX, Field, Form, tooltip
 from .forms import run_label
 
 __all__ = ["CPU_NUM_TOKENS", "GenerateForm", "uploaded_files"]
@@ -47,7 +47,9 @@ class GenerateForm(Form):
         playable = runs.playable_runs(paths)
         options = [(run_label(record), record.run_id) for record in playable] + [(STARTER_LABEL, STARTER)]
         on_cpu = presets.preset_for_hardware() == "cpu"
-        self.upload = W.FileUpload(accept=".mid,.midi", multiple=False, description="upload a primer")
+        # Its whole label ("upload a prim…" at the default width), under the primer field it fills.
+        under_fields = W.Layout(width="auto", align_self="flex-start", margin=f"2px 2px 2px {LABEL_PX + 8}px")
+        self.upload = W.FileUpload(accept=".mid,.midi", multiple=False, description="upload a primer", layout=under_fields)
         tooltip(self.upload, "a MIDI file from your computer to continue; it fills the primer field")
         super().__init__({
             "run": Field(GenerateConfig, "run", options[0][1], options=options),
