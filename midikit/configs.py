@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from .errors import ConfigError
-from .settings import Checked, setting
+from .settings import Checked, declared, setting
 
 MODEL_TYPES = ("lstm", "gru", "transformer")
 RNN_TYPES = ("lstm", "gru")
@@ -86,13 +86,13 @@ class ModelConfig(Checked):
 
 def applies_to(name: str, model_type: str) -> bool:
     """Whether a ModelConfig field means anything for `model_type` (unused ones stay blank in tables)."""
-    types = {f.name: f.metadata.get("model_types") for f in fields(ModelConfig)}[name]
+    types = {f.name: declared(f).model_types for f in fields(ModelConfig)}[name]
     return types is None or model_type in types
 
 
 def model_fields(model_type: str) -> tuple[str, ...]:
     """The ModelConfig fields a user sets for `model_type`, in declaration order."""
-    return tuple(f.name for f in fields(ModelConfig) if f.metadata.get("cli", True) and applies_to(f.name, model_type))
+    return tuple(f.name for f in fields(ModelConfig) if declared(f).cli and applies_to(f.name, model_type))
 
 
 # --------------------------------------------------------------------------- training
@@ -162,7 +162,7 @@ def kept_on_resume(kept: bool = True) -> tuple[str, ...]:
     """The TrainConfig fields a resumed run keeps from its checkpoint whatever is asked now (they fix its
     batches, its learning-rate curve and its horizon: `kept_on_resume=True` in their declaration), or,
     with `kept=False`, those that follow the session (where and how it runs, saves and stops)."""
-    return tuple(f.name for f in fields(TrainConfig) if f.metadata.get("kept_on_resume") is kept)
+    return tuple(f.name for f in fields(TrainConfig) if declared(f).kept_on_resume is kept)
 
 
 # --------------------------------------------------------------------------- generation

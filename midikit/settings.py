@@ -1,5 +1,5 @@
-"""Field metadata for config dataclasses, and what is generated from it: value checks, argparse
-flags and (in `midikit.forms`) widgets. One declaration per setting, so a flag, a form field and
+"""Field declarations for config dataclasses (`setting(...)`, a typed `Setting`), and what is generated
+from them: value checks, argparse flags and (in `midikit.widgets.fields`) widgets. One declaration per setting, so a flag, a form field and
 the check behind both can never disagree.
 
     epochs: int = setting(20, "passes over the training tokens", group="training", ge=1)
@@ -12,37 +12,70 @@ from __future__ import annotations
 import argparse
 import functools
 import math
+import operator
 import os
 import typing
-from dataclasses import MISSING, Field, field, fields
+from dataclasses import MISSING, Field, dataclass, field, fields
 
 from .errors import ConfigError
 
 NUMBER_TYPES = (int, float)
 
 
-def setting(default=MISSING, help: str = "", *, group: str = "", label: str | None = None, choices=None,
-            ge=None, gt=None, le=None, lt=None, none: str | None = None, model_types=None, seed_flags=(), aliases=(),
-            flag: str | None = None, cli: bool = True, hint: str = "", kept_on_resume: bool | None = None,
-            default_factory=MISSING) -> Field:
-    """A dataclass field with its metadata.
+@dataclass(frozen=True)
+class Setting:
+    """What a config field's declaration says beyond its type and default.
 
     help: one line for --help and the form's tooltip; group: the --help section; label: the form's
     text (default: the name); choices / ge / gt / le / lt: what values are valid; none: what None
     means ("the preset's"), for --help and the form; hint: advice added to the error for a bad value;
-    model_types: the model types a model field applies to; seed_flags: the original csce585-midi project's spellings of
-    the same flag (without --); aliases: midikit's own earlier spellings; flag: a
-    different flag spelling (e.g. "--no_progress" for a bool that defaults to True); cli: False
-    for fields with no flag (set by the program, not the user); kept_on_resume: a training setting that a resumed
-    run keeps from its checkpoint (True) or takes from the session (False).
-    """
-    metadata = dict(help=help, group=group, label=label, choices=tuple(choices) if choices else None, ge=ge, gt=gt,
-                    le=le, lt=lt, none=none, model_types=tuple(model_types) if model_types else None,
-                    seed_flags=tuple(seed_flags), aliases=tuple(aliases), flag=flag, cli=cli, hint=hint,
-                    kept_on_resume=kept_on_resume)
+    model_types: the model types a model field applies to; seed_flags: the original csce585-midi
+    project's spellings of the same flag (without --); aliases: midikit's own earlier spellings; flag: a
+    different flag spelling (e.g. "--no_progress" for a bool that defaults to True); cli: False for
+    fields with no flag (set by the program, not the user); kept_on_resume: a training setting that a
+    resumed run keeps from its checkpoint (True) or takes from the session (False)."""
+
+    help: str = ""
+    group: str = ""
+    label: str | None = None
+    choices: tuple | None = None
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    none: str | None = None
+    model_types: tuple | None = None
+    seed_flags: tuple = ()
+    aliases: tuple = ()
+    flag: str | None = None
+    cli: bool = True
+    hint: str = ""
+    kept_on_resume: bool | None = None
+
+    def bounds(self) -> list[tuple[str, float]]:
+        """(sign, limit) of each bound the value must keep: [(">", 0.0), ("<=", 1.0)]."""
+        signs = ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
+        return [(sign, limit) for sign, limit in signs if limit is not None]
+
+
+_METADATA_KEY = "midikit"
+_UNDECLARED = Setting()
+
+
+def setting(default=MISSING, help: str = "", *, default_factory=MISSING, choices=None, model_types=None, seed_flags=(),
+            aliases=(), **declared) -> Field:
+    """A dataclass field with its declaration (`Setting`: the keyword arguments are its fields)."""
+    declaration = Setting(help=help, choices=tuple(choices) if choices else None, seed_flags=tuple(seed_flags),
+                          model_types=tuple(model_types) if model_types else None, aliases=tuple(aliases), **declared)
+    metadata = {_METADATA_KEY: declaration}
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=metadata)
     return field(default=default, metadata=metadata)
+
+
+def declared(f: Field) -> Setting:
+    """What field `f` was declared with (a field made without `setting` declares nothing)."""
+    return f.metadata.get(_METADATA_KEY, _UNDECLARED)
 
 
 def value_type(cls, name: str) -> tuple[type, bool]:
@@ -103,19 +136,14 @@ def _check_type(name: str, value, base: type):
 
 
 def _check_range(f: Field, value) -> None:
-    meta = f.metadata
-    if meta.get("choices") and value not in meta["choices"]:
-        hint = f" {meta['hint']}" if meta.get("hint") else ""
-        raise ConfigError(f"Unknown {f.name} {value!r}: choose one of {', '.join(map(str, meta['choices']))}.{hint}")
-    bounds = (("ge", ">=", value >= meta["ge"] if meta.get("ge") is not None else True),
-              ("gt", ">", value > meta["gt"] if meta.get("gt") is not None else True),
-              ("le", "<=", value <= meta["le"] if meta.get("le") is not None else True),
-              ("lt", "<", value < meta["lt"] if meta.get("lt") is not None else True))
-    broken = [f"{sign} {meta[key]}" for key, sign, ok in bounds if not ok]
-    if broken:
+    meta = declared(f)
+    hint = f" {meta.hint}" if meta.hint else ""
+    if meta.choices and value not in meta.choices:
+        raise ConfigError(f"Unknown {f.name} {value!r}: choose one of {', '.join(map(str, meta.choices))}.{hint}")
+    holds = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
+    if not all(holds[sign](value, limit) for sign, limit in meta.bounds()):
         kind = "an integer" if isinstance(value, int) else "a number"
-        wanted = kind + " " + " and ".join(f"{sign} {meta[key]}" for key, sign, _ in bounds if meta.get(key) is not None)
-        hint = f" {meta['hint']}" if meta.get("hint") else ""
+        wanted = kind + " " + " and ".join(f"{sign} {limit}" for sign, limit in meta.bounds())
         raise ConfigError(f"{f.name} must be {wanted}, got {value!r}.{hint}")
 
 
@@ -134,10 +162,7 @@ class Checked:
 
 def describe_valid(f: Field) -> str:
     """What values a field takes, in words (for --help)."""
-    meta = f.metadata
-    parts = [f"{sign} {meta[key]}" for key, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
-             if meta.get(key) is not None]
-    return " and ".join(parts)
+    return " and ".join(f"{sign} {limit}" for sign, limit in declared(f).bounds())
 
 
 # --------------------------------------------------------------------------- argparse
@@ -150,9 +175,9 @@ def add_flags(parser: argparse.ArgumentParser, cls, *, skip=(), only=None, optio
     caller can tell what the user set (model sizes override a preset's). Returns the groups."""
     groups = {} if groups is None else groups
     for f in fields(cls):
-        if not f.metadata.get("cli", True) or f.name in skip or (only is not None and f.name not in only):
+        if not declared(f).cli or f.name in skip or (only is not None and f.name not in only):
             continue
-        title = f.metadata.get("group") or "options"
+        title = declared(f).group or "options"
         if title not in groups:
             groups[title] = parser.add_argument_group(title)
         default = f.default if f.default is not MISSING else f.default_factory()  # not __post_init__'s resolution
@@ -161,27 +186,24 @@ def add_flags(parser: argparse.ArgumentParser, cls, *, skip=(), only=None, optio
 
 
 def _add_flag(group, cls, f: Field, default, optional_overrides: bool) -> None:
-    meta = f.metadata
+    meta = declared(f)
     base, _ = value_type(cls, f.name)
-    aliases = [f"--{alias}" for alias in meta.get("aliases", ())]
-    seed_names = [f"--{alias}" for alias in meta.get("seed_flags", ())]
-    names = [meta.get("flag") or f"--{f.name}"] + aliases + seed_names
-    help_text = meta.get("help", "")
+    aliases = [f"--{alias}" for alias in meta.aliases]
+    seed_names = [f"--{alias}" for alias in meta.seed_flags]
+    names = [meta.flag or f"--{f.name}"] + aliases + seed_names
     also = ([f"also {', '.join(aliases)}"] if aliases else []) + ([f"the original project's {', '.join(seed_names)} works too"]
                                                                   if seed_names else [])
-    if also:
-        help_text += f" ({'; '.join(also)})"
+    help_text = meta.help + (f" ({'; '.join(also)})" if also else "")
     if base is bool:
-        inverted = (meta.get("flag") or "").startswith("--no_")
-        action = "store_false" if inverted else "store_true"
+        action = "store_false" if (meta.flag or "").startswith("--no_") else "store_true"
         group.add_argument(*names, dest=f.name, action=action, default=argparse.SUPPRESS if optional_overrides else default,
                            help=help_text)
         return
-    shown = meta.get("none") if default is None and meta.get("none") else default
+    shown = meta.none if default is None and meta.none else default
     if isinstance(shown, tuple):
         shown = ",".join(map(str, shown))
     if optional_overrides:
-        help_text += " (default: " + (meta.get("none") or "the preset's") + ")"
+        help_text += " (default: " + (meta.none or "the preset's") + ")"
     elif shown not in (None, ""):
         help_text += f" (default: {shown})"
     valid = describe_valid(f)
@@ -189,9 +211,9 @@ def _add_flag(group, cls, f: Field, default, optional_overrides: bool) -> None:
         help_text += f"; {valid}"
     kwargs = dict(dest=f.name, type=_parser_for(base, f.name), help=help_text.replace("%", "%%"),
                   default=argparse.SUPPRESS if optional_overrides else default)
-    if meta.get("choices"):
-        kwargs["choices"] = meta["choices"]
-        kwargs["metavar"] = "{" + ",".join(map(str, meta["choices"])) + "}"
+    if meta.choices:
+        kwargs["choices"] = meta.choices
+        kwargs["metavar"] = "{" + ",".join(map(str, meta.choices)) + "}"
     group.add_argument(*names, **kwargs)
 
 
@@ -213,4 +235,4 @@ def from_args(cls, args: argparse.Namespace, **extra):
 def given(cls, args: argparse.Namespace) -> dict:
     """The fields of `cls` the user set on the command line (flags added with optional_overrides);
     fields without a flag of their own (a model's model_type: the command's) are not the user's."""
-    return {f.name: getattr(args, f.name) for f in fields(cls) if f.metadata.get("cli", True) and hasattr(args, f.name)}
+    return {f.name: getattr(args, f.name) for f in fields(cls) if declared(f).cli and hasattr(args, f.name)}

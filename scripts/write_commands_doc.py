@@ -157,10 +157,11 @@ def original_spellings() -> set[str]:
     from dataclasses import fields
 
     from midikit import configs
+    from midikit.settings import declared
 
     classes = (configs.ModelConfig, configs.TrainConfig, configs.SampleConfig, configs.GenerateConfig,
                configs.QualityConfig, configs.PreprocessConfig)
-    return {f"--{flag}" for cls in classes for f in fields(cls) for flag in f.metadata.get("seed_flags", ())}
+    return {f"--{flag}" for cls in classes for f in fields(cls) for flag in declared(f).seed_flags}
 
 
 def flag_cell(action: argparse.Action) -> str:

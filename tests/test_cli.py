@@ -11,7 +11,7 @@ import pytest
 
 from midikit.cli import build_parser, join_negative_values
 from midikit.configs import GenerateConfig, ModelConfig, PreprocessConfig, SampleConfig, TrainConfig
-from midikit.settings import from_args, given
+from midikit.settings import declared, from_args, given
 
 
 def flags_of(command: str) -> set[str]:
@@ -27,8 +27,8 @@ def test_every_setting_has_its_flag(command, configs):
     flags = flags_of(command)
     for config in configs:
         for f in fields(config):
-            if f.metadata.get("cli", True):
-                assert (f.metadata.get("flag") or f"--{f.name}") in flags, (command, f.name)
+            if declared(f).cli:
+                assert (declared(f).flag or f"--{f.name}") in flags, (command, f.name)
 
 
 def test_the_seeds_spellings_reach_the_same_fields():

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-from dataclasses import replace
 
 import pytest
 import torch
@@ -169,7 +168,9 @@ def test_every_training_setting_says_whether_a_resumed_run_keeps_it():
 
     from midikit.configs import TrainConfig, kept_on_resume
 
-    undeclared = [f.name for f in fields(TrainConfig) if f.metadata.get("kept_on_resume") not in (True, False)]
+    from midikit.settings import declared
+
+    undeclared = [f.name for f in fields(TrainConfig) if declared(f).kept_on_resume not in (True, False)]
     assert undeclared == [], f"declare kept_on_resume=True or False on {undeclared}"
     kept, session = set(kept_on_resume()), set(kept_on_resume(False))
     assert not kept & session and kept | session == {f.name for f in fields(TrainConfig)}

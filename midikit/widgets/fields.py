@@ -16,7 +16,7 @@ import ipywidgets as W
 from IPython.display import display
 
 from ..errors import ConfigError, StorageError
-from ..settings import value_type
+from ..settings import Setting, declared, value_type
 
 # Wide enough for the longest label, "bars of the primer to keep (0 = the whole file)", in Colab's font and
 # JupyterLab's: a label cut short hides what 0 means (the browser test checks none is).
@@ -38,20 +38,20 @@ class Field:
     (0 in a number field whose None means something, such as max_steps' "no limit", reads as None)."""
 
     def __init__(self, cls, name: str, value=None, label: str | None = None, options=None, zero_means_none: bool = True):
-        declared = {f.name: f for f in fields(cls)}[name]
-        self.name, self.meta = name, declared.metadata
+        config_field = {f.name: f for f in fields(cls)}[name]
+        self.name, self.meta = name, declared(config_field)
         self.base, optional = value_type(cls, name)
         self.zero_means_none = optional and zero_means_none
-        value = declared.default if value is None and declared.default is not None else value
-        text = label or self.meta.get("label") or name
-        if self.zero_means_none and self.base in (int, float) and self.meta.get("none"):
-            text += f" (0 = {self.meta['none']})"
+        value = config_field.default if value is None and config_field.default is not None else value
+        text = label or self.meta.label or name
+        if self.zero_means_none and self.base in (int, float) and self.meta.none:
+            text += f" (0 = {self.meta.none})"
         self.widget = self._make(text, value, options)
-        tooltip(self.widget, self.meta.get("help", ""))
+        tooltip(self.widget, self.meta.help)
 
     def _make(self, text, value, options):
         common = dict(description=text, style=_STYLE, layout=_layout())
-        choices = options or self.meta.get("choices")
+        choices = options or self.meta.choices
         if choices:
             return W.Dropdown(options=list(choices), value=value, **common)
         if self.base is bool:
@@ -81,7 +81,7 @@ class Choice(Field):
     """A dropdown that is not a config field (which run, which file)."""
 
     def __init__(self, label: str, options, value):
-        self.name, self.meta, self.base, self.zero_means_none = label, {}, str, False
+        self.name, self.meta, self.base, self.zero_means_none = label, Setting(), str, False
         self.widget = W.Dropdown(options=options, value=value, description=label, style=_STYLE, layout=_layout())
 
 
