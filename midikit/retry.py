@@ -80,6 +80,15 @@ def mount_note(where: Path | None) -> str:
     return "" if problem is None else f" {problem}"
 
 
+def upload_note(where: Path | None) -> str:
+    """" <how to make sure Drive has it>" for a folder under Colab's Drive mount point, else "": Drive
+    uploads in the background, and a runtime that ends first loses what was not uploaded yet."""
+    if where is None or not Path(where).absolute().is_relative_to(storage.DRIVE_MOUNT_POINT):
+        return ""
+    return (" Google Drive uploads in the background: before this runtime ends, run `midikit.storage.flush_drive()` "
+            "(it returns once everything is on Drive, then unmounts it).")
+
+
 @dataclass(frozen=True)
 class Retry:
     """One save's patience: every call it runs shares its give-up clock (started when it is made).

@@ -27,7 +27,7 @@ from ..checkpoints import after_copy, capture_rng_state, restore_rng_state
 from ..configs import ModelConfig, TrainConfig
 from ..data.sampler import evaluation_windows, sample_windows
 from ..errors import ConfigError
-from ..retry import mount_note
+from ..retry import mount_note, upload_note
 from ..runs import DONE
 from .distributed import Cluster, RankLost, broadcast, gather, is_lost, join, leave, lost, mean, total
 from .recorder import Bystander, Recorder, open_run
@@ -310,7 +310,8 @@ def finish(state: TrainState, status: str, in_step: int, recorder, training, gen
     if not landed or (outcome is not None and not outcome.state_saved):
         status = "interrupted"  # what is on disk: the same command continues the run
     best_text = "n/a" if state.best_val_loss is None else f"{state.best_val_loss:.4f} at step {state.best_step}"
-    say(f"{state.run_id}: {status} at step {state.step} (epoch {state.epoch}); best validation loss {best_text}.")
+    say(f"{state.run_id}: {status} at step {state.step} (epoch {state.epoch}); best validation loss {best_text}."
+        f"{upload_note(recorder.run_dir) if landed else ''}")
     return _result(state, status, recorder)
 
 
