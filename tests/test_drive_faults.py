@@ -205,3 +205,29 @@ def test_a_second_ctrl_c_while_the_final_save_waits_for_drive_lets_go_of_the_run
     assert runs.read_record(the_run(paths)).owner.released and valid_steps(the_run(paths))[0] == 10
     resumed = train(config(paths, max_steps=20), log=lambda m: None, model_overrides=TINY)
     assert resumed.resumed_from_step == 10 and resumed.status == "max_steps"
+
+
+def test_the_first_failure_on_drive_says_what_is_wrong_with_the_mount(tmp_path, monkeypatch):
+    """A save under /content/drive that fails asks the mount itself before it explains: not mounted
+    (an empty mount point), or a plain folder standing where Drive should be; each with its fix."""
+    from midikit import storage
+    from midikit.retry import Retry
+
+    mount_point = tmp_path / "content" / "drive"
+    monkeypatch.setattr(storage, "DRIVE_MOUNT_POINT", mount_point)
+    run_dir = mount_point / "MyDrive" / "midikit_checkpoints" / "tiny" / "checkpoints" / "gru_20260101_000000"
+
+    def explained_first_failure() -> str:
+        messages, failures = [], iter([FileNotFoundError(errno.ENOENT, "No such file or directory", str(run_dir / "run.json"))])
+
+        def read_the_record():
+            failure = next(failures, None)
+            if failure is not None:
+                raise failure
+        Retry(messages.append, first_wait_s=0.01, probe=run_dir)(read_the_record, "Checkpoint step 10")
+        return messages[0]
+
+    mount_point.mkdir(parents=True)
+    assert "Drive is not mounted" in explained_first_failure()
+    (mount_point / "MyDrive").mkdir()
+    assert "is a plain folder on this runtime's own disk, not Google Drive" in explained_first_failure()
