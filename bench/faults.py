@@ -250,8 +250,8 @@ def main(argv=None) -> int:
                 outcome = trial(data, work, f"{len(rows)}_{repeat}_{abs(hash(name)) % 10**6}", spec, checkpoint_bytes, None)
                 _add(rows, ("python", name), outcome, finish_and_compare(outcome, reference))
         if "fuse" in layers:
-            for name, spec in fuse_scenarios(rng).items():
-                outcome = fuse_trial(data, work, f"fuse_{len(rows)}_{repeat}", spec, checkpoint_bytes)
+            for index, (name, spec) in enumerate(fuse_scenarios(rng).items()):
+                outcome = fuse_trial(data, work, f"fuse_{repeat}_{index}", spec, checkpoint_bytes)
                 _add(rows, ("fuse", name), outcome, finish_and_compare(outcome, reference))
     for index in range(args.kills if "python" in layers else 0):
         name, spec = rng.choice(list(scenarios(rng, checkpoint_bytes).items()))

@@ -63,12 +63,15 @@ class FaultyPassthrough:
         self._names: dict[int, str] = {}  # file handle (a descriptor of the backing file) -> the path it was opened under
         self._dirs: dict[int, str] = {}  # folder handle -> its path
         self._dir_handles = itertools.count(1 << 32)
+        self._gone = itertools.count()
         self._shadows = 0
 
     # -- the gate every call passes ------------------------------------------------
     def _rel(self, path: str | None, fh: int | None = None) -> str:
         if path is None:
-            return self._names.get(fh, "")
+            if fh not in self._names:  # a call on a handle it does not know: never the top folder by mistake
+                raise _fuse_error(errno.EBADF)
+            return self._names[fh]
         return path.lstrip("/")
 
     def _real(self, rel: str) -> str:
@@ -204,13 +207,23 @@ class FaultyPassthrough:
         return fits
 
     def _to_trash(self, real: str) -> None:
-        if self.faults.trash is None:
+        """A file deleted or replaced keeps counting at its size (Drive's trash), under its inode while a
+        handle may still truncate it, then under a key of its own: inode numbers are reused."""
+        trash = self.faults.trash
+        if trash is None:
             return
         try:
             st = os.lstat(real)
         except FileNotFoundError:
             return
-        self.faults.trash[st.st_ino] = st.st_size
+        self._settle(st.st_ino)
+        trash[st.st_ino] = st.st_size
+
+    def _settle(self, ino: int) -> None:
+        """File the trash entry of `ino` under a key of its own once no handle has it open."""
+        trash = self.faults.trash
+        if trash is not None and ino in trash and all(os.fstat(fh).st_ino != ino for fh in list(self._names)):
+            trash[("gone", next(self._gone))] = trash.pop(ino)
 
     # -- the calls --------------------------------------------------------------------
     def getattr(self, path, fh=None):
@@ -269,16 +282,20 @@ class FaultyPassthrough:
     def unlink(self, path):
         rel = self._rel(path)
         self._enter("unlink", rel)
-        self._to_trash(self._real(rel))
-        os.unlink(self._real(rel))
+        with self.faults.lock:
+            self._to_trash(self._real(rel))
+            ino = os.lstat(self._real(rel)).st_ino
+            os.unlink(self._real(rel))
+            self._settle(ino)
         self._after("unlink", rel)
 
     def rename(self, old, new):
         source, target = self._rel(old), self._rel(new)
         self._enter("rename", source)
         self._enter("rename", target)
-        self._to_trash(self._real(target))
-        os.rename(self._real(source), self._real(target))
+        with self.faults.lock:
+            self._to_trash(self._real(target))
+            os.rename(self._real(source), self._real(target))
         self._after("rename", target)
 
     def chmod(self, path, mode):
@@ -351,7 +368,10 @@ class FaultyPassthrough:
 
     def release(self, path, fh):
         self._names.pop(fh, None)
+        ino = os.fstat(fh).st_ino
         os.close(fh)
+        with self.faults.lock:
+            self._settle(ino)
         return 0
 
     def init_with_config(self, conn_info, config):
@@ -374,11 +394,17 @@ def main(argv=None) -> int:
     class FaultyDrive(FaultyPassthrough, mfusepy.Operations):  # mfusepy registers the methods defined above
         pass
 
+    class WithHandles(mfusepy.FUSE):
+        def truncate_fuse_3(self, path, length, fip):
+            # mfusepy drops the handle here; ftruncate on a file already renamed over (or deleted) needs it.
+            fh = fip.contents.fh if fip else None
+            return self.operations.truncate(None if path is None else path.decode(self.encoding, self.errors), length, fh)
+
     faults = Faults(args.events)
     fs = FaultyDrive(args.backing, args.state, faults)
     serve_control("\0" + args.control[1:] if args.control.startswith("@") else args.control, Control(fs))
     faults.event("mount", "", f"pid {os.getpid()}")
-    mfusepy.FUSE(fs, args.mount, foreground=True, fsname="midikit-fusefs", subtype="midikit")
+    WithHandles(fs, args.mount, foreground=True, fsname="midikit-fusefs", subtype="midikit")
     return 0
 
 
