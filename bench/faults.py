@@ -201,8 +201,8 @@ def finish_and_compare(outcome: dict, reference: dict) -> bool:
     before = _run_dirs(paths)
     latest = checkpoints.load_latest(before[0], log=lambda message: None) if len(before) == 1 else None
     complete = latest is not None and latest[1].get("finished")
-    if not complete:
-        train(run_config(paths), log=lambda message: None)
+    if not complete:  # the same command again: a run killed before it was claimed starts anew, with these sizes
+        train(run_config(paths), log=lambda message: None, model_overrides=MODEL)
     run_dirs = _run_dirs(paths)
     if len(run_dirs) != 1:  # a resume must continue the one run, never start a second
         print(f"  {len(run_dirs)} runs after resuming: {[p.name for p in run_dirs]}", flush=True)
@@ -260,7 +260,10 @@ def main(argv=None) -> int:
     text = _report(rows, kill_rows, args, clean_seconds)
     print(text)
     Path(args.out).write_text(text)
-    shutil.rmtree(work, ignore_errors=True)
+    if all(row["exact"] == row["trials"] for row in list(rows.values()) + list(kill_rows.values())):
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        print(f"Some runs did not end bit-identical: their folders, logs and fault events are kept in {work}")
     return 0
 
 
