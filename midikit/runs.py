@@ -106,7 +106,7 @@ class Owner:
             return "released"
         if self.host == socket.gethostname():
             started = _process_start(self.pid)  # None: no such process, a zombie, or no /proc to ask
-            if started is None and (Path(f"/proc/{self.pid}").exists() or not _pid_exists(self.pid)):
+            if started is None and _gone(self.pid):
                 return "dead"
             if started is not None and self.pid_started is not None and started != self.pid_started:
                 return "dead"  # the pid now belongs to another process
@@ -116,6 +116,11 @@ class Owner:
     def describe(self) -> str:
         since = datetime.fromtimestamp(self.claimed_at).isoformat(sep=" ", timespec="seconds")
         return f"host {self.host}, process {self.pid}, since {since}"
+
+
+def _gone(pid: int) -> bool:
+    """Whether process `pid` of this host has ended (a zombie counts as ended)."""
+    return _process_start(pid) is None and (Path(f"/proc/{pid}").exists() or not _pid_exists(pid))
 
 
 def _pid_exists(pid: int) -> bool:
@@ -465,9 +470,9 @@ def rebuild_models_csv(paths: DatasetPaths, attempts: int = 50, wait_s: float = 
 
 
 class _Lock:
-    """An exclusive lock file (O_CREAT | O_EXCL); one left by a killed process is broken after
-    LOCK_STALE_SECONDS, and one this process left (Drive failed as it let go) at once: within the
-    process, threads take turns on `_LOCAL`, so no thread of ours can still hold it."""
+    """An exclusive lock file (O_CREAT | O_EXCL); one left by a process of another host is broken after
+    LOCK_STALE_SECONDS; one left by an ended process of this host (killed), or by this process (Drive
+    failed as it let go), at once: within the process, threads take turns on `_LOCAL`."""
 
     _LOCAL = threading.Lock()
 
@@ -504,12 +509,18 @@ class _Lock:
 
     def _break_if_stale(self) -> None:
         try:
-            if time.time() - self.path.stat().st_mtime > LOCK_STALE_SECONDS or self.path.read_text() == self.mine:
+            if time.time() - self.path.stat().st_mtime > LOCK_STALE_SECONDS or self._left_by_ended_process():
                 self.path.unlink(missing_ok=True)
         except FileNotFoundError:
             pass
         except OSError as exc:
             raise explain_os_error(exc, self.path) from exc
+
+    def _left_by_ended_process(self) -> bool:
+        """This process (whose threads take turns), or one of this host that has ended (killed)."""
+        text = self.path.read_text()
+        host, _, pid = text.strip().partition(" ")
+        return text == self.mine or (host == socket.gethostname() and pid.isdigit() and _gone(int(pid)))
 
     def __exit__(self, *exc_info):
         try:

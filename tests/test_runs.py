@@ -122,7 +122,7 @@ def test_the_keeper_lets_go_of_the_run_once_drive_answers_again(tmp_path):
     assert len([m for m in messages if "Transport endpoint is not connected" in m]) == 1 and "landed after" in messages[-1]
 
 
-def test_a_models_csv_lock_this_process_could_not_remove_is_not_waited_for(tmp_path):
+def test_a_models_csv_lock_left_by_this_process_or_an_ended_one_is_not_waited_for(tmp_path):
     paths = DatasetPaths(tmp_path, "d")
     runs.write_record(paths.run_checkpoints("lstm_20260101_000000"), record("lstm_20260101_000000", "running"))
     paths.logs.mkdir(parents=True, exist_ok=True)
@@ -130,6 +130,10 @@ def test_a_models_csv_lock_this_process_could_not_remove_is_not_waited_for(tmp_p
     (paths.logs / ".models.csv.lock").write_text(f"{socket.gethostname()} {os.getpid()}\n")
     runs.rebuild_models_csv(paths, attempts=2, wait_s=0.0)  # a fresh lock of another process would hold it for good
     assert "lstm_20260101_000000" in paths.models_csv.read_text() and not (paths.logs / ".models.csv.lock").exists()
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (paths.logs / ".models.csv.lock").write_text(f"{socket.gethostname()} {int(ended.stdout)}\n")  # a killed run's
+    runs.rebuild_models_csv(paths, attempts=2, wait_s=0.0)
+    assert not (paths.logs / ".models.csv.lock").exists()
 
 
 def _finish_runs_together(root: str, run_id: str, barrier) -> None:
