@@ -33,7 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import CheckpointError, RunOwnedError, StorageError
+from .errors import CheckpointError, StorageError
+from .retry import TRANSIENT_ERRNOS, WriteAbandoned, retrying  # noqa: F401  (their home is midikit.retry)
 from .storage import atomic_write_text, explain_os_error, os_error_in, replace_file, temporary_path
 
 STATE_FORMAT = "midikit-train-state"  # the "format" key of every training-state dict
@@ -354,25 +355,32 @@ def write_atomically(path: Path, fill, abandoned: threading.Event | None = None)
     return size
 
 
-class WriteAbandoned(Exception):
-    """A background write finished after training stopped waiting for it; its result was discarded."""
-
-
 def _write_checksum(path: Path, digest: str) -> None:
     # sha256sum's format, so `sha256sum -c best.pt.sha256` works in the folder too.
     atomic_write_text(checksum_path(path), f"{digest}  {path.name}\n")
 
 
-def save_state(path: str | os.PathLike, state: dict, abandoned: threading.Event | None = None) -> CheckpointInfo:
+def save_state(path: str | os.PathLike, state: dict, abandoned: threading.Event | None = None, retry=None) -> CheckpointInfo:
     """Write `state` to `path` atomically (tmp in the same folder, fsync, rename), then its
-    `<path>.sha256`. Raises StorageError (with a fix) when the disk or Drive fails."""
-    path = Path(path)
+    `<path>.sha256`. Raises StorageError (with a fix) when the disk or Drive fails. `retry(action)`
+    runs each of the two steps (a `midikit.retry.Retry`): a checksum that fails is written again
+    without writing the state again."""
+    path, retry = Path(path), retry or _once
     start = time.perf_counter()
+    size, digest = retry(_write_data, path, state, abandoned)
+    retry(_write_checksum, path, digest)
+    step = state.get("step") if isinstance(state.get("step"), int) else step_of(path)
+    return CheckpointInfo(path, step, size, time.perf_counter() - start, digest, path.name == BEST_FILE)
+
+
+def _write_data(path: Path, state: dict, abandoned: threading.Event | None) -> tuple[int, str]:
     sha = hashlib.sha256()
     size = write_atomically(path, lambda handle: torch.save(state, _HashingFile(handle, sha)), abandoned)
-    _write_checksum(path, sha.hexdigest())
-    step = state.get("step") if isinstance(state.get("step"), int) else step_of(path)
-    return CheckpointInfo(path, step, size, time.perf_counter() - start, sha.hexdigest(), path.name == BEST_FILE)
+    return size, sha.hexdigest()
+
+
+def _once(action, *args):
+    return action(*args)
 
 
 def _copy_checkpoint(src: Path, dst: Path, digest: str, abandoned: threading.Event | None = None) -> None:
@@ -544,21 +552,28 @@ def _peek_step(path: Path) -> int | None:
 
 
 def write_checkpoint(run_dir: Path, snapshot: dict, step: int, best: bool, keep_last: int | None,
-                     abandoned: threading.Event | None = None) -> CheckpointInfo:
+                     abandoned: threading.Event | None = None, retry=None) -> CheckpointInfo:
     """Write one save of a run: step_<step>.pt, a copy as best.pt when `best`, then rotate the older
-    step files (keep_last None: the caller rotates, once it knows the folder is still its own). The run folder is never created here: a folder that vanished (Drive's mount dropped)
-    must not come back as an empty local folder that hides the real one."""
+    step files (keep_last None: the caller rotates, once it knows the folder is still its own).
+    `retry(action, *args)` runs each step (state, checksum, best.pt, rotation), so a failure repeats
+    only its own step. The run folder is never created here: a folder that vanished (Drive's mount
+    dropped) must not come back as an empty local folder that hides the real one."""
+    retry = retry or _once
+    retry(_require_folder, run_dir)
+    info = save_state(run_dir / step_file_name(step), snapshot, abandoned, retry)
+    if best:
+        retry(_copy_checkpoint, info.path, run_dir / BEST_FILE, info.sha256, abandoned)  # same bytes, same checksum
+    if keep_last is not None and (abandoned is None or not abandoned.is_set()):
+        retry(rotate, run_dir, step, keep_last)
+    return CheckpointInfo(info.path, step, info.size_bytes, info.seconds, info.sha256, best)
+
+
+def _require_folder(run_dir: Path) -> None:
     if not run_dir.is_dir():
         gone = StorageError(f"The run folder {run_dir} is gone: Google Drive's mount dropped (or the folder was moved). "
                             "Remount with `midikit.storage.mount_drive(force_remount=True)`; the save lands once it is back.")
         gone.transient = True  # a remount brings it back: keep retrying
         raise gone
-    info = save_state(run_dir / step_file_name(step), snapshot, abandoned)
-    if best:
-        _copy_checkpoint(info.path, run_dir / BEST_FILE, info.sha256, abandoned)  # same bytes, same checksum
-    if keep_last is not None and (abandoned is None or not abandoned.is_set()):
-        rotate(run_dir, step, keep_last)
-    return CheckpointInfo(info.path, step, info.size_bytes, info.seconds, info.sha256, best)
 
 
 def rotate(run_dir: Path, step: int, keep_last: int) -> list[Path]:
@@ -685,52 +700,6 @@ def _wait(future: Future, timeout: float | None) -> bool:
     except TimeoutError:
         return False
     return True
-
-
-def retrying(action, what: str, log, retry_wait_s: float = 2.0, give_up_after_s: float = 600.0,
-             abandoned: threading.Event | None = None, max_wait_s: float = 60.0):
-    """Run `action()`, retrying disk/Drive failures (an OSError, however wrapped, or a StorageError)
-    with a growing pause until `give_up_after_s`. The first failure is explained once, in words;
-    anything else is raised at once (retrying would fail the same way)."""
-    started, attempt, pause = time.monotonic(), 0, retry_wait_s
-    while True:
-        attempt += 1
-        try:
-            result = action()
-        except BaseException as exc:
-            if not _is_disk_problem(exc) or time.monotonic() - started + pause > give_up_after_s or (
-                    abandoned is not None and abandoned.is_set()):
-                raise
-            if attempt == 1:
-                log(f"{what}: {_explain(exc)} Retrying with a growing pause until it lands.")
-            time.sleep(pause)
-            pause = min(pause * 2, max_wait_s)
-            continue
-        if attempt > 1:
-            log(f"{what}: landed after {attempt} attempts.")
-        return result
-
-
-# What a Drive mount does while it drops, stalls or comes back: worth waiting for. Anything else (a
-# folder that cannot be written, a name that is a folder) fails the same way every time.
-TRANSIENT_ERRNOS = {errno.ENOTCONN, errno.EIO, errno.ETIMEDOUT, errno.EAGAIN, errno.EBUSY, errno.ENOENT, errno.ESTALE,
-                    errno.ECONNABORTED, errno.ECONNRESET, errno.EINTR}
-
-
-def _is_disk_problem(exc: BaseException) -> bool:
-    if isinstance(exc, RunOwnedError):
-        return False
-    cause = os_error_in(exc)
-    if cause is not None:
-        return cause.errno in TRANSIENT_ERRNOS
-    return isinstance(exc, StorageError) and getattr(exc, "transient", False)
-
-
-def _explain(exc: BaseException) -> str:
-    if isinstance(exc, StorageError):
-        return str(exc)
-    cause = os_error_in(exc)
-    return str(explain_os_error(cause, Path(getattr(cause, "filename", None) or "the checkpoint folder")))
 
 
 def disk_full(exc: BaseException) -> bool:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from .configs import ModelConfig, applies_to
 from .errors import RunOwnedError, StorageError
+from .retry import Retry
 from .storage import RUN_ID_PATTERN, DatasetPaths, atomic_write_text, explain_os_error
 
 RUN_FILE = "run.json"
@@ -106,7 +107,7 @@ class Owner:
             return "released"
         if self.host == socket.gethostname():
             started = _process_start(self.pid)  # None: no such process, a zombie, or no /proc to ask
-            if started is None and (Path(f"/proc/{self.pid}").exists() or not _pid_exists(self.pid)):
+            if started is None and _gone(self.pid):
                 return "dead"
             if started is not None and self.pid_started is not None and started != self.pid_started:
                 return "dead"  # the pid now belongs to another process
@@ -116,6 +117,11 @@ class Owner:
     def describe(self) -> str:
         since = datetime.fromtimestamp(self.claimed_at).isoformat(sep=" ", timespec="seconds")
         return f"host {self.host}, process {self.pid}, since {since}"
+
+
+def _gone(pid: int) -> bool:
+    """Whether process `pid` of this host has ended (a zombie counts as ended)."""
+    return _process_start(pid) is None and (Path(f"/proc/{pid}").exists() or not _pid_exists(pid))
 
 
 def _pid_exists(pid: int) -> bool:
@@ -359,7 +365,8 @@ class RecordKeeper:
     them into its private record, refreshes the heartbeat and writes the file, and between updates it
     refreshes the heartbeat every `heartbeat_s`. Before each write it re-reads the owner: once another
     process has claimed the run, `lost` is set and nothing more is written. A hung Drive delays the
-    heartbeat, never the training thread."""
+    heartbeat, never the training thread; a failing one fails an update (its caller retries), and the
+    last write, which lets go of the run, waits it out (`close`'s timeout)."""
 
     def __init__(self, paths: DatasetPaths, run_dir: Path, record: dict, owner: Owner, log=print,
                  heartbeat_s: float = HEARTBEAT_SECONDS):
@@ -378,12 +385,13 @@ class RecordKeeper:
         self._queue.put((copy.deepcopy(fields), done))
         return done
 
-    def close(self, release: bool = True, timeout: float = 10.0) -> bool:
-        """Write the last update (releasing the run when `release`), stop the thread; False on timeout."""
-        done = self.update(_release=release)
-        self._queue.put(None)
-        self._thread.join(timeout)
-        return done.done() and not self._thread.is_alive()
+    def close(self, release: bool = True, timeout: float = 10.0, retry_wait_s: float = 2.0) -> bool:
+        """Write the last update (releasing the run when `release`) and stop the thread. Drive failures
+        are waited out for up to `timeout`, so the run is let go of once Drive answers; True when it was."""
+        done: Future = Future()
+        self._queue.put((_STOP, (release, time.monotonic() + timeout, retry_wait_s), done))
+        self._thread.join(timeout + 1.0)
+        return done.done() and done.exception() is None and not self._thread.is_alive()
 
     # -- on the keeper's thread ------------------------------------------------
     def _run(self) -> None:
@@ -395,34 +403,50 @@ class RecordKeeper:
                     items = [({}, None)]  # a heartbeat
                 while not self._queue.empty():  # coalesce what piled up while Drive was slow
                     items.append(self._queue.get_nowait())
-                stop = any(item is None for item in items)
-                items = [item for item in items if item is not None]
-                self._write([fields for fields, _ in items], [done for _, done in items if done is not None])
-                if stop:
-                    return
+                stop = next((item for item in items if item[0] is _STOP), None)
+                updates = [fields for fields, _ in (item for item in items if item[0] is not _STOP)]
+                waiting = [done for _, done in (item for item in items if item[0] is not _STOP) if done is not None]
+                if stop is None:
+                    self._write(updates, waiting)
+                    continue
+                self._write_last(updates, waiting + [stop[2]], *stop[1])
+                return
         finally:
             with _HELD_HERE_LOCK:
                 _HELD_HERE.discard(self._key)
 
-    def _write(self, updates: list[dict], waiting: list[Future]) -> None:
+    def _write(self, updates: list[dict], waiting: list[Future], release: bool = False, retry=None) -> None:
         try:
-            if self.lost.is_set() or newer_claim(self.run_dir, self.owner) is not None:
-                self.lost.set()
-                raise RunOwnedError(f"Run {self.run_dir.name} was taken over by another runtime; this one stops writing.")
-            release = any(update.pop("_release", False) for update in updates)
-            for update in updates:
-                self._record.update(update)
-            owner = dict(self._record["owner"], heartbeat=time.time(), released=release)
-            self._record["owner"] = owner
-            write_record(self.run_dir, self._record, create=False)
-            if any(updates):
-                rebuild_models_csv(self.paths)
+            (retry or _once)(self._apply, "The run's record (run.json)", updates, release)
         except Exception as exc:  # never into training: the caller learns from the Future
             for done in waiting:
                 done.set_exception(exc)
             return
         for done in waiting:
             done.set_result(True)
+
+    def _write_last(self, updates: list[dict], waiting: list[Future], release: bool, deadline: float, retry_wait_s: float) -> None:
+        """The last write (the release): retried while Drive fails, until `deadline`."""
+        retry = Retry(self.log, retry_wait_s, give_up_after_s=max(0.0, deadline - time.monotonic()), probe=self.run_dir)
+        self._write(updates, waiting, release, retry)
+
+    def _apply(self, updates: list[dict], release: bool) -> None:
+        if self.lost.is_set() or newer_claim(self.run_dir, self.owner) is not None:
+            self.lost.set()
+            raise RunOwnedError(f"Run {self.run_dir.name} was taken over by another runtime; this one stops writing.")
+        for update in updates:
+            self._record.update(update)
+        self._record["owner"] = dict(self._record["owner"], heartbeat=time.time(), released=release)
+        write_record(self.run_dir, self._record, create=False)
+        if any(updates) or release:
+            rebuild_models_csv(self.paths)
+
+
+_STOP = object()  # the queue item that ends a RecordKeeper's thread
+
+
+def _once(action, what, *args):
+    return action(*args)
 
 
 # --------------------------------------------------------------------------- models.csv
@@ -476,13 +500,26 @@ def rebuild_models_csv(paths: DatasetPaths, attempts: int = 50, wait_s: float = 
 
 
 class _Lock:
-    """An exclusive lock file (O_CREAT | O_EXCL); one left by a killed process is broken after
-    LOCK_STALE_SECONDS."""
+    """An exclusive lock file (O_CREAT | O_EXCL); one left by a process of another host is broken after
+    LOCK_STALE_SECONDS; one left by an ended process of this host (killed), or by this process (Drive
+    failed as it let go), at once: within the process, threads take turns on `_LOCAL`."""
+
+    _LOCAL = threading.Lock()
 
     def __init__(self, path: Path, attempts: int, wait_s: float):
         self.path, self.attempts, self.wait_s = path, attempts, wait_s
+        self.mine = f"{socket.gethostname()} {os.getpid()}\n"
 
     def __enter__(self):
+        self._LOCAL.acquire()
+        try:
+            self._acquire()
+        except BaseException:
+            self._LOCAL.release()
+            raise
+        return self
+
+    def _acquire(self) -> None:
         for _ in range(self.attempts):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -492,18 +529,33 @@ class _Lock:
                 continue
             except OSError as exc:
                 raise explain_os_error(exc, self.path) from exc
-            os.write(fd, f"{socket.gethostname()} {os.getpid()}\n".encode())
+            os.write(fd, self.mine.encode())
             os.close(fd)
-            return self
-        raise StorageError(f"{self.path} has been held for {self.attempts * self.wait_s:.0f} s by another process; "
-                           "models.csv was not rewritten this time (the next checkpoint tries again).")
+            return
+        held = StorageError(f"{self.path} has been held for {self.attempts * self.wait_s:.0f} s by another process; "
+                            "models.csv was not rewritten this time (the next checkpoint tries again).")
+        held.transient = True  # its holder lets go, or it turns stale
+        raise held
 
     def _break_if_stale(self) -> None:
         try:
-            if time.time() - self.path.stat().st_mtime > LOCK_STALE_SECONDS:
+            if time.time() - self.path.stat().st_mtime > LOCK_STALE_SECONDS or self._left_by_ended_process():
                 self.path.unlink(missing_ok=True)
         except FileNotFoundError:
             pass
+        except OSError as exc:
+            raise explain_os_error(exc, self.path) from exc
+
+    def _left_by_ended_process(self) -> bool:
+        """This process (whose threads take turns), or one of this host that has ended (killed)."""
+        text = self.path.read_text()
+        host, _, pid = text.strip().partition(" ")
+        return text == self.mine or (host == socket.gethostname() and pid.isdigit() and _gone(int(pid)))
 
     def __exit__(self, *exc_info):
-        self.path.unlink(missing_ok=True)
+        try:
+            self.path.unlink(missing_ok=True)  # if Drive fails here, the next rebuild breaks our own lock
+        except OSError:
+            pass
+        finally:
+            self._LOCAL.release()

@@ -98,6 +98,44 @@ def test_the_keeper_beats_off_the_caller_thread_and_stops_once_taken_over(tmp_pa
     keeper.close()
 
 
+def test_the_keeper_lets_go_of_the_run_once_drive_answers_again(tmp_path):
+    """Drive's mount drops as the run ends: the release waits it out (under the one retry policy) and
+    lands once the mount is back; reading who owns the run meanwhile fails, it never reads as "nobody"."""
+    import threading
+
+    from midikit.retry import is_transient
+    from midikit.testing.faults import FaultyFS
+
+    paths = DatasetPaths(tmp_path, "d")
+    run_dir = paths.run_checkpoints("lstm_20260101_000000")
+    owner = runs.claim(run_dir, record(run_dir.name, "running"))
+    messages = []
+    keeper = runs.RecordKeeper(paths, run_dir, record(run_dir.name, "running"), owner, log=messages.append)
+    with FaultyFS(tmp_path) as fs:
+        fs.unmount()  # every call answers ENOTCONN
+        with pytest.raises(Exception) as unreadable:
+            runs.newer_claim(run_dir, owner)
+        assert is_transient(unreadable.value)  # a save waits for it instead of taking it for "no other owner"
+        threading.Timer(1.0, fs.remount).start()
+        assert keeper.close(timeout=30, retry_wait_s=0.05)
+    assert runs.read_record(run_dir).owner.released
+    assert len([m for m in messages if "Transport endpoint is not connected" in m]) == 1 and "landed after" in messages[-1]
+
+
+def test_a_models_csv_lock_left_by_this_process_or_an_ended_one_is_not_waited_for(tmp_path):
+    paths = DatasetPaths(tmp_path, "d")
+    runs.write_record(paths.run_checkpoints("lstm_20260101_000000"), record("lstm_20260101_000000", "running"))
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    # What a release that Drive failed leaves: the lock file, naming this very process.
+    (paths.logs / ".models.csv.lock").write_text(f"{socket.gethostname()} {os.getpid()}\n")
+    runs.rebuild_models_csv(paths, attempts=2, wait_s=0.0)  # a fresh lock of another process would hold it for good
+    assert "lstm_20260101_000000" in paths.models_csv.read_text() and not (paths.logs / ".models.csv.lock").exists()
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (paths.logs / ".models.csv.lock").write_text(f"{socket.gethostname()} {int(ended.stdout)}\n")  # a killed run's
+    runs.rebuild_models_csv(paths, attempts=2, wait_s=0.0)
+    assert not (paths.logs / ".models.csv.lock").exists()
+
+
 def _finish_runs_together(root: str, run_id: str, barrier) -> None:
     paths = DatasetPaths(root, "d")
     barrier.wait()

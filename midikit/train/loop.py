@@ -27,6 +27,7 @@ from ..checkpoints import after_copy, capture_rng_state, restore_rng_state
 from ..configs import ModelConfig, TrainConfig
 from ..data.sampler import evaluation_windows, sample_windows
 from ..errors import ConfigError
+from ..retry import mount_note, upload_note
 from ..runs import DONE
 from ..threads import threads_for
 from .distributed import Cluster, RankLost, broadcast, gather, is_lost, join, leave, lost, mean, total
@@ -300,21 +301,24 @@ def finish(state: TrainState, status: str, in_step: int, recorder, training, gen
         return _result(state, status, recorder)
     with GracefulStop(say, "Saving the final checkpoint first (interrupt again to stop at once)."):
         best = state.best_val_loss is not None and state.best_step == state.step
+        deadline = time.monotonic() + wait_s  # one wait for the write in flight, the final save and the release
         final_save = recorder.save(state, training, rngs, status=status, best=best, wait_s=wait_s)
-        landed = recorder.close(timeout=wait_s) and final_save is not None
+        landed = recorder.close(timeout=max(0.0, deadline - time.monotonic())) and final_save is not None
     outcome = final_save.result() if landed and final_save.exception() is None else None
     if recorder.taken_over:
         say(f"{state.run_id}: another runtime took this run over; this one did not save its final checkpoint.")
         return _result(state, "taken_over", recorder)
     if not landed:
         say(f"The final checkpoint of {state.run_id} (step {state.step}) did not reach the disk within {wait_s:.0f} s "
-            f"(Drive slow or hung). The run stays resumable from its last checkpoint that landed.")
+            f"(Drive slow or hung). The run stays resumable from its last checkpoint that landed."
+            f"{mount_note(recorder.run_dir)}")
     elif outcome is not None and not outcome.state_saved:
         say(f"The final checkpoint of {state.run_id} could not be written; the run stays resumable from its last good one.")
     if not landed or (outcome is not None and not outcome.state_saved):
         status = "interrupted"  # what is on disk: the same command continues the run
     best_text = "n/a" if state.best_val_loss is None else f"{state.best_val_loss:.4f} at step {state.best_step}"
-    say(f"{state.run_id}: {status} at step {state.step} (epoch {state.epoch}); best validation loss {best_text}.")
+    say(f"{state.run_id}: {status} at step {state.step} (epoch {state.epoch}); best validation loss {best_text}."
+        f"{upload_note(recorder.run_dir) if landed else ''}")
     return _result(state, status, recorder)
 
 

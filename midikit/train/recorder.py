@@ -22,14 +22,17 @@ import torch
 
 from .. import checkpoints, runs
 from ..artifacts import RunReport, remove_temporaries, write_run_artifacts, write_weights
-from ..checkpoints import BackgroundWriter, retrying, to_cpu_snapshot
+from ..checkpoints import BackgroundWriter, to_cpu_snapshot
 from ..models import count_parameters
+from ..retry import Retry, WriteAbandoned
 from ..storage import DatasetPaths
 from .state import TrainState
 
 BEST_SAVE_COST_FACTOR = 20  # a new best is checkpointed when the last save cost < 1/20 of the time since
 PLOT_EVERY_SECONDS = 60.0  # the loss plot is redrawn at most this often (and at the end)
 RECORD_WAIT_SECONDS = 30.0  # how long a save waits for run.json to be written
+GIVE_UP_AFTER_SECONDS = 600.0  # how long a save during training waits out Drive before it gives up
+ANSWERED = "Drive answered"  # said once a read that waited for Drive works
 
 
 @dataclass(frozen=True)
@@ -180,90 +183,111 @@ class Recorder:
                          metrics, history, self.weights_step)
 
     def close(self, timeout: float | None) -> bool:
-        """Wait (at most `timeout`) for the last save, then release the run; True when it landed."""
+        """Wait (at most `timeout`) for the last save, then release the run, waiting out Drive for the
+        rest of `timeout` (at least RECORD_WAIT_SECONDS, or `timeout` when shorter); True when it landed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         landed = self.writer.close(timeout)
         self.collect()
-        record_wait = RECORD_WAIT_SECONDS if timeout is None else min(timeout, RECORD_WAIT_SECONDS)
-        self.keeper.close(release=not self._taken_over, timeout=record_wait)
+        record_wait = RECORD_WAIT_SECONDS if timeout is None else max(deadline - time.monotonic(), min(timeout, RECORD_WAIT_SECONDS))
+        self.keeper.close(release=not self._taken_over, timeout=record_wait, retry_wait_s=self.retry_wait_s)
         return landed
 
     # -- on the writer's thread -------------------------------------------------
     def _write(self, job: SaveJob, abandoned) -> SaveOutcome:
-        """One save; whatever it raises (Drive failing under run.json, a GPU copy that failed) is said
-        and reported as not saved, so the training thread and the final message never miss it."""
+        """One save; whatever it raises (Drive failing under run.json past the retries, a GPU copy that
+        failed) is said and reported as not saved, so the training thread and the final message never miss it."""
         try:
-            return self._write_job(job, abandoned)
+            return self._write_job(job, self._retry(job, abandoned))
+        except WriteAbandoned:  # the writer said so when it gave up on this save
+            return SaveOutcome(job.step, False, job.previous_weights_step)
         except Exception as exc:
             self.log(f"Checkpoint step {job.step} NOT saved: {exc} Training continues; the next checkpoint tries again.")
             return SaveOutcome(job.step, False, job.previous_weights_step)
 
-    def _write_job(self, job: SaveJob, abandoned) -> SaveOutcome:
+    def _retry(self, job: SaveJob, abandoned) -> Retry:
+        """The patience of one save, shared by everything it touches: 10 minutes, or the final wait."""
+        final_wait_s = 60 * job.report.train_config.get("final_wait_minutes", 0) if job.report.status != "running" else 0
+        return Retry(self.log, self.retry_wait_s, give_up_after_s=max(GIVE_UP_AFTER_SECONDS, final_wait_s),
+                     abandoned=abandoned, probe=self.run_dir)
+
+    def _write_job(self, job: SaveJob, retry: Retry) -> SaveOutcome:
         if job.copied is not None:
             job.copied.synchronize()  # the snapshot's GPU-to-pinned copies are done before anything reads it
-        if self.keeper.lost.is_set() or runs.newer_claim(self.run_dir, self.owner) is not None:
+        what = f"Checkpoint step {job.step}"
+        # Who owns the run: a run.json that cannot be read now is waited for, never taken for "no other owner".
+        if self.keeper.lost.is_set() or retry(runs.newer_claim, what, self.run_dir, self.owner, done=ANSWERED) is not None:
             self.log(f"{job.report.run_id} was taken over by another runtime: this one stops writing it.")
             return SaveOutcome(job.step, False, None, taken_over=True)
         weights_step = job.previous_weights_step
-        if job.weights is not None and self._try(f"Best weights (step {job.weights_step})", abandoned,
-                                                 write_weights, self.paths, job.report.run_id, job.weights, abandoned):
+        if job.weights is not None and self._try(retry, f"Best weights (step {job.weights_step})", write_weights, self.paths,
+                                                 job.report.run_id, job.weights, retry.abandoned):
             weights_step = job.weights_step
         elif job.weights is not None and job.state is not None:
             job.state["best_model"], job.state["best_model_step"] = job.weights, job.weights_step  # carried instead
-        state_saved = job.state is None or self._save_state(job, abandoned)
-        if abandoned.is_set():
+        state_saved = job.state is None or self._save_state(job, retry)
+        if retry.abandoned.is_set():
             return SaveOutcome(job.step, False, weights_step)
         if job.state is not None and state_saved:
             self.log(f"Checkpoint saved: {self.run_dir.name}/step {job.step}{' + best' if job.best else ''}.")
         report = replace(job.report, weights_step=weights_step,
                          status=job.report.status if state_saved or job.report.status == "running" else "interrupted")
-        self._try("The run's artifacts", abandoned, write_run_artifacts, self.paths, report, job.plot)
+        self._try(retry, "The run's artifacts", write_run_artifacts, self.paths, report, job.plot)
         fields = report.record_fields() if state_saved else {"weights": report.record_fields()["weights"], "status": report.status}
-        self._try("The run's record (run.json)", abandoned, lambda: self.keeper.update(**fields).result(RECORD_WAIT_SECONDS))
+        self._try(retry, "The run's record (run.json)", lambda: self.keeper.update(**fields).result(RECORD_WAIT_SECONDS))
         if job.report.status != "running":  # the last write of this process: sweep what failed writes left
-            checkpoints.remove_temporaries(self.run_dir)
-            remove_temporaries(self.paths, job.report.run_id)
+            try:
+                retry(lambda: (checkpoints.remove_temporaries(self.run_dir), remove_temporaries(self.paths, job.report.run_id)),
+                      "Removing the temporary files of failed writes")
+            except Exception:
+                pass  # the run's next start sweeps them
         return SaveOutcome(job.step, state_saved, weights_step)
 
-    def _save_state(self, job: SaveJob, abandoned) -> bool:
-        """The state file (+ best.pt). On a full disk, older step files make room first (never below the
-        newest verified one and best.pt); if it still does not fit, say what a checkpoint needs."""
+    def _save_state(self, job: SaveJob, retry: Retry) -> bool:
+        """The state file (+ best.pt), then the older step files go. On a full disk, older step files make
+        room first (never below the newest verified one and best.pt); if it still does not fit, say what a
+        checkpoint needs."""
         what = f"Checkpoint step {job.step}"
-
-        def write() -> None:
-            checkpoints.write_checkpoint(self.run_dir, job.state, job.step, job.best, None, abandoned)
-            # A takeover during a long write: the folder's step files are the new owner's now, not ours to rotate.
-            if not abandoned.is_set() and runs.newer_claim(self.run_dir, self.owner) is None:
-                checkpoints.rotate(self.run_dir, job.step, job.report.train_config["keep_last"])
-        try:
-            retrying(write, what, self.log, retry_wait_s=self.retry_wait_s, abandoned=abandoned)
-            return True
-        except checkpoints.WriteAbandoned:
-            return False
-        except Exception as exc:
-            if not checkpoints.disk_full(exc):
-                self.log(f"{what} NOT saved: {exc} Training continues; the next checkpoint tries again.")
+        write = functools.partial(checkpoints.write_checkpoint, self.run_dir, job.state, job.step, job.best, None,
+                                  retry.abandoned, functools.partial(_each, retry, what))
+        for attempt in ("first", "after making room"):
+            try:
+                write()
+                self._rotate(job, retry)
+                return True
+            except WriteAbandoned:
                 return False
-        removed = checkpoints.free_space_for(self.run_dir, job.step)
-        if removed:
-            self.log(f"{what}: the disk is full; removed {', '.join(p.name for p in removed)} to make room "
-                     "(the newest verified checkpoint and best.pt stay).")
-        try:
-            retrying(write, what, self.log, retry_wait_s=self.retry_wait_s, abandoned=abandoned)
-            return True
-        except Exception as exc:
-            if not checkpoints.disk_full(exc):
-                self.log(f"{what} NOT saved: {exc}")
-                return False
+            except Exception as exc:
+                if not checkpoints.disk_full(exc):
+                    self.log(f"{what} NOT saved: {exc} Training continues; the next checkpoint tries again.")
+                    return False
+            if attempt == "first":
+                removed = retry(checkpoints.free_space_for, what, self.run_dir, job.step)
+                if removed:
+                    self.log(f"{what}: the disk is full; removed {', '.join(p.name for p in removed)} to make room "
+                             "(the newest verified checkpoint and best.pt stay).")
         self.log(f"{what} NOT saved: {checkpoints.describe_full_disk(self.paths.base, self.run_dir, job.state)} "
                  "Training continues; the next checkpoint tries again.")
         return False
 
-    def _try(self, what: str, abandoned, action, *args) -> bool:
+    def _rotate(self, job: SaveJob, retry: Retry) -> None:
+        """Older step files go once the new one is in place. A takeover during a long write leaves them:
+        the folder's step files are the new owner's now. A failure here is said; the save has landed."""
+        what = f"Checkpoint step {job.step}"
+        try:
+            if not retry.abandoned.is_set() and retry(runs.newer_claim, what, self.run_dir, self.owner, done=ANSWERED) is None:
+                retry(checkpoints.rotate, f"{what} (removing older step files)", self.run_dir, job.step,
+                      job.report.train_config["keep_last"])
+        except WriteAbandoned:
+            pass
+        except Exception as exc:
+            self.log(f"{what}: older step files not removed: {exc} The next checkpoint tries again.")
+
+    def _try(self, retry: Retry, what: str, action, *args) -> bool:
         """Run one write with retries; a failure is logged (with its fix), never raised into training."""
         try:
-            retrying(functools.partial(action, *args), what, self.log, retry_wait_s=self.retry_wait_s, abandoned=abandoned)
+            retry(functools.partial(action, *args), what)
             return True
-        except checkpoints.WriteAbandoned:
+        except WriteAbandoned:
             return False
         except Exception as exc:
             self.log(f"{what} NOT saved: {exc} Training continues; the next checkpoint tries again.")
@@ -275,6 +299,11 @@ def adamw_buffer_spec(model) -> tuple:
     parameter and its step count (a float32 scalar, on the GPU with the fused kernel)."""
     params = [p for p in model.parameters() if p.requires_grad]
     return checkpoints.buffer_spec(params) * 2 + tuple(((), torch.float32, p.is_cuda) for p in params)
+
+
+def _each(retry: Retry, what: str, action, *args):
+    """One step of a checkpoint write under the save's retry policy."""
+    return retry(action, what, *args)
 
 
 class Bystander:
