@@ -241,9 +241,10 @@ def main(argv=None) -> int:
         print(main.__doc__, file=sys.stderr)
         return 2
     from midikit import storage
-    from midikit.cli import exit_past_hung_writes
+    from midikit.cli import exit_past_hung_writes, line_buffered
     from midikit.cli import main as midikit_main
 
+    line_buffered()  # as `python -m midikit` is: a kill must not take the lines already printed with it
     storage.DRIVE_MOUNT_POINT = Path(argv[0])  # where midikit looks for Drive: its checks and messages follow
     code = midikit_main(argv[2:])
     exit_past_hung_writes(code)

@@ -1142,8 +1142,10 @@ def main(argv: list[str] | None = None) -> int:
         actions = parse_spec(spec)
     except (ValueError, TypeError) as exc:
         parser.error(f"bad --spec: {exc}")
-    from midikit.cli import exit_past_hung_writes
+    from midikit.cli import exit_past_hung_writes, line_buffered
     from midikit.cli import main as midikit_main  # imported before the layer, so imports are not faulted
+
+    line_buffered()  # as `python -m midikit` is: a kill must not take the lines already printed with it
 
     with FaultyFS(root, events_log=args.events_log) as fs:
         apply_spec(fs, actions)
