@@ -1,7 +1,7 @@
 """Drive faults beneath torch.save during real training runs, and SIGKILLs at random instants.
 
 Each trial trains a small GRU on real data (Nottingham from ../shared, else music21's corpus) in a
-forked process, with faults injected by one of two layers (`--fs`): `python`, midikit.testing.faults
+forked process, with faults injected by one of two layers (`--fs`): `python`, testsupport.pyfaults
 switched on under its checkpoint folder (Python's file functions), or `fuse`, a real FUSE mount
 (testsupport.fusefs, a process of its own, as Colab's Drive is) taken for /content/drive, whose faults
 fire from inside the filesystem: the mount down when a save starts (mid-run, and at the end), its
@@ -38,7 +38,7 @@ import torch
 
 from midikit import checkpoints, storage
 from midikit.data import PreprocessConfig, preprocess
-from midikit.testing.faults import FaultyFS, TimedActions, apply_spec
+from testsupport.pyfaults import FaultyFS, TimedActions, apply_spec
 from midikit.train import TrainConfig, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # testsupport/, beside midikit/
@@ -47,13 +47,13 @@ from testsupport.fusedrive import FuseDrive, fuse_unavailable  # noqa: E402
 NOTTINGHAM = Path(__file__).resolve().parents[2] / "shared" / "data" / "nottingham"
 MODEL = dict(embed_size=16, hidden_size=32, num_layers=1, dropout=0.1, context_length=32)
 STEPS = 300
-LAYERS = {"python": "Python (midikit.testing.faults)", "fuse": "FUSE (testsupport.fusefs)"}
+LAYERS = {"python": "Python (testsupport.pyfaults)", "fuse": "FUSE (testsupport.fusefs)"}
 SAVE_DONE = ".models.csv.lock"  # its removal is a save's last Drive call
 ONE_SAVE_BEFORE_THE_END = {"eval_every": 1000, "checkpoint_every_steps": STEPS - 50}  # saves at 250 and the final one
 
 
 def scenarios(rng: random.Random, checkpoint_bytes: int) -> dict:
-    """name -> a fault spec for midikit.testing.faults (fresh random parameters each call)."""
+    """name -> a fault spec for testsupport.pyfaults (fresh random parameters each call)."""
     at = round(rng.uniform(0.3, 1.5), 2)
     return {
         "mount drop mid-save (ENOTCONN)": [{"fail_writes": {"error": "ENOTCONN", "after_bytes": rng.randint(1_000, 60_000),
@@ -284,7 +284,7 @@ def _report(rows: dict, kill_rows: dict, args, clean_seconds: float) -> str:
         f"- command: `python {' '.join(shlex.quote(a) for a in sys.argv)}`",
         f"- machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} (1 thread), Python {platform.python_version()}",
         f"- run: GRU {MODEL}, {STEPS} steps, a checkpoint every 10 steps, final wait 3 s (FUSE: 60 s); a fault-free run takes {clean_seconds:.1f} s",
-        "- layer: what injected the fault. Python: midikit.testing.faults, beneath Python's file functions in the training",
+        "- layer: what injected the fault. Python: testsupport.pyfaults, beneath Python's file functions in the training",
         "  process. FUSE: testsupport.fusefs, a real FUSE filesystem in a process of its own taken for /content/drive, its",
         "  faults fired from inside it at an exact call (\"when the final save starts\": the run saves at step 250 and at its",
         "  end, and the outage begins as the step-250 save ends); its process killed means the kernel answers ENOTCONN",

@@ -1,4 +1,4 @@
-"""Drive faults beneath `torch.save` (midikit.testing.faults: a file-system layer under the real
+"""Drive faults beneath `torch.save` (testsupport.pyfaults: a file-system layer under the real
 writes, never a replacement of the code under test), each survived by a real training run:
 what the user reads, what is on disk afterwards, and that training reached its last step."""
 
@@ -17,7 +17,7 @@ import pytest
 
 from midikit import checkpoints, runs
 from midikit.storage import DatasetPaths
-from midikit.testing.faults import FaultyFS
+from testsupport.pyfaults import FaultyFS
 from midikit.train import TrainConfig, train
 
 from helpers import own_root, the_run
@@ -142,7 +142,7 @@ def test_the_command_exits_on_the_first_ctrl_c_even_with_a_hung_drive(tiny_datas
             "--device", "cpu", "--batch_size", "8", "--max_steps", "100000", "--eval_every", "100000", "--eval_windows", "8",
             "--checkpoint_every_steps", "20", "--checkpoint_every_minutes", "0", "--final_wait_minutes", "0.02", "--no_progress",
             *sum(([f"--{k}", str(v)] for k, v in TINY.items()), [])]
-    process = subprocess.Popen([sys.executable, "-m", "midikit.testing.faults", "--spec", spec, "--", *args],
+    process = subprocess.Popen([sys.executable, "-m", "testsupport.pyfaults", "--spec", spec, "--", *args],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
     deadline = time.monotonic() + 60
     while not (paths.checkpoints.is_dir() and list(paths.checkpoints.rglob(".step_*"))):  # a write has started, and hangs

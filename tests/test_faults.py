@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from midikit.testing import faults
-from midikit.testing.faults import FaultyFS, TimedActions, apply_spec, parse_spec
+from testsupport import pyfaults as faults
+from testsupport.pyfaults import FaultyFS, TimedActions, apply_spec, parse_spec
 
 REPO = Path(__file__).resolve().parents[1]
 NOT_CONNECTED = "Transport endpoint is not connected"
@@ -406,7 +406,7 @@ def test_spec_and_timed_actions_in_process(root):
 
 def run_faulty_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "midikit.testing.faults", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "testsupport.pyfaults", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
     )
 
 

@@ -99,7 +99,7 @@ def test_a_failed_pth_write_then_a_disconnect_still_ends_with_the_best_weights(t
             "--checkpoint_every_minutes", "0", "--patience", "0", "--no_progress", *sum(([f"--{k}", str(v)] for k, v in TINY.items()), [])]
     spec = json.dumps([{"fail_writes": {"error": "EACCES", "match": "*.pth*"}}])  # models/<run>.pth cannot be written
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    victim = subprocess.Popen([sys.executable, "-m", "midikit.testing.faults", "--spec", spec, "--", *args],
+    victim = subprocess.Popen([sys.executable, "-m", "testsupport.pyfaults", "--spec", spec, "--", *args],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not _has_step(paths, 15):

@@ -104,7 +104,7 @@ def test_the_keeper_lets_go_of_the_run_once_drive_answers_again(tmp_path):
     import threading
 
     from midikit.retry import is_transient
-    from midikit.testing.faults import FaultyFS
+    from testsupport.pyfaults import FaultyFS
 
     paths = DatasetPaths(tmp_path, "d")
     run_dir = paths.run_checkpoints("lstm_20260101_000000")

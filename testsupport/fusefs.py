@@ -26,7 +26,7 @@ is the handle that starts, steers, kills and remounts it):
 
 Events (one JSON line each: t, wall, kind, path, detail) go to a file that outlives the process. The
 faults' state and the control socket are in `testsupport.fusecontrol`.
-Ops are named as in `midikit.testing.faults`: stat, listdir, open, read, write, close, fsync,
+Ops are named as in `testsupport.pyfaults`: stat, listdir, open, read, write, close, fsync,
 rename, unlink, truncate, mkdir, rmdir, utime, chmod, statfs.
 
     python -m testsupport.fusefs --backing DIR --mount DIR --control NAME --events FILE --state DIR

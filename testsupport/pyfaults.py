@@ -6,7 +6,7 @@ replacing the function under test. While a `FaultyFS` is active it patches the P
 file-system entry points, and every call on a path under its root (the "mount") goes through
 its faults; every other path passes straight through to the real function::
 
-    from midikit.testing.faults import FaultyFS
+    from testsupport.pyfaults import FaultyFS
     with FaultyFS(root) as fs:
         fs.fail_writes(errno.ENOTCONN, after_bytes=1_000_000, times=1, match="*step_*.pt*")
         fs.set_quota(50 * 2**20)
@@ -18,7 +18,7 @@ its faults; every other path passes straight through to the real function::
 
 In a subprocess (so a test can SIGKILL a real training run)::
 
-    python -m midikit.testing.faults --root DIR --spec '[{"fail_writes": {"error": "ENOTCONN",
+    python -m testsupport.pyfaults --root DIR --spec '[{"fail_writes": {"error": "ENOTCONN",
         "after_bytes": 1000000, "times": 1}}, {"at_seconds": 3, "unmount": {}}]' -- train ...
 
 What is patched, and why these: `builtins.open`/`io.open` (pathlib's read/write/open and
@@ -1121,12 +1121,12 @@ def _checkpoint_dir(midikit_args: list[str]) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python -m midikit.testing.faults [--root DIR] --spec JSON [--events-log FILE] -- <midikit args>"""
+    """python -m testsupport.pyfaults [--root DIR] --spec JSON [--events-log FILE] -- <midikit args>"""
     argv = list(sys.argv[1:] if argv is None else argv)
     separator = argv.index("--") if "--" in argv else len(argv)
     own, midikit_args = argv[:separator], argv[separator + 1 :]
     parser = argparse.ArgumentParser(
-        prog="python -m midikit.testing.faults",
+        prog="python -m testsupport.pyfaults",
         description="Run a midikit command with Drive faults injected under one folder.",
         epilog="Everything after -- goes to `python -m midikit`.",
     )
@@ -1156,8 +1156,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Through the package's module, so code under test that imports midikit.testing.faults
+    # Through the package's module, so code under test that imports testsupport.pyfaults
     # shares this registry instead of a second copy of it under __main__.
-    from midikit.testing.faults import main as _main
+    from testsupport.pyfaults import main as _main
 
     raise SystemExit(_main())
