@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from midikit import checkpoints
+from midikit import snapshots
 from midikit.train import train_step
 from midikit.train.recorder import adamw_buffer_spec
 
@@ -62,10 +62,10 @@ class _Saver:
     def __init__(self, training, folder: Path, prepare: bool = True):
         model = training.raw_model
         self.training, self.folder = training, folder
-        self.pool, self.weights_pool = checkpoints.SnapshotPool(2), checkpoints.SnapshotPool(2)
+        self.pool, self.weights_pool = snapshots.SnapshotPool(2), snapshots.SnapshotPool(2)
         self.fill = None
         if prepare:
-            spec = checkpoints.buffer_spec(model.state_dict().values())
+            spec = snapshots.buffer_spec(model.state_dict().values())
             self.fill = self.pool.prepare(spec + adamw_buffer_spec(model), training.device)
             self.weights_fill = self.weights_pool.prepare(spec, training.device)
         self.writes: list[Future] = []

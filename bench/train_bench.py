@@ -44,13 +44,13 @@ from machine import describe_torch_machine  # noqa: E402
 from save_stall import measure_save_stall  # noqa: E402
 from seed_baseline import time_seed_loop  # noqa: E402
 
-from midikit import checkpoints, storage  # noqa: E402
+from midikit import checkpoints, snapshots, storage  # noqa: E402
 from midikit.artifacts import RunReport, write_run_artifacts, write_weights  # noqa: E402
 from midikit.data import load_dataset, sample_windows  # noqa: E402
 from midikit.models import MODEL_TYPES, count_parameters, flops_per_token, resolve_device  # noqa: E402
 from midikit.presets import get_preset  # noqa: E402
 from midikit.train import TrainConfig, build_training, train, train_step  # noqa: E402
-from midikit.train.setup import describe_precision  # noqa: E402
+from midikit.train.setup import capture_rng_state, describe_precision  # noqa: E402
 
 SYNTHETIC_VOCAB = 357  # miditok REMI defaults, as in the original project
 SYNTHETIC_TOKENS = 4_000_000
@@ -161,11 +161,11 @@ def time_checkpoint(mc, trained, folder: Path) -> dict:
     stall = measure_save_stall(training, batch)
     state = {
         "model": training.raw_model.state_dict(), "optimizer": training.optimizer.state_dict(),
-        "scheduler": training.scheduler.state_dict(), "rng": checkpoints.capture_rng_state(generator), "step": 1,
+        "scheduler": training.scheduler.state_dict(), "rng": capture_rng_state(generator), "step": 1,
     }
     run_dir = folder / "run"
     run_dir.mkdir(parents=True)
-    snapshot = checkpoints.to_cpu_snapshot(state)
+    snapshot = snapshots.to_cpu_snapshot(state)
     start = time.perf_counter()
     info = checkpoints.write_checkpoint(run_dir, snapshot, 1, best=False, keep_last=1)
     write = time.perf_counter() - start
@@ -178,7 +178,7 @@ def time_checkpoint(mc, trained, folder: Path) -> dict:
     report = RunReport("lstm_20260101_000000", "running", mc.to_dict(), {}, dataset, metrics, history, weights_step=1000)
     start = time.perf_counter()
     paths.ensure()
-    write_weights(paths, report.run_id, checkpoints.to_cpu_snapshot(training.raw_model.state_dict()))
+    write_weights(paths, report.run_id, snapshots.to_cpu_snapshot(training.raw_model.state_dict()))
     write_run_artifacts(paths, report, plot=False)
     artifacts = time.perf_counter() - start
     return {

@@ -9,32 +9,28 @@ A run's folder (`DatasetPaths.run_checkpoints(run_id)`) holds::
 Every .pt is written to a temporary name in the same folder, flushed, fsynced and renamed;
 its sha256 is written (atomically) after the rename. A checkpoint without a matching checksum
 is not valid, so a write killed at any moment leaves either the previous valid file or nothing
-that loading would trust. `BackgroundWriter` runs each save on a background thread, so training
-waits for a memory copy, not for Drive; a write that hangs is abandoned, never waited for.
+that loading would trust. What a save writes is a CPU copy of the state (`midikit.snapshots`), on a
+thread of its own (`midikit.writer`), under the one retry policy for Drive (`midikit.retry`).
 """
 
 from __future__ import annotations
 
-import copy
 import errno
 import hashlib
 import os
-import random
 import re
 import shutil
 import threading
 import time
-from collections import OrderedDict
-from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .errors import CheckpointError, StorageError
-from .retry import TRANSIENT_ERRNOS, WriteAbandoned, retrying  # noqa: F401  (their home is midikit.retry)
+from .retry import WriteAbandoned
+from .snapshots import tensors_in
 from .storage import atomic_write_text, explain_os_error, os_error_in, replace_file, temporary_path
 
 STATE_FORMAT = "midikit-train-state"  # the "format" key of every training-state dict
@@ -60,255 +56,6 @@ def step_file_name(step: int) -> str:
 
 def checksum_path(path: Path) -> Path:
     return path.with_name(path.name + CHECKSUM_SUFFIX)
-
-
-# --------------------------------------------------------------------------- snapshot
-
-
-# Exact types: subclasses (numpy scalars are float/int subclasses, defaultdict, namedtuple,
-# enums) pickle fine but torch.load(weights_only=True) refuses them.
-_PLAIN = (str, int, float, bool, type(None), bytes, torch.dtype, torch.device, torch.Size)
-_DICTS = (dict, OrderedDict)
-
-
-def to_cpu_snapshot(obj, reuse=None, _where: str = "state", non_blocking: bool = False, spares: "Spares | None" = None):
-    """Deep copy of a state made of dicts/lists/tuples, tensors and plain values, every tensor
-    detached and cloned to CPU, so the caller may keep training (and mutate its tensors) at once.
-
-    `reuse`, a previous snapshot nobody reads any more, lends its tensors wherever shape and dtype
-    match: copying into memory already touched is several times faster than into fresh memory,
-    whose page faults dominate for a GB-sized state. `spares` (a `SnapshotPool`'s buffers, made on
-    another thread) lend theirs where `reuse` has none. With `non_blocking`, GPU tensors go into
-    pinned memory and the copies are only queued on the current CUDA stream: the caller records an
-    event and makes sure it has completed before anything reads the snapshot. Anything else (numpy
-    arrays and scalars, Generators, other objects) raises TypeError naming where it is: it would not
-    load with `weights_only=True`.
-    """
-    kind = type(obj)
-    if isinstance(obj, torch.Tensor):
-        pinned = non_blocking and obj.is_cuda
-        if not _fits(reuse, obj, pinned) and spares is not None:
-            reuse = spares.pop(obj, pinned)
-        if _fits(reuse, obj, pinned):
-            return reuse.copy_(obj.detach(), non_blocking=pinned)
-        if pinned:
-            return torch.empty(obj.shape, dtype=obj.dtype, pin_memory=True).copy_(obj.detach(), non_blocking=True)
-        return obj.detach().to("cpu", copy=True)
-    if kind in _DICTS:
-        previous = reuse if type(reuse) in _DICTS else {}
-        copied = copy.copy(obj)  # keeps the dict type and, for state_dicts, their `_metadata`
-        for key, value in obj.items():
-            copied[key] = to_cpu_snapshot(value, previous.get(key), f"{_where}[{key!r}]", non_blocking, spares)
-        return copied
-    if kind in (list, tuple):
-        previous = reuse if type(reuse) is kind and len(reuse) == len(obj) else [None] * len(obj)
-        items = [to_cpu_snapshot(value, old, f"{_where}[{i}]", non_blocking, spares) for i, (value, old) in enumerate(zip(obj, previous))]
-        return items if kind is list else tuple(items)
-    if kind in _PLAIN:
-        return obj
-    raise TypeError(
-        f"{_where} is a {kind.__module__}.{kind.__name__}; a checkpoint may hold only tensors and plain "
-        "Python (dict, list, tuple, str, int, float, bool, None) so that torch.load(weights_only=True) "
-        "reads it. Convert it, e.g. float(x), x.item(), x.tolist() or torch.from_numpy(x)."
-    )
-
-
-def _fits(buffer, obj: torch.Tensor, pinned: bool) -> bool:
-    return (isinstance(buffer, torch.Tensor) and buffer.shape == obj.shape and buffer.dtype == obj.dtype
-            and (not pinned or buffer.is_pinned()))
-
-
-@dataclass(frozen=True)
-class Filled:
-    """What a pool's fill thread hands back: the buffers of a spec, and where and how fast they were made."""
-
-    spec: tuple
-    buffers: tuple
-    thread: str
-    seconds: float
-
-
-class Spares:
-    """Empty snapshot buffers by (shape, dtype, pinned), lent out once each; the training thread's alone."""
-
-    def __init__(self, filled: Filled):
-        self._free: dict[tuple, list[torch.Tensor]] = {}
-        for key, buffer in zip(filled.spec, filled.buffers):
-            self._free.setdefault(key, []).append(buffer)
-
-    def pop(self, like: torch.Tensor, pinned: bool) -> torch.Tensor | None:
-        free = self._free.get((tuple(like.shape), like.dtype, pinned))
-        return free.pop() if free else None
-
-
-def buffer_spec(tensors) -> tuple:
-    """(shape, dtype, pinned) of the CPU buffer a snapshot needs for each tensor: pinned for a GPU
-    tensor (its copy is then asynchronous). Plain values, computed on the caller's thread."""
-    return tuple((tuple(t.shape), t.dtype, t.is_cuda) for t in tensors)
-
-
-def _fill(spec: tuple, device: torch.device, done: Future) -> None:
-    """Make the buffers of `spec` (on the pool's own thread): pinning a GB takes the host a good part of
-    a second, and fresh pageable memory is paid for in page faults; neither on the training thread."""
-    started = time.perf_counter()
-    try:
-        if device.type == "cuda":
-            torch.cuda.set_device(device)  # pinned memory through the training GPU's context, not GPU 0's
-        buffers = tuple(torch.empty(shape, dtype=dtype, pin_memory=True) if pinned else torch.zeros(shape, dtype=dtype)
-                        for shape, dtype, pinned in spec)
-        done.set_result(Filled(spec, buffers, threading.current_thread().name, time.perf_counter() - started))
-    except BaseException as exc:  # e.g. no pinned memory left: the snapshots allocate as they go instead
-        done.set_exception(exc)
-
-
-class SnapshotPool:
-    """At most `size` CPU copies of a run's state, reused from save to save (pinned on a GPU, so the
-    copies run asynchronously). A copy still held by a write in flight, or by one that was given up
-    on, is never handed out again: a file's checksum must cover one consistent state. `take` gives
-    None when every copy is held, and the save is then skipped.
-
-    `prepare` makes the first copy's buffers on a thread of the pool's own, so that no save ever
-    allocates on the training thread (a second copy is needed only while a write hangs)."""
-
-    FILL_THREAD = "midikit-snapshot-pool"
-
-    def __init__(self, size: int = 2):
-        self.size = size
-        self._slots: list[tuple[dict, object]] = []  # (snapshot, the Future of the write holding it)
-        self._filling: Future | None = None
-        self.filled: Filled | None = None  # once a take has used the prepared buffers
-        self.fill_error: BaseException | None = None
-
-    def prepare(self, spec: tuple, device: torch.device) -> Future:
-        """Start making the buffers of `spec` (see `buffer_spec`) for a state on `device` on the pool's
-        own thread; returns its Future. Only the spec (plain values) crosses to that thread."""
-        done: Future = Future()
-        device = torch.device(device)
-        if device.type == "cuda" and device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())  # the caller's; the fill thread has its own
-        threading.Thread(target=_fill, args=(spec, device, done), name=self.FILL_THREAD, daemon=True).start()
-        self._filling = done
-        return done
-
-    def take(self, state: dict) -> tuple[dict, object] | None:
-        """(a snapshot of `state`, a CUDA event that completes once its copies have, or None on the CPU),
-        or None when no copy is free. The next optimizer step must wait for the event (`after_copy`)."""
-        free = next((i for i, (_, holder) in enumerate(self._slots) if holder is None or holder.done()), None)
-        if free is None and len(self._slots) >= self.size:
-            return None
-        reuse = self._slots.pop(free)[0] if free is not None else None
-        spares = self._spares() if reuse is None else None
-        if not _has_cuda_tensors(state):
-            return to_cpu_snapshot(state, reuse=reuse, spares=spares), None
-        side = _copy_stream()
-        side.wait_stream(torch.cuda.current_stream())  # copy what the last step wrote
-        with torch.cuda.stream(side):
-            snapshot = to_cpu_snapshot(state, reuse=reuse, non_blocking=True, spares=spares)
-            _keep_alive(state, side)
-        return snapshot, side.record_event()
-
-    def _spares(self) -> Spares | None:
-        """The prepared buffers, once: waits for the fill if a save comes before it is done (that
-        wait is all the first save costs beyond queueing its copies)."""
-        filling, self._filling = self._filling, None
-        if filling is None:
-            return None
-        try:
-            self.filled = filling.result()
-        except BaseException as exc:
-            self.fill_error = exc
-            return None
-        return Spares(self.filled)
-
-    def hold(self, snapshot: dict, holder) -> None:
-        """`snapshot` belongs to the write whose Future is `holder` until that write is done."""
-        self._slots.append((snapshot, holder))
-
-
-def after_copy(event) -> None:
-    """Make the GPU's next writes to the model and optimizer wait for a snapshot's copies (GPU-side:
-    the host does not wait)."""
-    if event is not None:
-        torch.cuda.current_stream().wait_event(event)
-
-
-_copy_streams: dict = {}
-
-
-def _copy_stream():
-    device = torch.cuda.current_device()
-    if device not in _copy_streams:
-        _copy_streams[device] = torch.cuda.Stream(device)
-    return _copy_streams[device]
-
-
-def _has_cuda_tensors(obj) -> bool:
-    if isinstance(obj, torch.Tensor):
-        return obj.is_cuda
-    if isinstance(obj, dict):
-        return any(_has_cuda_tensors(value) for value in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return any(_has_cuda_tensors(value) for value in obj)
-    return False
-
-
-def _keep_alive(obj, stream) -> None:
-    """Tell the caching allocator that `stream` reads these GPU tensors, so their memory is not
-    handed out again before the copies are done."""
-    if isinstance(obj, torch.Tensor):
-        if obj.is_cuda:
-            obj.record_stream(stream)
-    elif isinstance(obj, dict):
-        for value in obj.values():
-            _keep_alive(value, stream)
-    elif isinstance(obj, (list, tuple)):
-        for value in obj:
-            _keep_alive(value, stream)
-
-
-# --------------------------------------------------------------------------- RNG
-
-
-def capture_rng_state(sampler_generator: torch.Generator | None) -> dict:
-    """Every RNG a training step draws from, as tensors and plain Python only."""
-    np_state = np.random.get_state(legacy=False)
-    py_version, py_state, py_gauss = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "numpy": {
-            "bit_generator": np_state["bit_generator"],
-            "key": np_state["state"]["key"].tolist(),
-            "pos": int(np_state["state"]["pos"]),
-            "has_gauss": int(np_state["has_gauss"]),
-            "gauss": float(np_state["gauss"]),
-        },
-        "python": {"version": py_version, "state": list(py_state), "gauss_next": py_gauss},
-        "sampler": sampler_generator.get_state() if sampler_generator is not None else None,
-    }
-
-
-def restore_rng_state(rng: dict, sampler_generator: torch.Generator | None) -> None:
-    """Put back what `capture_rng_state` took, so the next random draws are bit-identical."""
-    # Loading with map_location="cuda" would move these too; the setters want CPU byte tensors.
-    torch.set_rng_state(rng["torch"].cpu())
-    if rng.get("cuda") and torch.cuda.is_available():
-        states = [state.cpu() for state in rng["cuda"]][: torch.cuda.device_count()]
-        for device, state in enumerate(states):
-            torch.cuda.set_rng_state(state, device)
-    numpy_state = rng["numpy"]
-    np.random.set_state(
-        {
-            "bit_generator": numpy_state["bit_generator"],
-            "state": {"key": np.asarray(numpy_state["key"], dtype=np.uint32), "pos": numpy_state["pos"]},
-            "has_gauss": numpy_state["has_gauss"],
-            "gauss": numpy_state["gauss"],
-        }
-    )
-    python_state = rng["python"]
-    random.setstate((python_state["version"], tuple(python_state["state"]), python_state["gauss_next"]))
-    if sampler_generator is not None and rng.get("sampler") is not None:
-        sampler_generator.set_state(rng["sampler"].cpu())
 
 
 # --------------------------------------------------------------------------- files
@@ -579,127 +326,29 @@ def _require_folder(run_dir: Path) -> None:
 def rotate(run_dir: Path, step: int, keep_last: int) -> list[Path]:
     """Delete step files older than the newest `keep_last` up to `step`. Files of later steps are
     never touched here: they may belong to a write still landing."""
-    older = [path for path in list_checkpoints(run_dir) if step_of(path) <= step]
-    removed = older[keep_last:]
-    for path in removed:
-        # Checksum first: a kill in between leaves an unverified file, never a "valid" empty one.
-        checksum_path(path).unlink(missing_ok=True)
-        remove_file(path)
-    return removed
+    return delete_checkpoints([path for path in list_checkpoints(run_dir) if step_of(path) <= step][keep_last:])
 
 
 def discard_newer_than(run_dir: Path, step: int) -> list[Path]:
     """Remove the step files after `step`: a run continued on purpose from an older checkpoint
     abandons them, and --resume auto must not take them for the newest state later."""
-    newer = [path for path in list_checkpoints(run_dir) if step_of(path) > step]
-    for path in newer:
-        checksum_path(path).unlink(missing_ok=True)
-        remove_file(path)
-    return newer
+    return delete_checkpoints([path for path in list_checkpoints(run_dir) if step_of(path) > step])
 
 
 def free_space_for(run_dir: Path, step: int) -> list[Path]:
     """On a full disk: keep only the newest verified step file (and best.pt), so the next write fits."""
-    valid = [path for path in list_checkpoints(run_dir) if step_of(path) <= step and verify_checkpoint(path)[0] == "valid"]
-    keep = valid[:1]
-    removed = [path for path in list_checkpoints(run_dir) if step_of(path) <= step and path not in keep]
-    for path in removed:
+    older = [path for path in list_checkpoints(run_dir) if step_of(path) <= step]
+    keep = next((path for path in older if verify_checkpoint(path)[0] == "valid"), None)
+    return delete_checkpoints([path for path in older if path != keep])
+
+
+def delete_checkpoints(paths: list[Path]) -> list[Path]:
+    """Delete checkpoint files, each checksum first: a kill in between leaves an unverified file, never
+    a "valid" empty one. Returns `paths`."""
+    for path in paths:
         checksum_path(path).unlink(missing_ok=True)
         remove_file(path)
-    return removed
-
-
-# --------------------------------------------------------------------------- background writer
-
-
-@dataclass
-class _Write:
-    label: str
-    future: Future
-    abandoned: threading.Event
-    started: float
-
-
-class BackgroundWriter:
-    """Runs save jobs one at a time, each on a daemon thread, so training waits for nothing but the
-    hand-over. `submit(job, label)` gives the job an Event that is set if training gives up on it.
-
-    A save that finds the previous write still running waits `busy_wait_s` for it, then skips (the
-    next save tries again). A write running longer than `abandon_after_s` is abandoned instead: the
-    new save starts beside it, and the old one discards its file when it finally returns. At most
-    `max_abandoned` abandoned writes are kept waiting (each holds a state in memory). Daemon threads:
-    a hung Drive never keeps the process from exiting."""
-
-    def __init__(self, log=print, busy_wait_s: float = 0.5, abandon_after_s: float = 120.0, max_abandoned: int = 1):
-        self.log = log
-        self.busy_wait_s, self.abandon_after_s, self.max_abandoned = busy_wait_s, abandon_after_s, max_abandoned
-        self._active: _Write | None = None
-        self._abandoned: list[_Write] = []
-        self.skipped = 0
-
-    def submit(self, job, label: str) -> Future | None:
-        """Start `job(abandoned_event)` on its own thread; None when the save was skipped."""
-        if not self.make_room(label):
-            return None
-        return self.start(job, label)
-
-    def make_room(self, label: str) -> bool:
-        """Whether a new write may start now (waiting briefly, or abandoning a hung write); a False
-        is logged and counted as a skipped save."""
-        if self._make_room(label):
-            return True
-        self.skipped += 1
-        return False
-
-    def start(self, job, label: str) -> Future:
-        """Start `job(abandoned_event)` on its own thread (after `make_room` said yes)."""
-        write = _Write(label, Future(), threading.Event(), time.monotonic())
-        thread = threading.Thread(target=self._run, args=(job, write), name=f"midikit-writer-{label}", daemon=True)
-        self._active = write
-        thread.start()
-        return write.future
-
-    def _make_room(self, label: str) -> bool:
-        active = self._active
-        if active is None or _wait(active.future, self.busy_wait_s):
-            return True
-        self._abandoned = [w for w in self._abandoned if not w.future.done()]
-        running = time.monotonic() - active.started
-        if running < self.abandon_after_s or len(self._abandoned) >= self.max_abandoned:
-            self.log(f"{label}: skipped, the previous write ({active.label}) is still running after {running:.0f} s "
-                     "(Drive slow or hung). Training continues; the next checkpoint tries again.")
-            return False
-        active.abandoned.set()
-        self._abandoned.append(active)
-        self.log(f"{active.label}: abandoned after {running:.0f} s without an answer from the disk (Drive hung?); "
-                 f"{label} is written instead. The abandoned write discards its file if it ever returns.")
-        return True
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Wait for the active write; False if it is still running after `timeout`."""
-        return self._active is None or _wait(self._active.future, timeout)
-
-    def close(self, timeout: float | None = None) -> bool:
-        """Wait (at most `timeout`) for the active write; abandoned ones are left to their daemon threads."""
-        done = self.wait(timeout)
-        if not done:
-            self._active.abandoned.set()
-        return done
-
-    @staticmethod
-    def _run(job, write: _Write) -> None:
-        try:
-            write.future.set_result(job(write.abandoned))
-        except BaseException as exc:  # the job's owner reads it from the future
-            write.future.set_exception(exc)
-
-
-def _wait(future: Future, timeout: float | None) -> bool:
-    try:
-        future.exception(timeout=timeout)
-    except TimeoutError:
-        return False
-    return True
+    return paths
 
 
 def disk_full(exc: BaseException) -> bool:
@@ -709,7 +358,7 @@ def disk_full(exc: BaseException) -> bool:
 
 def describe_full_disk(dataset_dir: Path, run_dir: Path, snapshot: dict) -> str:
     """What a checkpoint needs and what takes the space, for a save that does not fit."""
-    needed = _tensor_bytes(snapshot)
+    needed = sum(tensor.numel() * tensor.element_size() for tensor in tensors_in(snapshot))
     try:
         free = shutil.disk_usage(run_dir).free
     except OSError:
@@ -720,16 +369,6 @@ def describe_full_disk(dataset_dir: Path, run_dir: Path, snapshot: dict) -> str:
             f"replaced){'' if free is None else f'; {mib(free)} are free'}. Largest files under {dataset_dir}: "
             f"{', '.join(f'{p.relative_to(dataset_dir)} ({mib(size)})' for p, size in largest) or 'none'}. Free space "
             "(on Drive: empty the trash, delete old runs' checkpoints/ folders) or lower --keep_last.")
-
-
-def _tensor_bytes(obj) -> int:
-    if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
-    if isinstance(obj, dict):
-        return sum(_tensor_bytes(value) for value in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return sum(_tensor_bytes(value) for value in obj)
-    return 0
 
 
 def _largest_files(folder: Path, count: int = 5) -> list[tuple[Path, int]]:

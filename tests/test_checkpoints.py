@@ -16,18 +16,11 @@ import pytest
 import torch
 
 from midikit import checkpoints
-from midikit.checkpoints import (
-    BackgroundWriter,
-    capture_rng_state,
-    inspect_run,
-    list_checkpoints,
-    load_latest,
-    load_state,
-    remove_file,
-    restore_rng_state,
-    save_state,
-    to_cpu_snapshot,
-)
+from midikit.checkpoints import inspect_run, list_checkpoints, load_latest, load_state, remove_file, save_state
+from midikit.retry import WriteAbandoned, retrying
+from midikit.snapshots import SnapshotPool, to_cpu_snapshot
+from midikit.train.setup import capture_rng_state, restore_rng_state
+from midikit.writer import BackgroundWriter
 from midikit.data.sampler import sample_windows
 from midikit.errors import CheckpointError, StorageError
 from midikit.models import ModelConfig, build_model
@@ -296,7 +289,7 @@ def test_a_hung_write_is_skipped_then_abandoned_and_discards_its_file(tmp_path):
     assert "step 1: abandoned" in messages[-1]
     assert writer.close(timeout=30) and landed.result().step == 3
     release.set()  # the abandoned write returns at last: its file is discarded, not installed
-    with pytest.raises(checkpoints.WriteAbandoned):
+    with pytest.raises(WriteAbandoned):
         hung.result(timeout=30)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000003.pt"]
     assert not list(tmp_path.glob(".*.tmp-*"))
@@ -305,7 +298,7 @@ def test_a_hung_write_is_skipped_then_abandoned_and_discards_its_file(tmp_path):
 def test_the_snapshot_pool_never_hands_out_a_copy_a_write_still_holds():
     from concurrent.futures import Future
 
-    pool = checkpoints.SnapshotPool(size=2)
+    pool = SnapshotPool(size=2)
     first, event = pool.take(tiny_state(1))
     assert event is None  # CPU tensors: copied at once
     in_flight, hung = Future(), Future()
@@ -336,14 +329,14 @@ def test_retrying_waits_out_a_dropped_mount_and_says_so_once():
         return "landed"
 
     messages = []
-    assert checkpoints.retrying(flaky, "Checkpoint step 7", messages.append, retry_wait_s=0.01) == "landed"
+    assert retrying(flaky, "Checkpoint step 7", messages.append, retry_wait_s=0.01) == "landed"
     assert len(messages) == 2 and "remount" in messages[0] and "landed after 3 attempts" in messages[1]
 
     def wrong_kind_of_file():
         raise OSError(errno.EISDIR, "Is a directory")
 
     with pytest.raises(OSError):  # not a disk hiccup: raised at once, never retried
-        checkpoints.retrying(wrong_kind_of_file, "x", pytest.fail)
+        retrying(wrong_kind_of_file, "x", pytest.fail)
 
 
 def test_inspect_run_reports_each_file(tmp_path):

@@ -144,7 +144,8 @@ def test_the_rehearsal_runs_every_part_and_each_writes_its_lines(rehearsal):
 def test_the_state_pool_is_filled_on_its_own_thread_and_the_first_save_uses_those_buffers():
     """Through the Recorder: a run opened on a store, one training step, one save."""
     from midikit import checkpoints
-    from midikit.checkpoints import capture_rng_state
+    from midikit.snapshots import SnapshotPool
+    from midikit.train.setup import capture_rng_state
     from midikit.train import TrainConfig, train_step
     from midikit.train.recorder import Recorder, open_run
     from midikit.train.setup import build_training
@@ -169,7 +170,7 @@ def test_the_state_pool_is_filled_on_its_own_thread_and_the_first_save_uses_thos
     main = threading.current_thread().name
     for pool in (recorder.pool, recorder.weights_pool):  # the state, and the weights for the .pth
         assert pool.fill_error is None and pool.filled is not None, "the save did not use the prepared buffers"
-        assert pool.filled.thread == checkpoints.SnapshotPool.FILL_THREAD != main
+        assert pool.filled.thread == SnapshotPool.FILL_THREAD != main
     # the state's buffers: the weights, and AdamW's two moments and step count per parameter, all made ahead
     parameters = len(list(training.raw_model.parameters()))
     assert len(recorder.pool.filled.buffers) == len(training.raw_model.state_dict()) + 3 * parameters
@@ -192,7 +193,7 @@ def synthetic_root() -> Path:
 
 
 def test_a_prepared_pool_lends_its_buffers_to_the_first_snapshot_only():
-    from midikit.checkpoints import SnapshotPool, buffer_spec
+    from midikit.snapshots import SnapshotPool, buffer_spec
 
     state = {"w": torch.randn(64, 32), "b": torch.randn(32), "nested": [torch.randn(8)]}
     pool = SnapshotPool(size=2)

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .. import checkpoints
 from ..artifacts import artifact_paths
-from ..checkpoints import after_copy, capture_rng_state, restore_rng_state
+from ..snapshots import after_copy
 from ..configs import ModelConfig, TrainConfig
 from ..data.sampler import evaluation_windows, sample_windows
 from ..errors import ConfigError
@@ -32,7 +32,8 @@ from ..runs import DONE
 from ..threads import threads_for
 from .distributed import Cluster, RankLost, broadcast, gather, is_lost, join, leave, lost, mean, total
 from .recorder import Bystander, Recorder, open_run
-from .setup import Training, build_training, resolve_precision, restore_training, seed_everything
+from .setup import (Training, build_training, capture_rng_state, resolve_precision, restore_rng_state, restore_training,
+                    seed_everything)
 from .start import find_start, open_dataset
 from .state import TrainState
 

@@ -22,7 +22,8 @@ import torch
 
 from .. import checkpoints, runs
 from ..artifacts import RunReport, remove_temporaries, write_run_artifacts, write_weights
-from ..checkpoints import BackgroundWriter, to_cpu_snapshot
+from ..snapshots import SnapshotPool, buffer_spec, to_cpu_snapshot
+from ..writer import BackgroundWriter
 from ..models import count_parameters
 from ..retry import Retry, WriteAbandoned
 from ..storage import DatasetPaths
@@ -65,11 +66,11 @@ class Recorder:
         self.writer = writer or BackgroundWriter(log=log)
         # Double-buffered CPU copies of the state and of the best weights, their first buffers made now on the
         # pools' own thread (pinned on a GPU: about 12 bytes per parameter), so no save allocates on this thread.
-        self.pool = checkpoints.SnapshotPool(size=2)
-        self.weights_pool = checkpoints.SnapshotPool(size=2)
+        self.pool = SnapshotPool(size=2)
+        self.weights_pool = SnapshotPool(size=2)
         device = next(model.parameters()).device
-        self.pool.prepare(checkpoints.buffer_spec(model.state_dict().values()) + adamw_buffer_spec(model), device)
-        self.weights_pool.prepare(checkpoints.buffer_spec(model.state_dict().values()), device)
+        self.pool.prepare(buffer_spec(model.state_dict().values()) + adamw_buffer_spec(model), device)
+        self.weights_pool.prepare(buffer_spec(model.state_dict().values()), device)
         self.retry_wait_s = retry_wait_s
         self.parameters = count_parameters(model)
         self.resumed_step = resumed_step  # the step already on disk when this process started
@@ -298,7 +299,7 @@ def adamw_buffer_spec(model) -> tuple:
     """The buffers AdamW's state needs beside the weights: two moments shaped like each trainable
     parameter and its step count (a float32 scalar, on the GPU with the fused kernel)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    return checkpoints.buffer_spec(params) * 2 + tuple(((), torch.float32, p.is_cuda) for p in params)
+    return buffer_spec(params) * 2 + tuple(((), torch.float32, p.is_cuda) for p in params)
 
 
 def _each(retry: Retry, what: str, action, *args):

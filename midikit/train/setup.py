@@ -96,6 +96,48 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def capture_rng_state(sampler_generator: torch.Generator | None) -> dict:
+    """Every RNG a training step draws from, as tensors and plain Python only."""
+    np_state = np.random.get_state(legacy=False)
+    py_version, py_state, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "numpy": {
+            "bit_generator": np_state["bit_generator"],
+            "key": np_state["state"]["key"].tolist(),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
+        "python": {"version": py_version, "state": list(py_state), "gauss_next": py_gauss},
+        "sampler": sampler_generator.get_state() if sampler_generator is not None else None,
+    }
+
+
+def restore_rng_state(rng: dict, sampler_generator: torch.Generator | None) -> None:
+    """Put back what `capture_rng_state` took, so the next random draws are bit-identical."""
+    # Loading with map_location="cuda" would move these too; the setters want CPU byte tensors.
+    torch.set_rng_state(rng["torch"].cpu())
+    if rng.get("cuda") and torch.cuda.is_available():
+        states = [state.cpu() for state in rng["cuda"]][: torch.cuda.device_count()]
+        for device, state in enumerate(states):
+            torch.cuda.set_rng_state(state, device)
+    numpy_state = rng["numpy"]
+    np.random.set_state(
+        {
+            "bit_generator": numpy_state["bit_generator"],
+            "state": {"key": np.asarray(numpy_state["key"], dtype=np.uint32), "pos": numpy_state["pos"]},
+            "has_gauss": numpy_state["has_gauss"],
+            "gauss": numpy_state["gauss"],
+        }
+    )
+    python_state = rng["python"]
+    random.setstate((python_state["version"], tuple(python_state["state"]), python_state["gauss_next"]))
+    if sampler_generator is not None and rng.get("sampler") is not None:
+        sampler_generator.set_state(rng["sampler"].cpu())
+
+
 def build_training(mc: ModelConfig, tc: TrainConfig, device: torch.device, total_steps: int, cluster=None,
                    decay_from: tuple[int, float] | None = None) -> Training:
     """Model, optimizer, schedule, scaler and autocast for one run; `tc` is the resolved config (and
