@@ -38,9 +38,8 @@ def _sync(device: torch.device) -> None:
 def _timed_step(training, batch, save=None) -> float:
     _sync(training.device)
     started = time.perf_counter()
-    if save is not None:
-        save()
-    train_step(training, *batch, 1.0)
+    copied = save() if save is not None else None
+    train_step(training, *batch, 1.0, wait_for=copied)
     _sync(training.device)
     return time.perf_counter() - started
 
@@ -75,12 +74,11 @@ class _Saver:
         return {"model": training.raw_model.state_dict(), "optimizer": training.optimizer.state_dict(),
                 "scheduler": training.scheduler.state_dict()}
 
-    def save(self, with_weights: bool) -> None:
+    def save(self, with_weights: bool):
         snapshot, copied = self.pool.take(self.state())
         weights = None
         if with_weights:
             weights, copied = self.weights_pool.take(self.training.raw_model.state_dict())
-        self.training.copy_done = copied  # the next optimizer step waits for the copies
         done: Future = Future()
         payload = {"state": snapshot, "weights": weights}
         threading.Thread(target=_write_when_copied, args=(payload, copied, self.folder / f"{len(self.writes)}.pt", done),
@@ -89,6 +87,7 @@ class _Saver:
         if weights is not None:
             self.weights_pool.hold(weights, done)
         self.writes.append(done)
+        return copied  # the next optimizer step waits for the copies
 
     def wait(self) -> None:
         for write in self.writes:

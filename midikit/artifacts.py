@@ -3,7 +3,7 @@
 * ``models/<run_id>.pth`` best weights (a plain state_dict) + ``models/<run_id>.json`` sidecar;
 * ``outputs/plots/loss_curve_<run_id>.png``;
 * ``logs/training_summary_<run_id>.txt``, ``logs/train_losses_<run_id>.npy``, ``logs/val_losses_<run_id>.npy``;
-* ``logs/models.csv`` is derived from the run registry (`midikit.runs.rebuild_models_csv`).
+* ``logs/models.csv`` is derived from the run registry (`midikit.models_csv.rebuild_models_csv`).
 
 Every path comes from `storage.DatasetPaths`; every file is written atomically. Written on the
 checkpoint writer's thread from a `RunReport`, an immutable summary the training thread hands over.

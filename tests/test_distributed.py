@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from midikit import checkpoints, runs
+from midikit import checkpoints, models_csv, runs
 from midikit.storage import DatasetPaths
 
 from helpers import own_root, the_run
@@ -89,7 +89,7 @@ def test_two_processes_one_run_and_an_exact_resume_after_killing_them_all(tiny_d
     assert first.count("Starting ") == 1 and first.count("weights ") == 1
     # One set of files: one run folder, one .pth, one row; every file written once, by rank 0.
     assert [p.name for p in reference.models.glob("*.pth")] == [f"{the_run(reference).name}.pth"]
-    assert [row["run_id"] for row in runs.read_models_csv(reference)] == [the_run(reference).name]
+    assert [row["run_id"] for row in models_csv.read_models_csv(reference)] == [the_run(reference).name]
     expected, state = final_state(reference), final_state(killed)
     assert state["step"] == expected["step"] == STEPS and state["world_size"] == 2 and len(state["rng_ranks"]) == 2
     for name, tensor in expected["model"].items():

@@ -147,23 +147,23 @@ def test_the_state_pool_is_filled_on_its_own_thread_and_the_first_save_uses_thos
     from midikit.snapshots import SnapshotPool
     from midikit.train.setup import capture_rng_state
     from midikit.train import TrainConfig, train_step
-    from midikit.train.recorder import Recorder, open_run
+    from midikit.train.recorder import Recorder
     from midikit.train.setup import build_training
-    from midikit.train.start import find_start, open_dataset
+    from midikit.train.start import claim_run, find_start, open_dataset
 
     root = synthetic_root()
     tc = TrainConfig(dataset="synthetic", checkpoint_dir=str(root), model_type="lstm", preset="cpu", device="cpu",
                      max_steps=4, eval_every=2, eval_windows=4, batch_size=4, resume="never", progress=False).validate()
     paths, dataset = open_dataset(tc)
     start = find_start(tc, None, {"context_length": 16}, paths, dataset, torch.device("cpu"), log=lambda m: None)
-    owner, keeper, weights_step, pending = open_run(paths, start, lambda m: None)
+    claimed = claim_run(paths, start, lambda m: None)
     state = start.state
     training = build_training(state.model_config, state.train_config, torch.device("cpu"), state.total_steps)
-    recorder = Recorder(paths, state, owner, keeper, training.raw_model, lambda m: None, weights_step=weights_step)
+    recorder = Recorder(paths, state, claimed, training.raw_model, lambda m: None)
     tokens = torch.randint(4, 50, (4, 17))
     train_step(training, tokens[:, :-1], tokens[:, 1:], 1.0)  # AdamW's moments exist from here
     state.step = 1
-    future = recorder.save(state, training, [capture_rng_state(torch.Generator().manual_seed(0))])
+    future = recorder.save(state, training, [capture_rng_state(torch.Generator().manual_seed(0))]).future
     assert future.result(timeout=60).state_saved
     recorder.close(timeout=60)
 

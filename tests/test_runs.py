@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from midikit import checkpoints, runs
+from midikit import checkpoints, models_csv, owners, runs
 from midikit.errors import RunOwnedError
 from midikit.storage import DatasetPaths
 
@@ -56,13 +56,13 @@ def test_a_record_of_midikit_0_1_takes_its_configs_from_the_sidecar(tmp_path):
 
 def test_a_live_owner_is_refused_a_dead_or_stale_one_is_not(tmp_path):
     run_dir = tmp_path / "lstm_20260101_000000"
-    first = runs.claim(run_dir, record(run_dir.name, "running"))
+    first = owners.claim(run_dir, record(run_dir.name, "running"))
     with pytest.raises(RunOwnedError, match=rf"host {socket.gethostname()}, process {os.getpid()}.*--takeover"):
-        runs.claim(run_dir, record(run_dir.name, "running"))
+        owners.claim(run_dir, record(run_dir.name, "running"))
     messages = []
-    second = runs.claim(run_dir, record(run_dir.name, "running"), takeover=True, log=messages.append)
+    second = owners.claim(run_dir, record(run_dir.name, "running"), takeover=True, log=messages.append)
     assert second.claim == first.claim + 1 and "Taking over" in messages[0]
-    assert runs.newer_claim(run_dir, first) == second and runs.newer_claim(run_dir, second) is None
+    assert owners.newer_claim(run_dir, first) == second and owners.newer_claim(run_dir, second) is None
 
     data = runs.read_record(run_dir).data
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -70,28 +70,28 @@ def test_a_live_owner_is_refused_a_dead_or_stale_one_is_not(tmp_path):
     dead = dict(data["owner"], pid=gone.pid, pid_started=None)  # a process of this host that no longer exists
     runs.write_record(run_dir, {**data, "owner": dead})
     assert runs.read_record(run_dir).owner_state() == "dead"
-    runs.claim(run_dir, record(run_dir.name, "running"))  # at once: no waiting for the heartbeat to age
+    owners.claim(run_dir, record(run_dir.name, "running"))  # at once: no waiting for the heartbeat to age
 
     elsewhere = dict(runs.read_record(run_dir).data["owner"], host="another-colab-runtime")
     runs.write_record(run_dir, {**data, "owner": elsewhere})
     assert runs.read_record(run_dir).owner_state() == "live"
     runs.write_record(run_dir, {**data, "owner": dict(elsewhere, heartbeat=time.time() - runs.STALE_AFTER_SECONDS - 1)})
     assert runs.read_record(run_dir).owner_state() == "stale"
-    runs.claim(run_dir, record(run_dir.name, "running"))
+    owners.claim(run_dir, record(run_dir.name, "running"))
 
 
 def test_the_keeper_beats_off_the_caller_thread_and_stops_once_taken_over(tmp_path):
     paths = DatasetPaths(tmp_path, "d")
     run_dir = paths.run_checkpoints("lstm_20260101_000000")
-    owner = runs.claim(run_dir, record(run_dir.name, "running"))
-    keeper = runs.RecordKeeper(paths, run_dir, record(run_dir.name, "running"), owner, log=pytest.fail, heartbeat_s=0.05)
+    owner = owners.claim(run_dir, record(run_dir.name, "running"))
+    keeper = owners.RecordKeeper(paths, run_dir, record(run_dir.name, "running"), owner, log=pytest.fail, heartbeat_s=0.05)
     beat = runs.read_record(run_dir).owner.heartbeat
     time.sleep(0.3)
     assert runs.read_record(run_dir).owner.heartbeat > beat  # refreshed with no update asked for
     keeper.update(step=20).result(timeout=5)
     assert runs.read_record(run_dir).get("step") == 20 and "lstm_20260101_000000" in paths.models_csv.read_text()
 
-    runs.claim(run_dir, record(run_dir.name, "running"), takeover=True, log=lambda message: None)
+    owners.claim(run_dir, record(run_dir.name, "running"), takeover=True, log=lambda message: None)
     with pytest.raises(RunOwnedError, match="taken over"):
         keeper.update(step=30).result(timeout=5)
     assert keeper.lost.is_set() and runs.read_record(run_dir).get("step") == 10  # the new owner's record stands
@@ -108,13 +108,13 @@ def test_the_keeper_lets_go_of_the_run_once_drive_answers_again(tmp_path):
 
     paths = DatasetPaths(tmp_path, "d")
     run_dir = paths.run_checkpoints("lstm_20260101_000000")
-    owner = runs.claim(run_dir, record(run_dir.name, "running"))
+    owner = owners.claim(run_dir, record(run_dir.name, "running"))
     messages = []
-    keeper = runs.RecordKeeper(paths, run_dir, record(run_dir.name, "running"), owner, log=messages.append)
+    keeper = owners.RecordKeeper(paths, run_dir, record(run_dir.name, "running"), owner, log=messages.append)
     with FaultyFS(tmp_path) as fs:
         fs.unmount()  # every call answers ENOTCONN
         with pytest.raises(Exception) as unreadable:
-            runs.newer_claim(run_dir, owner)
+            owners.newer_claim(run_dir, owner)
         assert is_transient(unreadable.value)  # a save waits for it instead of taking it for "no other owner"
         threading.Timer(1.0, fs.remount).start()
         assert keeper.close(timeout=30, retry_wait_s=0.05)
@@ -128,11 +128,11 @@ def test_a_models_csv_lock_left_by_this_process_or_an_ended_one_is_not_waited_fo
     paths.logs.mkdir(parents=True, exist_ok=True)
     # What a release that Drive failed leaves: the lock file, naming this very process.
     (paths.logs / ".models.csv.lock").write_text(f"{socket.gethostname()} {os.getpid()}\n")
-    runs.rebuild_models_csv(paths, attempts=2, wait_s=0.0)  # a fresh lock of another process would hold it for good
+    models_csv.rebuild_models_csv(paths, attempts=2, wait_s=0.0)  # a fresh lock of another process would hold it for good
     assert "lstm_20260101_000000" in paths.models_csv.read_text() and not (paths.logs / ".models.csv.lock").exists()
     ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     (paths.logs / ".models.csv.lock").write_text(f"{socket.gethostname()} {int(ended.stdout)}\n")  # a killed run's
-    runs.rebuild_models_csv(paths, attempts=2, wait_s=0.0)
+    models_csv.rebuild_models_csv(paths, attempts=2, wait_s=0.0)
     assert not (paths.logs / ".models.csv.lock").exists()
 
 
@@ -141,7 +141,7 @@ def _finish_runs_together(root: str, run_id: str, barrier) -> None:
     barrier.wait()
     for step in range(1, 31):
         runs.write_record(paths.run_checkpoints(run_id), record(run_id, "running" if step < 30 else "max_steps", step=step))
-        runs.rebuild_models_csv(paths)
+        models_csv.rebuild_models_csv(paths)
 
 
 def test_two_runs_finishing_together_both_land_in_models_csv_with_final_values(tmp_path):
@@ -154,7 +154,7 @@ def test_two_runs_finishing_together_both_land_in_models_csv_with_final_values(t
     for writer in writers:
         writer.join(60)
         assert writer.exitcode == 0
-    rows = {row["run_id"]: row for row in runs.read_models_csv(DatasetPaths(tmp_path, "d"))}
+    rows = {row["run_id"]: row for row in models_csv.read_models_csv(DatasetPaths(tmp_path, "d"))}
     assert {(run_id, row["status"], row["steps"]) for run_id, row in rows.items()} == {
         ("lstm_20260101_000000", "max_steps", "30"), ("gru_20260101_000001", "max_steps", "30")}
     assert not (tmp_path / "d" / "logs" / ".models.csv.lock").exists()
@@ -164,10 +164,10 @@ def test_rows_of_runs_whose_folder_is_gone_stay_in_models_csv(tmp_path):
     paths = DatasetPaths(tmp_path, "d")
     for run_id in ("lstm_20260101_000000", "gru_20260101_000001"):
         runs.write_record(paths.run_checkpoints(run_id), record(run_id, "max_steps"))
-    runs.rebuild_models_csv(paths)
+    models_csv.rebuild_models_csv(paths)
     shutil.rmtree(paths.run_checkpoints("lstm_20260101_000000"))  # the user deleted the checkpoints
-    runs.rebuild_models_csv(paths)
-    assert [row["run_id"] for row in runs.read_models_csv(paths)] == ["gru_20260101_000001", "lstm_20260101_000000"]
+    models_csv.rebuild_models_csv(paths)
+    assert [row["run_id"] for row in models_csv.read_models_csv(paths)] == ["gru_20260101_000001", "lstm_20260101_000000"]
 
 
 # --------------------------------------------------------------------------- two runtimes, one run

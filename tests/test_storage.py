@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from midikit import runs, storage
+from midikit import models_csv, runs, storage
 from midikit.artifacts import RunReport, write_run_artifacts
 from midikit.models import ModelConfig
 from midikit.storage import DatasetPaths, StorageError
@@ -114,7 +114,7 @@ def test_a_diverged_run_still_gets_its_artifacts(tmp_path):
     report = RunReport(run_id, "finished", config, {"lr": 1e-3}, {"name": "d"}, metrics, history, weights_step=2)
     artifacts = write_run_artifacts(paths, report)
     runs.write_record(paths.run_checkpoints(run_id), report.record_fields())
-    runs.rebuild_models_csv(paths)
+    models_csv.rebuild_models_csv(paths)
     sidecar = json.loads(artifacts["sidecar"].read_text())
     assert sidecar["metrics"]["best_val_loss"] is None and sidecar["metrics"]["final_train_loss"] is None
     assert np.isnan(np.load(artifacts["train_losses"], allow_pickle=False)[1])

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .. import checkpoints, runs
+from .. import checkpoints, owners
 from ..artifacts import RunReport, remove_temporaries, write_run_artifacts, write_weights
 from ..snapshots import SnapshotPool, buffer_spec, to_cpu_snapshot
 from ..writer import BackgroundWriter
@@ -57,12 +57,25 @@ class SaveOutcome:
     taken_over: bool = False
 
 
+@dataclass(frozen=True)
+class Saving:
+    """A save handed to the writer: its Future (a SaveOutcome), and the CUDA event its copies complete
+    (None on the CPU), which the next optimizer update waits for (`train_step(..., wait_for=...)`)."""
+
+    future: Future | None  # None: the save was skipped
+    copied: object = None
+
+
+SKIPPED = Saving(None)  # what `save` gives when the previous write is still running
+
+
 class Recorder:
-    def __init__(self, paths: DatasetPaths, state: TrainState, owner: runs.Owner, keeper: runs.RecordKeeper, model,
-                 log=print, resumed_step: int | None = None, weights_step: int | None = None, pending_weights=None,
+    def __init__(self, paths: DatasetPaths, state: TrainState, claimed, model, log=print, resumed_step: int | None = None,
                  writer: BackgroundWriter | None = None, retry_wait_s: float = 2.0):
+        """`claimed`: what made this process the run's writer (`start.claim_run`)."""
         self.paths, self.run_dir, self.log = paths, paths.run_checkpoints(state.run_id), log
-        self.owner, self.keeper = owner, keeper
+        self.owner, self.keeper = claimed.owner, claimed.keeper
+        weights_step, pending_weights = claimed.weights_step, claimed.pending_weights
         self.writer = writer or BackgroundWriter(log=log)
         # Double-buffered CPU copies of the state and of the best weights, their first buffers made now on the
         # pools' own thread (pinned on a GPU: about 12 bytes per parameter), so no save allocates on this thread.
@@ -80,6 +93,7 @@ class Recorder:
         self._last_save_end, self._last_save_cost, self._last_plot = time.monotonic(), 0.0, -float("inf")
         self.longest_stall = 0.0  # the longest a save held the training thread, in seconds
         self._taken_over = False
+        self._closed: bool | None = None
         self.last_outcome: SaveOutcome | None = None
 
     # -- on the training thread ------------------------------------------------
@@ -97,15 +111,15 @@ class Recorder:
         return state.step < state.total_steps and (time_due or step_due or best_due)
 
     def save(self, state: TrainState, training, rngs: list, status: str = "running", best: bool = False,
-             wait_s: float = 0.0) -> Future | None:
-        """Hand one save to the writer; None when it was skipped (the previous write still runs after
-        `wait_s`, or the writer's short wait; the final save passes the time it may wait). `rngs`: every
-        process's RNG states (one entry without torchrun)."""
+             wait_s: float = 0.0) -> Saving:
+        """Hand one save to the writer; its `future` is None when it was skipped (the previous write still
+        runs after `wait_s`, or the writer's short wait; the final save passes the time it may wait).
+        `rngs`: every process's RNG states (one entry without torchrun)."""
         started = time.monotonic()
         if wait_s:
             self.writer.wait(wait_s)
         if self.taken_over or not self.writer.make_room(f"checkpoint step {state.step}"):
-            return None
+            return SKIPPED
         on_disk = status != "running" and state.step == self.resumed_step  # resumed at the end: nothing new to save
         snapshot, copied = None, None
         if not on_disk:
@@ -113,12 +127,10 @@ class Recorder:
                                                   training.scaler, rngs[0], rngs if len(rngs) > 1 else None))
             if taken is None:
                 self.log(f"checkpoint step {state.step}: skipped, every copy of the state is still held by a write.")
-                return None
+                return SKIPPED
             snapshot, copied = taken
         weights, weights_step, weights_copied = self._weights_to_send(state, training.raw_model)
         copied = weights_copied or copied  # queued after the state's on the same stream: its event covers both
-        if copied is not None:
-            training.copy_done = copied  # the next optimizer step waits for the copies, on the GPU
         plot = status != "running" or started - self._last_plot >= PLOT_EVERY_SECONDS
         job = SaveJob(state.step, best, snapshot, copied, weights, weights_step, self.weights_step,
                       self.report(state, status, snapshot), plot)
@@ -133,7 +145,7 @@ class Recorder:
         self._last_save_cost = self._last_save_end - started
         if status == "running":  # the final save may wait (bounded): training is over by then
             self.longest_stall = max(self.longest_stall, self._last_save_cost)
-        return future
+        return Saving(future, copied)
 
     def _weights_to_send(self, state: TrainState, model) -> tuple[dict | None, int | None, object]:
         """(CPU copy of the weights the .pth should hold, their step, the CUDA event of its copies), or Nones:
@@ -185,7 +197,14 @@ class Recorder:
 
     def close(self, timeout: float | None) -> bool:
         """Wait (at most `timeout`) for the last save, then release the run, waiting out Drive for the
-        rest of `timeout` (at least RECORD_WAIT_SECONDS, or `timeout` when shorter); True when it landed."""
+        rest of `timeout` (at least RECORD_WAIT_SECONDS, or `timeout` when shorter); True when it landed.
+        Closing again does nothing and says what the first close found."""
+        if self._closed is not None:
+            return self._closed
+        self._closed = self._close(timeout)
+        return self._closed
+
+    def _close(self, timeout: float | None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
         landed = self.writer.close(timeout)
         self.collect()
@@ -216,7 +235,7 @@ class Recorder:
             job.copied.synchronize()  # the snapshot's GPU-to-pinned copies are done before anything reads it
         what = f"Checkpoint step {job.step}"
         # Who owns the run: a run.json that cannot be read now is waited for, never taken for "no other owner".
-        if self.keeper.lost.is_set() or retry(runs.newer_claim, what, self.run_dir, self.owner, done=ANSWERED) is not None:
+        if self.keeper.lost.is_set() or retry(owners.newer_claim, what, self.run_dir, self.owner, done=ANSWERED) is not None:
             self.log(f"{job.report.run_id} was taken over by another runtime: this one stops writing it.")
             return SaveOutcome(job.step, False, None, taken_over=True)
         weights_step = job.previous_weights_step
@@ -275,7 +294,7 @@ class Recorder:
         the folder's step files are the new owner's now. A failure here is said; the save has landed."""
         what = f"Checkpoint step {job.step}"
         try:
-            if not retry.abandoned.is_set() and retry(runs.newer_claim, what, self.run_dir, self.owner, done=ANSWERED) is None:
+            if not retry.abandoned.is_set() and retry(owners.newer_claim, what, self.run_dir, self.owner, done=ANSWERED) is None:
                 retry(checkpoints.rotate, f"{what} (removing older step files)", self.run_dir, job.step,
                       job.report.train_config["keep_last"])
         except WriteAbandoned:
@@ -322,69 +341,8 @@ class Bystander:
     def due(self, state: TrainState, improved: bool) -> bool:
         return False
 
-    def save(self, *args, **kwargs) -> None:
-        return None
+    def save(self, *args, **kwargs) -> Saving:
+        return SKIPPED
 
     def close(self, timeout: float | None) -> bool:
         return True
-
-
-def open_run(paths: DatasetPaths, start, log, takeover: bool = False, heartbeat_s: float = runs.HEARTBEAT_SECONDS):
-    """Make this process the run's one writer and get its folder ready: claim the record (refused
-    while another runtime holds it), clean up what killed or abandoned writes left, drop the step
-    files of a timeline this run abandoned, and find out what models/<run_id>.pth holds.
-
-    Returns (owner, keeper, weights_step, pending_weights): the step whose weights the .pth holds,
-    and best weights that must still be written there (recovered from the checkpoints)."""
-    state = start.state
-    run_dir = paths.run_checkpoints(state.run_id)
-    previous = runs.read_record(run_dir)
-    record = {**(previous.data if previous is not None else {}), "run_id": state.run_id,
-              "model_type": state.model_config.model_type, "status": "running", "model_config": state.model_config.to_dict(),
-              "train_config": state.train_config.to_dict(), "dataset": dict(state.dataset), "step": state.step,
-              "total_steps": state.total_steps}
-    record.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S"))
-    owner = runs.claim(run_dir, record, takeover=takeover, log=log)
-    strays = checkpoints.remove_temporaries(run_dir) + remove_temporaries(paths, state.run_id)
-    if strays:
-        log(f"Removed {strays} temporary file(s) left by an interrupted write of {state.run_id}.")
-    if start.kind == "resumed":
-        dropped = checkpoints.discard_newer_than(run_dir, state.step)
-        if dropped:
-            log(f"Removed {', '.join(p.name for p in dropped)}: newer than step {state.step}, where this run continues.")
-    weights_step, pending = _weights_on_disk(paths, start, previous, log)
-    keeper = runs.RecordKeeper(paths, run_dir, record, owner, log, heartbeat_s=heartbeat_s)
-    return owner, keeper, weights_step, pending
-
-
-def _weights_on_disk(paths: DatasetPaths, start, previous, log) -> tuple[int | None, dict | None]:
-    """(the step the .pth holds, best weights still to write). A resumed run checks rather than
-    assumes: a .pth write may have failed before the disconnect."""
-    state, checkpoint = start.state, start.checkpoint
-    recorded = ((previous.get("weights") or {}) if previous is not None else {}).get("step")
-    weights_step = recorded if recorded is not None and paths.best_weights(state.run_id).is_file() else None
-    if checkpoint is None or state.best_val_loss is None:
-        return weights_step, None
-    if "best_model" in checkpoint:  # its .pth write had failed: the weights travelled in the state file
-        return weights_step, checkpoint["best_model"]
-    if weights_step == state.best_step:
-        return weights_step, None
-    if state.best_step == state.step:
-        best = checkpoint["model"]
-    else:
-        found = _best_checkpoint_weights(paths.run_checkpoints(state.run_id), state.best_step)
-        if found is None:
-            log(f"models/{state.run_id}.pth does not hold the best weights (step {state.best_step}) and no checkpoint "
-                "has them any more; it will hold the next best.")
-            return weights_step, None
-        best = found
-    log(f"models/{state.run_id}.pth is missing or out of date: writing the best weights (step {state.best_step}) again.")
-    return weights_step, best
-
-
-def _best_checkpoint_weights(run_dir, best_step: int) -> dict | None:
-    try:
-        best = checkpoints.load_state(run_dir / checkpoints.BEST_FILE)
-    except Exception:
-        return None
-    return best["model"] if best.get("step") == best_step else None

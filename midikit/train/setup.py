@@ -34,7 +34,6 @@ class Training:
     precision: str  # "bf16" | "fp16" | "fp32": what "auto" became
     compiled: bool
     core_precision: str | None = None  # an RNN's recurrent core, as it runs (None: a Transformer)
-    copy_done: object = None  # a checkpoint's GPU-to-CPU copies: the next optimizer step waits for them
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import math
 import shlex
+import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from .. import checkpoints, runs, storage
+from .. import checkpoints, owners, runs, storage
+from ..artifacts import remove_temporaries
 from ..configs import ModelConfig, TrainConfig, kept_on_resume
 from ..errors import CheckpointError, ConfigError
 from ..presets import get_preset, preset_for_hardware
@@ -291,3 +293,78 @@ def describe_resumable(train_config: TrainConfig) -> dict | None:
             "progress": runs.describe_progress(record), "total_steps": record.get("total_steps"),
         }
     return None
+
+
+# --------------------------------------------------------------------------- the one writer
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """What making this process a run's one writer gives: its owner entry and the thread that keeps its
+    run.json, the step whose weights models/<run_id>.pth holds (None: no .pth yet), and best weights
+    still to be written there (recovered from the checkpoints)."""
+
+    run_id: str
+    owner: runs.Owner
+    keeper: owners.RecordKeeper
+    weights_step: int | None = None
+    pending_weights: dict | None = None
+
+
+def claim_run(paths: storage.DatasetPaths, start: Start, log, takeover: bool = False,
+              heartbeat_s: float = runs.HEARTBEAT_SECONDS) -> Claimed:
+    """Make this process the run's one writer and get its folder ready: claim the record (refused
+    while another runtime holds it), clean up what killed or abandoned writes left, drop the step
+    files of a timeline this run abandoned, and find out what models/<run_id>.pth holds."""
+    state = start.state
+    run_dir = paths.run_checkpoints(state.run_id)
+    previous = runs.read_record(run_dir)
+    record = {**(previous.data if previous is not None else {}), "run_id": state.run_id,
+              "model_type": state.model_config.model_type, "status": "running", "model_config": state.model_config.to_dict(),
+              "train_config": state.train_config.to_dict(), "dataset": dict(state.dataset), "step": state.step,
+              "total_steps": state.total_steps}
+    record.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S"))
+    owner = owners.claim(run_dir, record, takeover=takeover, log=log)
+    strays = checkpoints.remove_temporaries(run_dir) + remove_temporaries(paths, state.run_id)
+    if strays:
+        log(f"Removed {strays} temporary file(s) left by an interrupted write of {state.run_id}.")
+    if start.kind == "resumed":
+        dropped = checkpoints.discard_newer_than(run_dir, state.step)
+        if dropped:
+            log(f"Removed {', '.join(p.name for p in dropped)}: newer than step {state.step}, where this run continues.")
+    weights_step, pending = _weights_on_disk(paths, start, previous, log)
+    keeper = owners.RecordKeeper(paths, run_dir, record, owner, log, heartbeat_s=heartbeat_s)
+    return Claimed(state.run_id, owner, keeper, weights_step, pending)
+
+
+def _weights_on_disk(paths: storage.DatasetPaths, start, previous, log) -> tuple[int | None, dict | None]:
+    """(the step the .pth holds, best weights still to write). A resumed run checks rather than
+    assumes: a .pth write may have failed before the disconnect."""
+    state, checkpoint = start.state, start.checkpoint
+    recorded = ((previous.get("weights") or {}) if previous is not None else {}).get("step")
+    weights_step = recorded if recorded is not None and paths.best_weights(state.run_id).is_file() else None
+    if checkpoint is None or state.best_val_loss is None:
+        return weights_step, None
+    if "best_model" in checkpoint:  # its .pth write had failed: the weights travelled in the state file
+        return weights_step, checkpoint["best_model"]
+    if weights_step == state.best_step:
+        return weights_step, None
+    if state.best_step == state.step:
+        best = checkpoint["model"]
+    else:
+        found = _best_checkpoint_weights(paths.run_checkpoints(state.run_id), state.best_step)
+        if found is None:
+            log(f"models/{state.run_id}.pth does not hold the best weights (step {state.best_step}) and no checkpoint "
+                "has them any more; it will hold the next best.")
+            return weights_step, None
+        best = found
+    log(f"models/{state.run_id}.pth is missing or out of date: writing the best weights (step {state.best_step}) again.")
+    return weights_step, best
+
+
+def _best_checkpoint_weights(run_dir, best_step: int) -> dict | None:
+    try:
+        best = checkpoints.load_state(run_dir / checkpoints.BEST_FILE)
+    except Exception:
+        return None
+    return best["model"] if best.get("step") == best_step else None

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from IPython.display import HTML, Image, display
 
-from .. import artifacts, checkpoints, presets, runs, storage
+from .. import artifacts, checkpoints, models_csv, presets, runs, storage
 from ..errors import DatasetError, StorageError
 
 
@@ -277,7 +277,7 @@ RUN_COLUMNS = ["run_id", "model_type", "status", "preset", "parameters", "steps"
 
 
 def show_models_csv(paths: storage.DatasetPaths) -> None:
-    rows = runs.read_models_csv(paths)
+    rows = models_csv.read_models_csv(paths)
     if not rows:
         print(f"No run in {paths.models_csv} yet.")
         return
