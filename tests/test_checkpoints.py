@@ -281,9 +281,8 @@ def test_a_hung_write_is_skipped_then_abandoned_and_discards_its_file(tmp_path):
     messages = []
     writer = BackgroundWriter(log=messages.append, busy_wait_s=0.05, abandon_after_s=0.3)
     hung = writer.submit(write(1, hang=True), "checkpoint step 1")
-    started = time.monotonic()
-    assert writer.submit(write(2), "checkpoint step 2") is None  # skipped, after waiting busy_wait_s only
-    assert time.monotonic() - started < 1.0 and "step 2: skipped" in messages[-1]
+    assert writer.submit(write(2), "checkpoint step 2") is None  # skipped, not waiting for the hung write
+    assert not hung.done() and "step 2: skipped" in messages[-1]
     time.sleep(0.3)
     landed = writer.submit(write(3), "checkpoint step 3")  # the hung write is abandoned; this one goes on
     assert "step 1: abandoned" in messages[-1]

@@ -106,10 +106,10 @@ def test_a_dead_process_stops_the_others_with_a_clear_message(tiny_dataset, tmp_
     run = launch(paths, 2, "--max_steps", "100000", "--eval_every", "100000")
     wait_for_step(paths, run, 10)
     os.kill(max(workers(paths)), signal.SIGKILL)  # one of the two training processes
-    started = time.monotonic()
-    output = run.communicate(timeout=120)[0]
-    assert run.returncode != 0 and time.monotonic() - started < 60
-    assert "another process of this run stopped" in output or "exitcode  : -9" in output, output
+    output = run.communicate(timeout=120)[0]  # the survivor stops too: it does not wait for its peer for good
+    assert run.returncode != 0
+    # midikit's own line, not only torchrun's exit codes: the survivor says what happened and what to run.
+    assert "another process of this run stopped" in output and "Run the same torchrun command again" in output, output
     assert runs.read_record(the_run(paths)).status in ("running", "failed")  # resumable
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
+import threading
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -61,13 +63,25 @@ def join(device_name: str) -> tuple[Cluster, torch.device]:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stopped_by_torchrun)
     return cluster, device
+
+
+def _stopped_by_torchrun(signum, frame):
+    # torchrun stops the other processes (SIGTERM, then SIGKILL after a while) when one of them dies: say so
+    # in midikit's words before going, rather than leave torchrun's exit codes as the only trace.
+    rank = dist.get_rank() if dist.is_initialized() else "?"
+    raise RankLost(f"Rank {rank}: another process of this run stopped, and torchrun stopped this one. Run the same "
+                   "torchrun command again to continue from the last checkpoint.")
 
 
 def leave(cluster: Cluster, together: bool = True) -> None:
     """Tear the group down once nothing holds it, and (`together`: every process ended the run the
     same way) after the others are done with it: a process that exits while DDP still references the
     group, or while a peer is mid-collective, can be aborted by gloo at exit."""
+    if cluster.active and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the run is over: a SIGTERM now is only a SIGTERM
     if cluster.active and dist.is_initialized():
         gc.collect()  # DDP's hooks form reference cycles: free the wrapped model, and its hold on the group, now
         if together:
@@ -121,6 +135,8 @@ def _collective(operation, *args, **kwargs):
 
 
 def lost(exc: BaseException) -> RankLost:
+    if isinstance(exc, RankLost):
+        return exc
     rank = dist.get_rank() if dist.is_initialized() else "?"
     return RankLost(f"Rank {rank}: another process of this run stopped ({str(exc).splitlines()[0][:160]}). This one "
                     "stops too, without saving: run the same torchrun command again to continue from the last checkpoint.")
