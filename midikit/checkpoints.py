@@ -368,7 +368,8 @@ def describe_full_disk(dataset_dir: Path, run_dir: Path, snapshot: dict) -> str:
     return (f"The disk is full: a checkpoint of this run needs about {mib(needed)} (twice that while best.pt is "
             f"replaced){'' if free is None else f'; {mib(free)} are free'}. Largest files under {dataset_dir}: "
             f"{', '.join(f'{p.relative_to(dataset_dir)} ({mib(size)})' for p, size in largest) or 'none'}. Free space "
-            "(on Drive: empty the trash, delete old runs' checkpoints/ folders) or lower --keep_last.")
+            "(on Drive: empty the trash, delete old runs' checkpoints/ folders) or lower --keep_last (on Drive not below 2: "
+            "docs/checkpoints.md).")
 
 
 def _largest_files(folder: Path, count: int = 5) -> list[tuple[Path, int]]:

@@ -213,6 +213,11 @@ class GenerateConfig(RunChoice):
     seed_bars: int | None = setting(None, "bars of --seed_midi to keep before the model continues", group="run", gt=0,
                                     label="bars of the primer to keep", none="the whole file")
 
+    def check(self) -> None:
+        if self.seed_bars is not None and not self.seed_midi:
+            raise ConfigError(f"seed_bars={self.seed_bars} keeps bars of a primer, but no primer was given: pass "
+                              "--seed_midi FILE (in notebook 07: upload one or type its path), or leave seed_bars out.")
+
 
 @dataclass
 class QualityConfig(RunChoice):

@@ -29,8 +29,9 @@ def gpu_peak_tflops(device_name: str) -> float | None:
 
 
 def tokens_per_second(model_type: str, parameters: int, device_name: str) -> float | None:
-    """Estimated training tokens/s of a model on the named GPU (None for a GPU of unknown peak)."""
-    peak = gpu_peak_tflops(device_name)
+    """Estimated training tokens/s of a model on the named GPU; a GPU of unknown peak is taken for the
+    slowest one listed (a T4), so a first run there is short rather than long. None without a GPU."""
+    peak = gpu_peak_tflops(device_name) or (min(GPU_PEAK_TFLOPS.values()) if device_name else None)
     if peak is None or parameters <= 0:
         return None
     reference_tokens, reference_parameters = _REFERENCE[model_type]

@@ -15,6 +15,8 @@ import errno
 import os
 import threading
 import time
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -38,6 +40,8 @@ def is_transient(exc: BaseException) -> bool:
     """Whether `exc` (however wrapped) is a disk or Drive failure that passes."""
     if isinstance(exc, RunOwnedError):
         return False
+    if isinstance(exc, TimeoutError):  # waiting for another thread's write (run.json) on a slow Drive
+        return True
     cause = os_error_in(exc)
     if cause is not None and cause.errno is not None:
         return cause.errno in TRANSIENT_ERRNOS
@@ -52,6 +56,8 @@ def explain(exc: BaseException, where: Path | None = None) -> str:
         return problem
     if isinstance(exc, StorageError):
         return str(exc)
+    if isinstance(exc, TimeoutError) and exc.errno is None:
+        return f"{where or 'The write'} did not answer in time: Drive is slow."
     cause = os_error_in(exc)
     return str(explain_os_error(cause, Path(getattr(cause, "filename", None) or where or "the checkpoint folder")))
 
@@ -61,10 +67,12 @@ def mount_problem(where: Path | None, code: int | None = None) -> str | None:
     A failure that already says "not connected" about its own file keeps that more precise text."""
     if where is None or not Path(where).absolute().is_relative_to(storage.DRIVE_MOUNT_POINT):
         return None
-    try:
-        state = storage.drive_state()
-    except StorageError:
+    state = _drive_state_within(MOUNT_PROBE_SECONDS)
+    if state is None:
         return None
+    if state == HUNG:
+        return (f"Google Drive's mount at {storage.DRIVE_MOUNT_POINT} does not answer (it hung). If it does not come back "
+                "within minutes, remount with `midikit.storage.mount_drive(force_remount=True)`.")
     if state == storage.MOUNTED or (state == storage.DROPPED and code == errno.ENOTCONN):
         return None
     if state == storage.DROPPED:
@@ -72,6 +80,31 @@ def mount_problem(where: Path | None, code: int | None = None) -> str | None:
                 "does not come back by itself, remount with `midikit.storage.mount_drive(force_remount=True)`; nothing "
                 "already on Drive is lost.")
     return str(storage.drive_problem(Path(where)))
+
+
+MOUNT_PROBE_SECONDS = 2.0  # how long asking the mount for its state may take before it counts as hung
+HUNG = "hung"
+
+
+def _drive_state_within(seconds: float) -> str | None:
+    """storage.drive_state(), asked on a daemon thread: a hung mount can block a stat for good, and the
+    thread asking must not hang with it (at the end of a run: the main thread). HUNG when no answer came,
+    None when the state could not be read."""
+    answer: Future = Future()
+
+    def ask() -> None:
+        try:
+            answer.set_result(storage.drive_state())
+        except StorageError:
+            answer.set_result(None)
+        except BaseException as exc:  # never lost: the caller reads the Future
+            answer.set_exception(exc)
+
+    threading.Thread(target=ask, name="midikit-mount-probe", daemon=True).start()
+    try:
+        return answer.result(timeout=seconds)
+    except FutureTimeout:
+        return HUNG
 
 
 def mount_note(where: Path | None) -> str:

@@ -111,8 +111,7 @@ def drive_problem(path: Path, mount_point: Path | None = None) -> StorageError |
         return StorageError(
             f"{mount_point} is a plain folder on this runtime's own disk, not Google Drive: anything saved in {path} "
             "would be lost when the runtime ends. Move it away (`!mv {mp} {mp}_local`), then run "
-            "`midikit.storage.mount_drive()` (notebook 01 mounts Drive), or choose a folder outside "
-            f"{mount_point}.".replace("{mp}", str(mount_point)))
+            "`midikit.storage.mount_drive()` (notebook 01 mounts Drive).".replace("{mp}", str(mount_point)))
     return StorageError(
         f"The checkpoint folder {path} is on Google Drive, but Drive is not mounted. In Colab run "
         "`midikit.storage.mount_drive()` (or notebook 01) first; outside Colab pass a local folder, e.g. "

@@ -147,7 +147,8 @@ def verify_notebook() -> list:
         *header("06_verify_checkpoints.ipynb", "Verify checkpoints",
                 "Browses the checkpoint folder: the runs in `models.csv`, every training-state checkpoint with its "
                 "size, age and checksum status, a run's loss curve and summary, its best weights loaded back with "
-                "`torch.load(weights_only=True)` and its loss arrays. Nothing is changed on Drive."),
+                "`torch.load(weights_only=True)` and its loss arrays. Nothing here trains; its last cell saves the run's quality "
+                "report beside it (`outputs/quality/`)."),
         *set_up("import json\n\nimport torch\nfrom IPython.display import Image, display\n\nfrom midikit import widgets\n"
                 "from midikit.models import ModelConfig, build_model"),
         md("## Checkpoint folder and dataset\nThe next cell lists the dataset's runs that have best weights: finished, "

@@ -11,6 +11,7 @@ import pytest
 
 from midikit.cli import build_parser, join_negative_values
 from midikit.configs import GenerateConfig, ModelConfig, PreprocessConfig, SampleConfig, TrainConfig
+from midikit.errors import ConfigError
 from midikit.settings import declared, from_args, given
 
 
@@ -64,8 +65,13 @@ def test_checking_every_config_imports_neither_torch_nor_miditok():
     probe = ("import sys\nfrom midikit import configs\n"
              "configs.PreprocessConfig(source='corpus', bpe_vocab=1000, seq_length=256).validate()\n"
              "configs.TrainConfig(max_minutes=5).validate()\nconfigs.SampleConfig().validate()\n"
-             "configs.GenerateConfig(seed_bars=4).validate()\nconfigs.QualityConfig().validate()\n"
+             "configs.GenerateConfig(seed_midi='a.mid', seed_bars=4).validate()\nconfigs.QualityConfig().validate()\n"
              "configs.ModelConfig(vocab_size=500).validate()\n"
              "print('torch' in sys.modules, 'miditok' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "False False", done.stdout + done.stderr
+
+
+def test_bars_of_a_primer_without_a_primer_is_refused():
+    with pytest.raises(ConfigError, match="seed_bars=4 keeps bars of a primer, but no primer was given"):
+        GenerateConfig(seed_bars=4).validate()

@@ -373,3 +373,25 @@ def test_the_notebooks_are_what_their_generator_writes_and_03_to_05_differ_only_
         assert any(f'widgets.TrainForm("{model}", paths)' in source for source in code), name
         sources[name] = [source.replace(f'"{model}"', '"MODEL"') for source in code]
     assert len({tuple(code) for code in sources.values()}) == 1  # the same cells but for the model type
+
+
+@pytest.mark.parametrize("gpu, preset", [("Tesla T4", "t4"), ("NVIDIA A100-SXM4-40GB", "large"), ("Some New GPU 9000", "t4")])
+def test_a_first_run_on_a_gpu_is_sized_to_about_five_minutes_and_capped(tiny_dataset, monkeypatch, gpu, preset):
+    import torch
+
+    from midikit import estimates
+    from midikit.models import build_model, count_parameters
+    from midikit.presets import get_preset
+
+    # The GPU this runtime reports (no GPU here): only its name and presence are asked.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: gpu)
+    dataset = load_dataset(tiny_dataset)
+    values, said = widgets.first_run_defaults("transformer", dataset, preset)
+    config = get_preset("transformer", preset).model_config("transformer", dataset.vocab_size, dataset.seq_length)
+    with torch.device("meta"):
+        parameters = count_parameters(build_model(config))
+    per_step = get_preset("transformer", preset).batch_size * dataset.seq_length
+    minutes = values["max_steps"] * per_step / estimates.tokens_per_second("transformer", parameters, gpu) / 60
+    assert 4 <= minutes <= 6 and values["max_minutes"] == estimates.FIRST_RUN_GUARD_MINUTES
+    assert values["eval_every"] <= values["max_steps"] and "an estimate" in said and gpu in said

@@ -95,10 +95,20 @@ def test_extend_continues_a_finished_run_without_a_jump_in_the_learning_rate(tin
     assert any("horizon 40 -> 100 steps" in m for m in messages)
     lrs, peak = extended.history["lr"], 3e-3
     assert len(lrs) == 100
-    # Where it was extended the curve goes on from where it was (it had decayed to a tenth), then decays again.
-    assert abs(lrs[40] - lrs[39]) <= 2 * abs(lrs[39] - lrs[38]) + 1e-12
-    assert lrs[39] == pytest.approx(0.1 * peak, rel=0.02) and lrs[99] == pytest.approx(0.1 * peak, rel=0.02)
-    assert all(b <= a + 1e-15 for a, b in zip(lrs[40:], lrs[41:]))
+    # The finished run had decayed to a tenth: the curve goes on from there without a jump, climbs over the warm-up's
+    # 5 steps to where a run planned for 100 steps would be, then decays to a tenth again at the new end.
+    assert lrs[39] == pytest.approx(0.1 * peak, rel=0.02)
+    assert abs(lrs[40] - lrs[39]) < 0.25 * peak and max(lrs[40:]) > 0.5 * peak  # learns again, not at its last rate
+    assert all(b > a for a, b in zip(lrs[40:45], lrs[41:46])) and lrs[99] == pytest.approx(0.1 * peak, rel=0.05)
+    assert all(b <= a + 1e-15 for a, b in zip(lrs[45:], lrs[46:]))
+
+
+def test_extending_an_early_stopped_run_trains_past_where_patience_stopped_it(tiny_dataset, tmp_path):
+    paths = own_root(tiny_dataset, tmp_path)
+    first = train(config(paths, max_steps=400, eval_every=5, patience=1, lr=3e-2), log=quiet, model_overrides=TINY)
+    assert first.status == "early_stopped" and first.steps < 400
+    extended = train(config(paths, max_steps=first.steps + 30, eval_every=5, patience=3, lr=3e-2, extend=True), log=quiet)
+    assert extended.run_id == first.run_id and extended.steps >= first.steps + 15  # patience started over
 
 
 def test_extend_re_plans_a_run_that_stopped_and_a_resume_after_it_is_exact(tiny_dataset, tmp_path):

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from .. import checkpoints, owners
+from .. import checkpoints, owners, storage
 from ..data.sampler import evaluation_windows
 from .distributed import Cluster, broadcast
 from .ending import out_of_memory
@@ -54,7 +55,16 @@ class Session:
                 f"{mc.context_length} tokens{processes}, {state.steps_per_epoch} steps/epoch, step {state.step} of "
                 f"{state.total_steps}; checkpoints in {recorder.run_dir}"
                 + (f"; this command trains for at most {tc.max_minutes:g} min (max_minutes), then saves and stops, "
-                   "resumable" if tc.max_minutes else ""))
+                   "resumable" if tc.max_minutes else "") + _keep_last_note(tc.keep_last, recorder.run_dir))
+
+
+def _keep_last_note(keep_last: int, run_dir) -> str:
+    """Drive uploads in the background: with one step file, a runtime that ends before the newest one is
+    uploaded leaves none (best.pt may be older). Said at the start, where it can still be changed."""
+    if keep_last >= 2 or run_dir is None or not Path(run_dir).absolute().is_relative_to(storage.DRIVE_MOUNT_POINT):
+        return ""
+    return (". keep_last=1 on Google Drive: a runtime that ends before Drive uploaded the newest checkpoint leaves "
+            "only best.pt to resume from; keep_last 2 (the default) keeps one more")
 
 
 @contextmanager

@@ -63,14 +63,22 @@ def resolve_compile(mode: str, model_type: str, device: torch.device) -> bool:
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, decay_from: tuple[int, float] | None = None) -> float:
-    """Linear warm-up, then cosine decay to a tenth of the peak learning rate. A run extended to a new
-    horizon (`decay_from` = (the step it was extended at, the factor it had there)) decays from where
-    it was to a tenth over its new horizon: the curve goes on without a jump."""
-    if step < warmup_steps:
+    """Linear warm-up, then cosine decay to a tenth of the peak learning rate over `total_steps`.
+
+    A run extended to a new horizon (`decay_from`: the step it was extended at and the factor it had
+    there) goes on from that factor: over the warm-up's length it moves in a straight line to where a
+    run planned with the new horizon would be, then follows that run's cosine. The curve never jumps,
+    and a finished run (at a tenth) learns again rather than crawling on at its last rate."""
+    if decay_from is None and step < warmup_steps:
         return (step + 1) / warmup_steps
-    start, start_factor = decay_from if decay_from is not None else (warmup_steps, 1.0)
-    progress = min(1.0, max(0, step - start) / max(1, total_steps - start))
-    return 0.1 + (start_factor - 0.1) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    planned = lambda at: 0.1 + 0.9 * 0.5 * (1.0 + math.cos(  # noqa: E731
+        math.pi * min(1.0, max(0, at - warmup_steps) / max(1, total_steps - warmup_steps))))
+    if decay_from is not None:
+        start, start_factor = decay_from
+        ramp = max(1, warmup_steps)
+        if step < start + ramp:
+            return start_factor + (planned(start + ramp) - start_factor) * max(0, step - start) / ramp
+    return planned(step)
 
 
 def make_scheduler(optimizer, warmup_steps: int, total_steps: int, decay_from: tuple[int, float] | None = None):

@@ -127,17 +127,18 @@ def _extended(state: TrainState, tc: TrainConfig, log) -> TrainState:
         log(f"{state.run_id}: extend asks for the horizon it already has ({total} steps); nothing to re-plan.")
         return state
     if total <= state.step:
-        raise ConfigError(f"--extend: the new horizon ({total} steps from epochs={tc.epochs}, max_steps={tc.max_steps}) "
-                          f"is not past step {state.step}; ask for more --max_steps or --epochs.")
-    log(f"Extending {state.run_id}: horizon {state.total_steps} -> {total} steps; the learning rate goes on from where "
-        f"it is at step {state.step} and decays over the new horizon.")
+        raise ConfigError(f"extend: the new horizon ({total} steps from epochs={tc.epochs}, max_steps={tc.max_steps}) "
+                          f"is not past step {state.step}; ask for more max_steps or epochs (--max_steps, --epochs).")
+    log(f"Extending {state.run_id}: horizon {state.total_steps} -> {total} steps. The learning rate goes on from where "
+        f"it is at step {state.step}, moves over {state.train_config.warmup_steps} steps to where a run planned this long "
+        "would be, then decays over the new horizon; early stopping's patience starts over.")
     train_config = replace(state.train_config, epochs=tc.epochs, max_steps=tc.max_steps)
     warmup = train_config.warmup_steps
-    # Where the curve is now: the new decay starts there (past the warm-up; a warm-up goes on as it was).
+    # Where the curve is now: the re-planned curve starts there (past the warm-up; a warm-up goes on as it was).
     decay_from = state.decay_from
     if state.step >= warmup:
         decay_from = (state.step, lr_factor(state.step, warmup, state.total_steps, state.decay_from))
-    return replace(state, train_config=train_config, total_steps=total, decay_from=decay_from)
+    return replace(state, train_config=train_config, total_steps=total, decay_from=decay_from, bad_evals=0)
 
 
 def _legacy_horizon(checkpoint: dict, dataset) -> tuple[int | None, int | None]:

@@ -40,6 +40,10 @@ SOURCES = {  # source -> (label, default dataset name)
 }
 
 
+def _on_drive(folder: Path) -> bool:
+    return Path(folder).absolute().is_relative_to(storage.DRIVE_MOUNT_POINT)
+
+
 def default_source() -> str:
     """Nottingham is a download; outside Colab (CI, offline machines) use the bundled corpus."""
     return "nottingham" if storage.in_colab() else "corpus"
@@ -75,10 +79,13 @@ class FolderForm(Form):
     def summary(self, root):
         typed = self.fields["checkpoint_dir"].value
         origin = f"default: {self.origin}" if typed == self.default else "typed here"
+        # Legal, and lost with the runtime: a Colab folder outside Drive is said plainly, never silently used.
+        local = "" if not storage.in_colab() or _on_drive(root) else (
+            f" · on this runtime's own disk, lost when it ends: choose a folder under {storage.DRIVE_MOUNT_POINT}/MyDrive")
         if not root.exists():
-            return f"{root} ({origin}) · new folder (created when something is saved there)"
+            return f"{root} ({origin}) · new folder (created when something is saved there){local}"
         datasets = storage.list_datasets(root)
-        return f"{root} ({origin}) · datasets: {', '.join(datasets) if datasets else 'none yet'}"
+        return f"{root} ({origin}) · datasets: {', '.join(datasets) if datasets else 'none yet'}{local}"
 
     def remember(self) -> Path:
         """Make this folder every later notebook's (and command's) default, and say so; returns it."""

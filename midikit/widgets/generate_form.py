@@ -82,7 +82,25 @@ class GenerateForm(Form):
         where = GenerateConfig(run=values.pop("run"), dataset=self.paths.dataset, checkpoint_dir=str(self.paths.root),
                                seed_midi=primer, seed_bars=bars if primer else None).validate()
         sample = SampleConfig(**values, seed=None if seed is None or seed < 0 else seed).validate()
+        if sample.bars is not None and self._bpe(where.run):  # generate() would refuse it: say so here
+            raise ConfigError("bars counts Bar tokens, which this run's BPE tokenizer merges into others: leave bars at 0 "
+                              "and set tokens to generate instead.")
         return where, sample
+
+    def _bpe(self, run: str) -> bool:
+        """Whether the chosen run's tokens are BPE merges (from its dataset's config.json: no model is loaded)."""
+        import json
+
+        if run == STARTER:
+            from ..starter import starter_dir
+
+            config = starter_dir() / "data" / "config.json"
+        else:
+            config = self.paths.data / "config.json"
+        try:
+            return bool(json.loads(config.read_text()).get("bpe_vocab"))
+        except (OSError, ValueError):
+            return False
 
     def summary(self, value):
         where, sample = value
