@@ -1,6 +1,6 @@
 """Quality benchmark: how good is the music each model makes, and what makes it better?
 
-On full Nottingham (all 1034 files, the seed's transpositions -5,-3,-1,0,1,3,5, midikit's by-file
+On full Nottingham (all 1034 files, the original csce585-midi project's transpositions -5,-3,-1,0,1,3,5, midikit's by-file
 split), every configuration is trained on the same number of training tokens (the machine is
 shared and noisy: tokens are the fair unit, wall-clock is reported beside them), then judged by
 `midikit.quality` (held-out loss per token and per note; 16 pieces generated until EOS, capped at
@@ -8,7 +8,7 @@ shared and noisy: tokens are the fair unit, wall-clock is reported beside them),
 
 Modes (each writes its own section of the results file; the other sections are kept):
 
-  --quick      LSTM, GRU and Transformer at the preset, midikit's recipe and the seed's recipe
+  --quick      LSTM, GRU and Transformer at the preset, midikit's recipe and the original project's recipe
                (bench/seed_baseline.py: its models, every overlapping window as an epoch, fp32 Adam
                with its learning rate and weight decay, label-smoothed loss, no clipping, no
                scheduler), all at equal tokens; both recipes scored with plain cross-entropy on
@@ -25,7 +25,7 @@ Modes (each writes its own section of the results file; the other sections are k
   --render_from quality_<section>.json
                write a saved result's section of the results file again.
 
-The BPE dataset (<dataset>_bpe<N> beside the REMI one) is built once from the REMI store:
+The BPE dataset (<dataset>_bpe<N> beside the REMI one) is preprocessed once with `--bpe_vocab N`:
 `tokenizer.train` on the training songs cut at bar lines, then every song re-encoded.
 
   nice -n 10 python bench/quality.py --quick --threads 1
@@ -58,7 +58,6 @@ from seed_baseline import seed_loader, seed_model  # noqa: E402
 from midikit import quality  # noqa: E402
 from midikit.configs import ModelConfig, PreprocessConfig, QualityConfig, TrainConfig  # noqa: E402
 from midikit.data import load_dataset, preprocess  # noqa: E402
-from midikit.errors import DatasetError  # noqa: E402
 from midikit.models import count_parameters, resolve_device  # noqa: E402
 from midikit.presets import get_preset  # noqa: E402
 from midikit.storage import DatasetPaths  # noqa: E402
@@ -79,64 +78,22 @@ QUIET = lambda *args, **kwargs: None  # noqa: E731
 # --------------------------------------------------------------------------- data
 
 
-def prepare(args) -> DatasetPaths:
-    """Full Nottingham with the seed's transpositions (midikit's defaults), built once and reused."""
-    source = dict(input_dir=args.input_dir) if args.input_dir and Path(args.input_dir).is_dir() else dict(source="nottingham")
-    result = preprocess(PreprocessConfig(**source, dataset="nottingham", checkpoint_dir=args.checkpoint_dir),
+def prepare(args, bpe: int | None = None) -> DatasetPaths:
+    """Full Nottingham (or --source corpus: music21's folk tunes) with the seed's transpositions
+    (midikit's defaults), built once and reused; with `bpe`, the same songs in miditok BPE tokens
+    learned on the training split (`--bpe_vocab` of preprocessing), a dataset of its own (<name>_bpe<N>)."""
+    if args.source == "corpus":
+        source = dict(source="corpus")
+    else:
+        source = dict(input_dir=args.input_dir) if args.input_dir and Path(args.input_dir).is_dir() else dict(source="nottingham")
+    name = SOURCE_DATASETS[args.source] + (f"_bpe{bpe}" if bpe else "")
+    result = preprocess(PreprocessConfig(**source, dataset=name, checkpoint_dir=args.checkpoint_dir, bpe_vocab=bpe or None),
                         progress=False, log=QUIET)
     return result.paths
 
 
-def bpe_dataset(paths: DatasetPaths, vocab_size: int, log=print) -> DatasetPaths:
-    """The same songs re-encoded with miditok's BPE (`tokenizer.train`) learned on the training split:
-    a dataset of its own (<dataset>_bpe<vocab>), built once."""
-    from miditok import TokSequence
-
-    from midikit.data.store import write_store
-    from midikit.data.tokenization import load_tokenizer
-
-    target = DatasetPaths(paths.root, f"{paths.dataset}_bpe{vocab_size}")
-    base = load_dataset(paths)
-    fingerprint = f"{base.fingerprint}-bpe{vocab_size}"
-    try:
-        if load_dataset(target).fingerprint == fingerprint:
-            return target
-    except DatasetError:
-        pass
-    started = time.perf_counter()
-    tokenizer = load_tokenizer(paths.data / "tokenizer.json")
-    specials = {base.bos_id, base.eos_id, base.pad_id}
-
-    def body(sequence):
-        return [int(i) for i in sequence if int(i) not in specials]
-
-    def sequences(split):
-        return [base.sequence(split, i) for i in range(base.num_sequences(split))]
-
-    bar = tokenizer.vocab["Bar_None"]
-
-    def bars(sequence):  # a song's ids cut before each Bar token: BPE learns merges within a bar only
-        ids = body(sequence)
-        cuts = [i for i, token in enumerate(ids) if token == bar and i > 0]
-        return [ids[a:b] for a, b in zip([0, *cuts], [*cuts, len(ids)])]
-
-    train_sequences = sequences("train")
-    words = [tokenizer._ids_to_bytes(part, as_one_str=True) for song in train_sequences for part in bars(song)]
-    tokenizer.config.encode_ids_split = "no"  # songs are encoded whole: merges never cross a bar line (none were learned)
-    tokenizer.train(vocab_size=vocab_size, model="BPE", iterator=words)
-    splits = {}
-    for split, songs in (("train", train_sequences), ("val", sequences("val"))):
-        encoded = [TokSequence(ids=body(song)) for song in songs]
-        tokenizer.encode_token_ids(encoded)
-        splits[split] = [np.array([base.bos_id, *seq.ids, base.eos_id], dtype=np.uint16) for seq in encoded]
-    config = dict(base.config, name=target.dataset, fingerprint=fingerprint, vocab_size=len(tokenizer.vocab_model),
-                  splits={split: {**base.config["splits"][split], "tokens": int(sum(map(len, seqs)))} for split, seqs in splits.items()},
-                  command=f"bench/quality.py: BPE {vocab_size} of {paths.dataset}")
-    target.ensure()
-    write_store(target, splits, json.dumps(tokenizer.to_dict(), indent=2), config)
-    ratio = base.config["splits"]["train"]["tokens"] / config["splits"]["train"]["tokens"]
-    log(f"BPE {vocab_size}: {ratio:.2f} base tokens per token, built in {time.perf_counter() - started:.0f} s")
-    return target
+SOURCE_DATASETS = {"nottingham": "nottingham", "corpus": "folk"}
+DATA_WORDS = {"nottingham": "full Nottingham, 1034 files", "corpus": "music21's folk corpus (Ryan's Mammoth Collection), 1059 tunes"}
 
 
 # --------------------------------------------------------------------------- training
@@ -154,13 +111,14 @@ def batch_for(preset: str, model_type: str, context: int) -> int:
     return max(1, round(get_preset(model_type, preset).batch_size * 100 / context))
 
 
-def train_midikit(paths: DatasetPaths, mc: ModelConfig, args, tokens: int) -> dict:
-    """midikit's recipe (AdamW, warm-up + cosine, clipping, random windows) for `tokens` training tokens."""
-    batch = batch_for(args.preset, mc.model_type, mc.context_length)
+def train_midikit(paths: DatasetPaths, mc: ModelConfig, args, tokens: int, **train_values) -> dict:
+    """midikit's recipe (AdamW, warm-up + cosine, clipping, random windows) for `tokens` training tokens;
+    `train_values`: TrainConfig fields that differ (a variant's lr, batch_size, ...)."""
+    batch = train_values.pop("batch_size", None) or batch_for(args.preset, mc.model_type, mc.context_length)
     every = max(1, math.ceil(tokens / (batch * mc.context_length) / EVALUATIONS))
     config = TrainConfig(dataset=paths.dataset, checkpoint_dir=str(paths.root), model_type=mc.model_type, preset=args.preset,
                          batch_size=batch, max_steps=every * EVALUATIONS, eval_every=every, patience=0, device=args.device,
-                         resume="never", progress=False, checkpoint_every_minutes=0)
+                         resume="never", progress=False, checkpoint_every_minutes=0, **train_values)
     started = time.perf_counter()
     result = train(config, mc, log=QUIET)
     seconds = time.perf_counter() - started
@@ -272,9 +230,54 @@ def run_quick(args, paths: DatasetPaths, log) -> dict:
     return {"rows": rows}
 
 
+# Each model type's best recipe at the CPU preset's sizes (variant values: see `variant`), what --goals
+# measures against issue #19's goals; the Transformer's is the full mode's default too.
+RECIPES = {
+    "transformer": dict(model_type="transformer", bpe=1000, context=256),
+    "lstm": dict(model_type="lstm", bpe=0, context=100),
+    "gru": dict(model_type="gru", bpe=0, context=100),
+}
+LOSS_GOAL = 1.496 * 0.9  # nats/note: 10% below the best Transformer before issue #19 (BPE 1000, context 256, 10M tokens)
+RNN_SCALE_BAND = 0.05  # the goals' scale-consistency band for the LSTM and the GRU (the report's is 3%)
+
+
+def run_goals(args, paths: DatasetPaths, log) -> dict:
+    """Each model type's recipe (RECIPES) on --tokens tokens, reported at the generation defaults."""
+    rows = []
+    for model_type in args.model_types:
+        values = RECIPES[model_type]
+        data_paths, mc, train_values = variant(paths, args, values)
+        if model_type in args.runs:  # trained before: report it again (e.g. at other generation defaults)
+            trained = trained_run(data_paths, args.runs[model_type])
+        else:
+            trained = train_midikit(data_paths, mc, args, args.tokens, **train_values)
+        result = report(data_paths, trained["run_id"], args)
+        log(f"{model_type}: {result.heldout['nats_per_note']:.3f} nats/note, {_health(summary(result))}")
+        rows.append({"model_type": model_type, "recipe": _recipe_words(values, mc), "parameters": _parameters(mc),
+                     "context": mc.context_length, "bpe": values.get("bpe"), "config": result.config, **trained,
+                     "command": shlex.join(["python", "bench/quality.py", "--goals", "--model_types", model_type, "--tokens",
+                                            f"{args.tokens:g}", "--threads", "1"]), **summary(result)})
+    return {"rows": rows}
+
+
+def trained_run(paths: DatasetPaths, run_id: str) -> dict:
+    """What train_midikit returns, read back from a finished run's run.json."""
+    record = json.loads((paths.run_checkpoints(run_id) / "run.json").read_text())
+    batch, context = record["train_config"]["batch_size"], record["model_config"]["context_length"]
+    return {"run_id": run_id, "steps": record["step"], "batch": batch, "tokens": record["step"] * batch * context,
+            "train_s": record["elapsed_seconds"], "best_val_loss": record["best_val_loss"]}
+
+
+def _recipe_words(values: dict, mc: ModelConfig) -> str:
+    tokens = f"BPE {values['bpe']}" if values.get("bpe") else "REMI"
+    extras = [name.replace("_", " ") for name in ("song_clock", "tie_embeddings") if getattr(mc, name, False)]
+    return ", ".join([tokens, f"context {mc.context_length}", *extras,
+                      *([f"{mc.positions} positions"] if mc.model_type == "transformer" else [])])
+
+
 def run_full(args, paths: DatasetPaths, log) -> dict:
     """The best configuration trained on --tokens tokens, then its report (what the targets are measured on)."""
-    data_paths = bpe_dataset(paths, args.bpe, log) if args.bpe else paths
+    data_paths = prepare(args, args.bpe)
     mc = model_config(data_paths, args.model_type, args.preset, args.context or BEST["context"], args.positions)
     trained = train_midikit(data_paths, mc, args, args.tokens)
     result = report(data_paths, trained["run_id"], args)
@@ -286,16 +289,19 @@ def run_full(args, paths: DatasetPaths, log) -> dict:
             "table": table}
 
 
-SAMPLINGS = ((0.9, 1.0), (0.95, 1.0), (0.98, 1.0), (1.0, 1.0), (0.95, 0.9), (1.0, 0.9))  # (top-p, temperature)
+# Sampling settings of the sweep (QualityConfig fields; the rest as the report's): top-p with the end
+# of the piece cut like any token (the old top-p) or never cut, and temperatures.
+SAMPLINGS = "p=0.9; p=0.95; p=0.98; p=1.0; p=0.9, keep_end=false; p=0.95, keep_end=false; p=0.98, keep_end=false; " \
+            "p=0.95, temperature=0.9"
 
 
 def sampling_sweep(paths: DatasetPaths, run_id: str, args, log) -> list[dict]:
     """The same run's report under other sampling settings (generation only changes)."""
     rows = []
-    for p, temperature in SAMPLINGS:
-        result = report(paths, run_id, args, save=False, p=p, temperature=temperature)  # the saved report: the default
-        rows.append({"run_id": run_id, "p": p, "temperature": temperature, **summary(result)})
-        log(f"sampling p {p} T {temperature}: target metrics in band {_in_band(rows[-1])}, {_health(rows[-1])}")
+    for _, values in args.samplings:
+        result = report(paths, run_id, args, save=False, **values)  # the saved report: the default
+        rows.append({"run_id": run_id, **{k: result.config[k] for k in ("p", "temperature", "keep_end")}, **summary(result)})
+        log(f"sampling {values}: target metrics in band {_in_band(rows[-1])}, {_health(rows[-1])}")
     return rows
 
 
@@ -304,12 +310,12 @@ def run_experiments(args, paths: DatasetPaths, log) -> dict:
     rows, sampling = [], []
     todo = set(args.experiments)
 
-    def one(label, data_paths, mc):
-        trained = train_midikit(data_paths, mc, args, args.tokens)
+    def one(label, data_paths, mc, tokens=args.tokens, bpe=None, **train_values):
+        trained = train_midikit(data_paths, mc, args, tokens, **train_values)
         result = report(data_paths, trained["run_id"], args)
         log(f"{label}: {result.heldout['nats_per_token']:.4f} nats/token, {result.heldout['nats_per_note']:.3f} nats/note, "
-            f"{trained['train_s']:.0f} s")
-        rows.append({"experiment": label, "model_type": mc.model_type, "parameters": _parameters(mc),
+            f"{_health(summary(result))}, {trained['train_s']:.0f} s")
+        rows.append({"experiment": label, "model_type": mc.model_type, "parameters": _parameters(mc), "bpe": bpe,
                      "context": mc.context_length, "positions": getattr(mc, "positions", "learned"), **trained, **summary(result)})
         return trained["run_id"], result
 
@@ -327,17 +333,53 @@ def run_experiments(args, paths: DatasetPaths, log) -> dict:
                 one(f"{positions} positions, context {at}", paths, model_config(paths, "transformer", args.preset, at, positions))
     if "bpe" in todo:
         for vocab in args.bpe_vocabs:
-            bpe_paths = bpe_dataset(paths, vocab, log)
-            one(f"BPE {vocab}", bpe_paths, model_config(bpe_paths, "transformer", args.preset, context, args.positions))
+            bpe_paths = prepare(args, vocab)
+            one(f"BPE {vocab}", bpe_paths, model_config(bpe_paths, "transformer", args.preset, context, args.positions), bpe=vocab)
+    for label, values in args.variants if "variants" in todo else []:
+        data_paths, mc, train_values = variant(paths, args, values)
+        one(label, data_paths, mc, int(values.get("tokens", args.tokens)), values.get("bpe", args.bpe), **train_values)
     if "sampling" in todo:
-        chosen = best("")
+        chosen = {"run_id": args.sweep_run, "bpe": args.bpe} if args.sweep_run else best("")
         if chosen is None:
             one("sampling base", paths, model_config(paths, "transformer", args.preset, context, args.positions))
             chosen = rows[-1]
-        data_paths = DatasetPaths(paths.root, f"{paths.dataset}_bpe{chosen['experiment'].split()[1]}") \
-            if chosen["experiment"].startswith("BPE") else paths
+        data_paths = DatasetPaths(paths.root, f"{paths.dataset}_bpe{chosen['bpe']}") if chosen.get("bpe") else paths
         sampling = sampling_sweep(data_paths, chosen["run_id"], args, log)
     return {"rows": rows, "sampling": sampling}
+
+
+TRAIN_FIELDS = {f.name for f in fields(TrainConfig)}
+
+
+def parse_variants(text: str) -> list[tuple[str, dict]]:
+    """'name: key=value, key=value; name2: ...' -> [(name, {key: value})] (without 'name:' the entry
+    is its own name); values are JSON (1, 0.5,
+    true) or plain strings. Keys: bpe, context, model_type, tokens, any ModelConfig or TrainConfig field."""
+    found = []
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        name, named, rest = part.partition(":")
+        rest = rest if named else name  # 'p=0.9' names itself
+        values = {}
+        for item in filter(None, (i.strip() for i in rest.split(","))):
+            key, _, value = item.partition("=")
+            try:
+                values[key.strip()] = json.loads(value)
+            except ValueError:
+                values[key.strip()] = value.strip()
+        found.append((name.strip(), values))
+    return found
+
+
+def variant(paths: DatasetPaths, args, values: dict) -> tuple[DatasetPaths, ModelConfig, dict]:
+    """A variant's data, model config and TrainConfig values (the full mode's configuration, changed by `values`)."""
+    values = {k: v for k, v in values.items() if k != "tokens"}
+    bpe = values.pop("bpe", args.bpe)
+    data_paths = prepare(args, bpe)
+    model_type = values.pop("model_type", args.model_type)
+    context = values.pop("context", args.context or BEST["context"])
+    train_values = {k: values.pop(k) for k in list(values) if k in TRAIN_FIELDS}
+    mc = replace(model_config(data_paths, model_type, args.preset, context, values.pop("positions", args.positions)), **values)
+    return data_paths, mc.validate(), train_values
 
 
 # --------------------------------------------------------------------------- results
@@ -360,6 +402,9 @@ def _in_band(row) -> str:
     return f"{len(rows) - len(missed)}/{len(rows)}" + (f" (not: {', '.join(missed)})" if missed else "")
 
 
+SWEEP_METRICS = ("num_notes", "duration", "pitch_class_entropy", "scale_consistency")
+
+
 def _health(row) -> str:
     return ", ".join(f"{h['check']} {h['shown']}" for h in row["health"])
 
@@ -370,9 +415,14 @@ def _metric_cell(row, metric: str) -> str:
     return f"{found['generated']:.3g} ({shown}) {'✓' if found['ok'] else '✗'}"
 
 
+RECIPE_LABELS = {"seed": "original project"}  # rows of the original csce585-midi project's recipe (bench/seed_baseline.py)
+
+
 def _loss_columns(row) -> str:
     h = row["heldout"]
-    return f"{h['nats_per_token']:.4f} | {h['nats_per_note']:.3f} | {h['perplexity']:.3f}"
+    ended = next((c["shown"] for c in row.get("health", []) if c["check"] == "ended with EOS"), "-")
+    end = f"{h['end_nats']:.2f}" if h.get("end_nats") is not None else "-"
+    return f"{h['nats_per_token']:.4f} | {h['nats_per_note']:.3f} | {h['perplexity']:.3f} | {end} | {ended}"
 
 
 def render(name: str, result: dict, args, seconds: float, section: str) -> str:
@@ -382,24 +432,27 @@ def render(name: str, result: dict, args, seconds: float, section: str) -> str:
              f"- command: `{meta.get('command', args.command)}`",
              f"- machine: {meta.get('machine', machine())}; load average {meta.get('load', os.getloadavg()[0]):.1f} at the end; "
              f"wall-clock {meta.get('seconds', seconds) / 60:.1f} min",
-             "- data: full Nottingham, 1034 files, transpositions -5,-3,-1,0,1,3,5, REMI merged tracks"
+             f"- data: {DATA_WORDS[meta.get('source', 'nottingham')]}, transpositions -5,-3,-1,0,1,3,5, REMI merged tracks"
              + "".join(sorted({f", then miditok BPE {row['bpe']} (nats/token are per BPE token; compare nats/note)"
                                for row in result["rows"] if row.get("bpe")}))
              + f"; validation: {result.get('val_songs', '52')} songs by file, untransposed", ""]
     rows = result["rows"]
+    if name == "goals":
+        lines += [*render_goals(result), ""]
     if rows:
         key = "recipe" if name == "quick" else "experiment" if name == "experiments" else "recipe"
-        lines += [f"| model | {key} | params | context | batch × steps | tokens | train s | report s | nats/token | nats/note | perplexity |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| model | {key} | params | context | batch × steps | tokens | train s | report s | nats/token | nats/note | "
+                  "perplexity | EOS nats at a song's end | ended with EOS |", "|---" * 13 + "|"]
         for row in rows:
-            lines.append(f"| {row['model_type']} | {row.get(key, row.get('recipe', ''))} | {row['parameters'] / 1e6:.2f}M | "
+            label = RECIPE_LABELS.get(row.get(key, row.get("recipe", "")), row.get(key, row.get("recipe", "")))
+            lines.append(f"| {row['model_type']} | {label} | {row['parameters'] / 1e6:.2f}M | "
                          f"{row['context']} | {row['batch']} × {row['steps']} | {row['tokens'] / 1e6:.2f}M | {row['train_s']:.0f} | "
                          f"{format(row['report_s'], '.0f') if 'report_s' in row else '-'} | {_loss_columns(row)} |")
         seeded = [row for row in rows if row.get("recipe") == "seed" and "teacher_forced_nats_per_token" in row["heldout"]]
         for row in seeded:
-            lines += ["", f"The seed's Transformer, scored the way it was trained (teacher forcing, its decoder seeing the "
-                          f"predicted tokens through its memory): {row['heldout']['teacher_forced_nats_per_token']:.4f} nats/token. "
-                          f"Its row above predicts each token from the window before it only, as the seed generated "
+            lines += ["", f"The original project's Transformer, scored the way it was trained (teacher forcing, its decoder "
+                          f"seeing the predicted tokens through its memory): {row['heldout']['teacher_forced_nats_per_token']:.4f} "
+                          f"nats/token. Its row above predicts each token from the window before it only, as the original project generated "
                           f"({SEED_POSITIONS_PER_SONG} positions per song)."]
         reported = [row for row in rows if "comparison" in row]
         if reported:
@@ -415,21 +468,48 @@ def render(name: str, result: dict, args, seconds: float, section: str) -> str:
                 lines.append(f"| {check} | | {cells[0]['target']} | " +
                              " | ".join(f"{c['shown']} {'✓' if c['ok'] else '✗'}" for c in cells) + " |")
     if result.get("sampling"):
-        lines += ["", f"Sampling settings on {result['sampling'][0]['run_id']} (16 pieces each; the report above is p 0.95, "
-                  "temperature 1.0):", "",
-                  "| p | temperature | target metrics in band | pitch_class_entropy | scale_consistency | empty_beat_rate | "
-                  "pieces without notes | token errors | ended with EOS |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += ["", f"Sampling settings on {result['sampling'][0]['run_id']} ({args.pieces} pieces each, at most "
+                  f"{args.max_tokens} tokens):", "",
+                  "| p | temperature | end of piece | target metrics in band | num_notes | duration | pitch_class_entropy | "
+                  "scale_consistency | pieces without notes | token errors | ended with EOS |", "|---" * 11 + "|"]
         for row in result["sampling"]:
             health = {h["check"]: h["shown"] for h in row["health"]}
-            lines.append(f"| {row['p']} | {row['temperature']} | {_in_band(row)} | {_metric_cell(row, 'pitch_class_entropy')} | "
-                         f"{_metric_cell(row, 'scale_consistency')} | {_metric_cell(row, 'empty_beat_rate')} | "
-                         f"{health['pieces without notes']} | {health['token errors']} | {health['ended with EOS']} |")
+            lines.append(f"| {row['p']} | {row['temperature']} | {'never cut' if row.get('keep_end') else 'cut by top-p'} | "
+                         f"{_in_band(row)} | " + " | ".join(_metric_cell(row, m) for m in SWEEP_METRICS) +
+                         f" | {health['pieces without notes']} | {health['token errors']} | {health['ended with EOS']} |")
     if result.get("table"):
         lines += ["", "```", result["table"], "```"]
     return "\n".join(lines) + "\n"
 
 
+def render_goals(result: dict) -> list[str]:
+    """The three model types against issue #19's goals, one row each with the command that made it."""
+    lines = ["| model | recipe | nats/note (Transformer: ≤ " + f"{LOSS_GOAL:.3f})" + " | ended with an EOS it sampled (≥ 15/16) | "
+             "num_notes (±25%) | duration (±25%) | metrics in their bands | scale consistency (TF ±3%, RNN ±5%) | "
+             "goals met | command |", "|---" * 10 + "|"]
+    for row in result["rows"]:
+        metrics = {c["metric"]: c for c in row["comparison"]}
+        scale = metrics["scale_consistency"]
+        band = 0.03 if row["model_type"] == "transformer" else RNN_SCALE_BAND
+        in_band = [c["ok"] if name != "scale_consistency" else abs(c["difference"]) <= band for name, c in metrics.items()]
+        ended = next(h for h in row["health"] if h["check"] == "ended with EOS")
+        loss = row["heldout"]["nats_per_note"]
+        checks = {"EOS": ended["ok"], "notes": metrics["num_notes"]["ok"], "duration": metrics["duration"]["ok"],
+                  "bands": all(in_band), "loss": loss <= LOSS_GOAL if row["model_type"] == "transformer" else True}
+        missed = [name for name, ok in checks.items() if not ok]
+        lines.append(f"| {row['model_type']} | {row['recipe']} | {loss:.3f} | {ended['shown']} | "
+                     f"{_metric_cell(row, 'num_notes')} | {_metric_cell(row, 'duration')} | {sum(in_band)}/{len(in_band)} | "
+                     f"{scale['generated']:.3f} ({scale['difference']:+.1%}) {'✓' if abs(scale['difference']) <= band else '✗'} | "
+                     f"{'all' if not missed else 'missed: ' + ', '.join(missed)} | `{row['command']}` |")
+    config = result["rows"][0]["config"] if result["rows"] else {}
+    lines += ["", f"Generation: {config.get('pieces')} pieces each, {config.get('strategy')} p {config.get('p')}, temperature "
+              f"{config.get('temperature')}, the end of a piece {'never cut' if config.get('keep_end') else 'cut by top-p'}, "
+              f"at most {config.get('max_tokens')} tokens, seed {config.get('seed')}: the generation defaults."]
+    return lines
+
+
 SECTION_TITLES = {"quick": "Comparison at equal training tokens (--quick)", "experiments": "Experiments",
+                  "goals": "Goals: each model type's best recipe at equal tokens",
                   "full": "Full run: a configuration trained longer, then its report"}
 
 
@@ -453,8 +533,11 @@ def machine() -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the comparison: 3 model types x 2 recipes at equal tokens")
+    parser.add_argument("--goals", action="store_true", help="each model type's recipe (RECIPES) against issue #19's goals")
+    parser.add_argument("--runs", type=lambda s: dict(item.split("=", 1) for item in s.split(",") if item), default={},
+                        help="--goals: report these finished runs instead of training them (lstm=RUN_ID,gru=RUN_ID,...)")
     parser.add_argument("--experiments", type=lambda s: [x for x in s.split(",") if x], default=None,
-                        help="comma list of context,positions,bpe,sampling")
+                        help="comma list of context,positions,bpe,variants,sampling")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--tokens", type=float, default=None, help="training tokens per configuration (default: by mode)")
@@ -468,19 +551,28 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="positions experiment: the contexts (default: the best context)")
     parser.add_argument("--bpe", type=int, default=BEST["bpe"], help="full mode: BPE vocabulary size (0: none)")
     parser.add_argument("--bpe_vocabs", type=lambda s: [int(x) for x in s.split(",")], default=[1000])
+    parser.add_argument("--variants", type=parse_variants, default=[],
+                        help="--experiments variants: 'name: key=value, ...; name2: ...' (keys: bpe, context, model_type, "
+                        "tokens, ModelConfig and TrainConfig fields), each trained on --tokens and reported")
     parser.add_argument("--no_sweep", dest="sweep", action="store_false", help="full mode: no sampling sweep")
-    parser.add_argument("--pieces", type=int, default=16)
-    parser.add_argument("--max_tokens", type=int, default=2048)
+    parser.add_argument("--samplings", type=parse_variants, default=parse_variants(SAMPLINGS),
+                        help="the sweep's settings: 'p=0.95, keep_end=false; temperature=0.9; ...' (QualityConfig fields)")
+    parser.add_argument("--sweep_run", default=None, help="--experiments sampling: sweep this run id (of --bpe's dataset)")
+    parser.add_argument("--pieces", type=int, default=QualityConfig().pieces)
+    parser.add_argument("--max_tokens", type=int, default=QualityConfig().max_tokens,
+                        help="the report's cap (default: the generation default); its sampling is QualityConfig's default")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--checkpoint_dir", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "midikit_quality_bench"))
+    parser.add_argument("--source", choices=tuple(SOURCE_DATASETS), default="nottingham",
+                        help="the songs: Nottingham (--input_dir, else downloaded) or music21's offline folk corpus")
     parser.add_argument("--input_dir", default=str(HERE.parent.parent / "shared" / "data" / "nottingham"),
                         help="the Nottingham MIDI files (else they are downloaded)")
     parser.add_argument("--render_from", default=None, help="write a saved result's section (quality_*.json) again")
     parser.add_argument("--render_section", default=None, help="with --render_from: the section's name")
     parser.add_argument("--out", default=None, help="results file (default: bench/results/quality_<device>.md)")
     args = parser.parse_args(argv)
-    args.mode = "quick" if args.quick else "experiments" if args.experiments else "full"
-    default_tokens = {"quick": 1.0e6, "experiments": 1.0e6, "full": 10.0e6}[args.mode]
+    args.mode = "quick" if args.quick else "goals" if args.goals else "experiments" if args.experiments else "full"
+    default_tokens = {"quick": 1.0e6, "experiments": 1.0e6, "full": 10.0e6, "goals": 10.0e6}[args.mode]
     args.tokens = int(args.tokens or default_tokens)
     args.out = Path(args.out or HERE / "results" / f"quality_{'cpu' if args.device == 'cpu' else 'gpu'}.md")
     args.command = shlex.join(["python", "bench/quality.py", *(sys.argv[1:] if argv is None else argv)])
@@ -505,12 +597,12 @@ def main(argv=None) -> None:
     log = lambda message: print(f"[{(time.perf_counter() - started) / 60:5.1f} min] {message}", flush=True)  # noqa: E731
     paths = prepare(args)
     log(f"dataset {paths.base}: {load_dataset(paths)}")
-    run = {"quick": run_quick, "experiments": run_experiments, "full": run_full}[args.mode]
+    run = {"quick": run_quick, "experiments": run_experiments, "full": run_full, "goals": run_goals}[args.mode]
     result = run(args, paths, log)
     result["val_songs"] = load_dataset(paths).num_sequences("val")
     seconds = time.perf_counter() - started
     result["meta"] = {"command": args.command, "machine": machine(), "load": os.getloadavg()[0], "seconds": seconds,
-                      "mode": args.mode, "experiments": args.experiments}
+                      "mode": args.mode, "experiments": args.experiments, "source": args.source}
     section = args.mode if args.mode != "experiments" else "experiments: " + ", ".join(args.experiments)
     if args.mode == "full":
         section = f"full: {'BPE ' + str(args.bpe) if args.bpe else 'REMI'}, {args.positions} positions, context {args.context or BEST['context']}"

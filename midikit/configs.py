@@ -56,6 +56,12 @@ class ModelConfig(Checked):
                              "rolls its window on without re-priming) or learned (absolute, the original project's; generation "
                              "re-primes its window past the context)", group="model", choices=POSITION_ENCODINGS,
                              model_types=("transformer",), none="rope")
+    song_clock: bool = setting(False, "the model also sees how far into the piece each token is (tokens since the "
+                               "piece's start, in buckets about 6% wide), so it learns where a tune ends",
+                               group="model", flag="--song_clock")
+    tie_embeddings: bool = setting(False, "the output layer reuses the token embedding's weights (fewer parameters; an "
+                                   "RNN needs embed_size == hidden_size)", group="model", flag="--tie_embeddings")
+
 
     def check(self) -> None:
         if self.vocab_size <= 0:
@@ -68,12 +74,15 @@ class ModelConfig(Checked):
         if self.model_type == "transformer" and self.positions == "rope" and head_dim % 2:
             raise ConfigError(f"positions='rope' rotates pairs of features, but d_model/nhead = {self.d_model}/{self.nhead} "
                               f"= {head_dim} is odd; choose d_model and nhead with an even quotient, or positions='learned'.")
+        if self.model_type in RNN_TYPES and self.tie_embeddings and self.embed_size != self.hidden_size:
+            raise ConfigError(f"tie_embeddings needs embed_size == hidden_size for an RNN (got {self.embed_size} and "
+                              f"{self.hidden_size}): set both to the same size, or tie_embeddings=False.")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     # What a config saved before a field existed meant, whatever that field's default is now.
-    LEGACY_VALUES = {"positions": "learned"}
+    LEGACY_VALUES = {"positions": "learned", "song_clock": False, "tie_embeddings": False}
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
@@ -181,6 +190,9 @@ class SampleConfig(Checked):
                        hint="Try 0.9.")
     temperature: float = setting(1.0, "below 1 is safer, above 1 wilder", group="sampling", gt=0.0,
                                  hint="1.0 samples the model as trained; --strategy greedy takes the most likely tokens.")
+    keep_end: bool = setting(True, "let top_k/top_p cut the end-of-piece token like any other (by default it is never "
+                             "cut: a piece ends when the model ends it, with the model's own probability)", group="sampling",
+                             flag="--cut_end")
     num_tokens: int = setting(512, "most tokens to generate per piece", group="sampling", label="tokens to generate", ge=1,
                               seed_flags=("generate_length",))
     bars: int | None = setting(None, "generate this many bars instead of num_tokens", group="sampling", ge=1,
@@ -232,6 +244,8 @@ class QualityConfig(RunChoice):
     p: float = setting(0.95, "top_p: probability mass to keep", group="generation", label="p (top_p)", gt=0.0, le=1.0)
     k: int = setting(8, "top_k: tokens to keep", group="generation", label="k (top_k)", ge=1)
     temperature: float = setting(1.0, "divides the logits (top_k, top_p, temperature)", group="generation", gt=0.0)
+    keep_end: bool = setting(True, "let top_k/top_p cut the end-of-piece token like any other (by default it is never "
+                             "cut: a piece ends when the model ends it)", group="generation", flag="--cut_end")
     seed: int = setting(0, "random seed of the pieces: the same seed gives the same pieces", group="generation",
                         ge=0, lt=2**63)
     data_pieces: int = setting(64, "training pieces the generated ones are compared with", group="data", ge=1)
@@ -241,7 +255,7 @@ class QualityConfig(RunChoice):
 
     def sample_config(self) -> SampleConfig:
         """The sampling of the report's pieces."""
-        return SampleConfig(strategy=self.strategy, k=self.k, p=self.p, temperature=self.temperature,
+        return SampleConfig(strategy=self.strategy, k=self.k, p=self.p, temperature=self.temperature, keep_end=self.keep_end,
                             num_tokens=self.max_tokens, num_samples=self.pieces, seed=self.seed).validate()
 
 

@@ -64,9 +64,10 @@ def load_run(source: str | Path, paths: DatasetPaths | None = None, model_type: 
     rebuilt from the saved ModelConfig alone; the tokenizer comes from the dataset it was trained on.
     """
     if str(source) == STARTER:
-        from .starter import load_starter
+        from .starter import DATASET, load_starter
 
-        return load_starter(device=device)
+        # What it plays lands under the user's root, beside their datasets (never inside the package).
+        return load_starter(device=device, paths=DatasetPaths(paths.root, DATASET) if paths is not None else None, log=log)
     path = resolve_run(source, paths, model_type, log)
     if path.is_dir() or path.suffix == ".pt":
         sidecar, state_dict = _read_training_state(path, log)
@@ -233,14 +234,16 @@ def _run_dataset_paths(path: Path, sidecar: dict, paths: DatasetPaths | None) ->
 
 
 def next_tokens(logits: torch.Tensor, sample: SampleConfig, generator: torch.Generator | None = None,
-                noise: torch.Tensor | None = None) -> torch.Tensor:
+                noise: torch.Tensor | None = None, keep_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Pick one token per row of `logits` (B, vocab) with the sample's strategy. Sampling adds
-    Gumbel `noise` (drawn from `generator` when not given; see `gumbel_noise`)."""
+    Gumbel `noise` (drawn from `generator` when not given; see `gumbel_noise`). `keep_ids` (a long
+    tensor): tokens top_k and top_p never cut, drawn with the probability the model gives them."""
     logits = logits.float()
     if sample.strategy == "greedy":
         return logits.argmax(-1)
     if sample.strategy != "sample":
         logits = logits / sample.temperature
+    untruncated = logits
     if sample.strategy == "top_k":
         kth_best = logits.topk(min(sample.k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth_best, float("-inf"))
@@ -250,6 +253,8 @@ def next_tokens(logits: torch.Tensor, sample: SampleConfig, generator: torch.Gen
         probs = sorted_logits.softmax(-1)
         outside = probs.cumsum(-1) - probs >= sample.p
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(outside, float("-inf")))
+    if keep_ids is not None and sample.strategy in ("top_k", "top_p"):
+        logits = logits.index_copy(-1, keep_ids, untruncated.index_select(-1, keep_ids))
     if noise is None:
         noise = gumbel_noise(torch.empty_like(logits), generator)
     # Gumbel-max: argmax(logits + Gumbel noise) is a draw from softmax(logits), without a GPU sync.
@@ -269,9 +274,10 @@ class Sampler:
 
     sample: SampleConfig
     generator: torch.Generator | None = None
+    keep_ids: torch.Tensor | None = None  # tokens top_k/top_p never cut (generate: the end of the piece)
 
     def __call__(self, logits: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
-        return next_tokens(logits, self.sample, self.generator, noise)
+        return next_tokens(logits, self.sample, self.generator, noise, self.keep_ids)
 
     @property
     def needs_noise(self) -> bool:
@@ -309,10 +315,10 @@ class _Decoding:
         if self.noise is not None:
             gumbel_noise(self.noise, self.pick.generator)
 
-    def prime(self, window: torch.Tensor) -> torch.Tensor:
-        """Start the model over on `window` (B, T); the token that follows it."""
+    def prime(self, window: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Start the model over on `window` (B, T), token `start` of the piece onwards; the token that follows it."""
         if hasattr(self.state, "reset"):
-            self.state.reset()
+            self.state.reset(start)
         else:
             self.state = self.model.init_state(window.shape[0])
         logits, self.state = self.model.step(window, self.state)
@@ -388,7 +394,7 @@ def decode(model, prime: torch.Tensor, max_new_tokens: int, pick, *, stop_ids=()
         if n == 0 or (slides and length - window_start > context):
             if slides and length - window_start > context:
                 window_start = length - keep  # slide: start over from the most recent tokens
-            out[:, length] = decoding.prime(out[:, window_start:length])
+            out[:, length] = decoding.prime(out[:, window_start:length], window_start)
         else:
             out[:, length] = step()
         length += 1
@@ -436,7 +442,8 @@ def generate(run: LoadedRun, sample: SampleConfig, seed_midi: Path | None = None
     max_new = sample.num_tokens if sample.bars is None else sample.bars * MAX_TOKENS_PER_BAR
     started = time.perf_counter()
     out = decode(
-        run.model, prime, max_new, Sampler(sample, generator),
+        run.model, prime, max_new, Sampler(sample, generator, keep_ids=torch.tensor([special.eos_id], device=run.device)
+                                           if sample.keep_end else None),
         stop_ids=[special.eos_id], banned_ids=[i for i in tokenizer.special_tokens_ids if i != special.eos_id],
         fill_id=special.pad_id, bar_ids=bar_ids, max_bars=sample.bars, progress=progress,
     ).tolist()  # waits for the GPU, so the time below is the decoding's

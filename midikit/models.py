@@ -54,6 +54,30 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+# The song clock: a learned vector per bucket of the position in the piece (tokens since its BOS),
+# one bucket per position below SONG_LINEAR, then buckets each about 6% wider than the last up to
+# SONG_SPAN (the last open-ended): a tune's end is placed relative to its length, whatever the tokenizer.
+SONG_BUCKETS, SONG_LINEAR, SONG_SPAN = 128, 16, 16384
+
+
+def song_clock_edges() -> torch.Tensor:
+    """The first position of each bucket after the first (integers: the same buckets on any device)."""
+    ratio = (SONG_SPAN / SONG_LINEAR) ** (1 / (SONG_BUCKETS - SONG_LINEAR))
+    return torch.tensor(list(range(1, SONG_LINEAR)) + [round(SONG_LINEAR * ratio**i) for i in range(SONG_BUCKETS - SONG_LINEAR)])
+
+
+class SongClock(nn.Module):
+    """What the model adds to a token's embedding to say how far into the piece it is."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.embedding = nn.Embedding(SONG_BUCKETS, width)
+        self.register_buffer("edges", song_clock_edges(), persistent=False)  # a function of the constants: not saved
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        return self.embedding(torch.bucketize(positions.contiguous(), self.edges, right=True))
+
+
 def flops_per_token(config: ModelConfig) -> float:
     """Training FLOPs per token (forward + backward), as in the PaLM/nanoGPT MFU estimate."""
     if config.model_type == "transformer":
@@ -90,17 +114,35 @@ class RNNGenerator(nn.Module):
         )
         self.drop = nn.Dropout(config.dropout)
         self.fc = nn.Linear(config.hidden_size, config.vocab_size)
+        self.clock = SongClock(config.embed_size) if config.song_clock else None
+        if self.clock is not None:  # the token embedding is N(0, 1): a clock as loud would drown it at the start
+            nn.init.zeros_(self.clock.embedding.weight)
+        if config.tie_embeddings:
+            self.fc.weight = self.embedding.weight
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        out, _ = self.rnn(self.embedding(idx))
+    def _embed(self, idx: torch.Tensor, song_positions: torch.Tensor | None) -> torch.Tensor:
+        x = self.embedding(idx)
+        if self.clock is not None:
+            x = x + self.clock(torch.arange(idx.shape[1], device=idx.device) if song_positions is None else song_positions)
+        return x
+
+    def forward(self, idx: torch.Tensor, song_positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, vocab_size); `song_positions` (B, T) says where in its piece each token is
+        (a song clock's input; None: idx starts at its piece's start)."""
+        out, _ = self.rnn(self._embed(idx, song_positions))
         return self.fc(self.drop(out))
 
     def init_state(self, batch_size: int, device=None):
         return None  # nn.LSTM/GRU start from zeros when given no state
 
     def step(self, idx: torch.Tensor, state):
-        out, state = self.rnn(self.embedding(idx), state)
-        return self.fc(self.drop(out)), state
+        """With a song clock the state is (hidden, position of the next token) after the first step."""
+        if self.clock is None:
+            out, state = self.rnn(self.embedding(idx), state)
+            return self.fc(self.drop(out)), state
+        hidden, position = state if state is not None else (None, torch.zeros((), dtype=torch.long, device=idx.device))
+        out, hidden = self.rnn(self._embed(idx, position + torch.arange(idx.shape[1], device=idx.device)), hidden)
+        return self.fc(self.drop(out)), (hidden, position + idx.shape[1])
 
 
 # --------------------------------------------------------------------------- the recurrent core's precision
@@ -209,14 +251,17 @@ class KVCache:
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
         self.position = torch.zeros((), dtype=torch.long, device=device)
+        self.start = torch.zeros((), dtype=torch.long, device=device)  # where in the piece position 0 is (song clock)
         self.slots = slots
 
-    def reset(self) -> None:
-        """Start over at position 0; stale slots are masked out by their positions."""
+    def reset(self, start: int = 0) -> None:
+        """Start over at position 0, which is token `start` of the piece (a learned-positions window
+        re-primed mid-piece); stale slots are masked out by their positions."""
         self.position.zero_()
+        self.start.fill_(start)
 
     def tensors(self) -> list[torch.Tensor]:
-        return [*self.keys, *self.values, self.position]
+        return [*self.keys, *self.values, self.position, self.start]
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -332,10 +377,13 @@ class TransformerGenerator(nn.Module):
             self.register_buffer("inv_freq", 10000.0 ** -(torch.arange(0, head_dim, 2).float() / head_dim), persistent=False)
         else:
             self.pos_emb = nn.Embedding(config.context_length, config.d_model)
+        self.clock = SongClock(config.d_model) if config.song_clock else None
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
         self.ln_f = nn.LayerNorm(config.d_model)
         self.head = nn.Linear(config.d_model, self.padded_vocab, bias=False)
+        if config.tie_embeddings:
+            self.head.weight = self.token_emb.weight
         self.apply(self._init_weights)
         # GPT-2's scaled init of residual projections keeps activations stable with depth.
         for name, param in self.named_parameters():
@@ -360,7 +408,8 @@ class TransformerGenerator(nn.Module):
                 state_dict[prefix + name] = F.pad(weight, (0, 0, 0, self.padded_vocab - weight.shape[0]))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def _run(self, idx: torch.Tensor, cache: KVCache | None = None, window: int | None = None) -> torch.Tensor:
+    def _run(self, idx: torch.Tensor, cache: KVCache | None = None, window: int | None = None,
+             song_positions: torch.Tensor | None = None) -> torch.Tensor:
         T = idx.shape[1]
         if not self.rope and T > self.config.context_length:
             raise ConfigError(
@@ -371,6 +420,7 @@ class TransformerGenerator(nn.Module):
         if cache is not None:
             positions = positions + cache.position
             mask = cache_mask(cache.position, T, cache.slots)
+            song_positions = positions + cache.start
         else:
             mask = window_mask(T, window, idx.device) if window is not None and T > window else None
         x = self.token_emb(idx)
@@ -380,6 +430,8 @@ class TransformerGenerator(nn.Module):
             rope = (angles.cos(), angles.sin())
         else:
             x = x + self.pos_emb(positions)
+        if self.clock is not None:
+            x = x + self.clock(positions if song_positions is None else song_positions)
         x = self.drop(x)
         for layer, block in enumerate(self.blocks):
             x = block(x, rope, mask, cache, layer)
@@ -387,11 +439,12 @@ class TransformerGenerator(nn.Module):
             cache.position.add_(T)
         return self.head(self.ln_f(x))[..., : self.config.vocab_size]
 
-    def forward(self, idx: torch.Tensor, window: int | None = None) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, window: int | None = None, song_positions: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, T, vocab_size) for every position, positions counted from 0. With `window`,
         each position sees only the last `window` tokens up to itself: what decoding with a
-        rolling cache of `window` slots computes (RoPE), a reference for it."""
-        return self._run(idx, window=window)
+        rolling cache of `window` slots computes (RoPE), a reference for it. `song_positions` (B, T):
+        where in its piece each token is, for a song clock (None: idx starts at its piece's start)."""
+        return self._run(idx, window=window, song_positions=song_positions)
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> KVCache:
         """An empty cache of context_length slots, in the model's dtype unless told otherwise."""

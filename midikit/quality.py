@@ -134,7 +134,11 @@ def song_losses(model: torch.nn.Module, songs: list[np.ndarray], window: int | N
         for row, (index, start, end, _) in enumerate(batch):
             tokens[row, : end - start + 1] = torch.from_numpy(np.asarray(songs[index][start : end + 1], dtype=np.int64))
         tokens = tokens.to(device)
-        logits = (model(tokens[:, :-1], window=window) if rolling else model(tokens[:, :-1])).float()
+        clock = {}
+        if getattr(getattr(model, "config", None), "song_clock", False):  # each row starts `start` tokens into its song
+            starts = torch.tensor([start for _, start, _, _ in batch], device=device)
+            clock = {"song_positions": starts[:, None] + torch.arange(length, device=device)}
+        logits = (model(tokens[:, :-1], window=window, **clock) if rolling else model(tokens[:, :-1], **clock)).float()
         nats = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(), reduction="none").view(len(batch), -1).cpu()
         for row, (index, start, end, skip) in enumerate(batch):
             scored[index].append((start + skip, nats[row, skip : end - start].numpy()))
@@ -193,9 +197,12 @@ def summarize_losses(nats: list[np.ndarray], notes: list[int]) -> dict:
     total, tokens, total_notes = float(sum(n.sum() for n in nats)), int(sum(len(n) for n in nats)), int(sum(notes))
     per_token = total / tokens if tokens else float("nan")
     per_note = total / total_notes if total_notes else float("nan")
+    # Every stored song ends with EOS: its last target says how surely the model ends a tune where it ends.
+    ends = [float(n[-1]) for n in nats if len(n)]
     return {
         "nats_per_token": per_token, "nats_per_note": per_note, "perplexity": _exp(per_token),
-        "perplexity_per_note": _exp(per_note), "songs": len(nats), "tokens": tokens, "notes": total_notes,
+        "perplexity_per_note": _exp(per_note), "end_nats": float(np.mean(ends)) if ends else float("nan"),
+        "songs": len(nats), "tokens": tokens, "notes": total_notes,
         "per_song": [{"tokens": len(n), "notes": int(k), "nats": float(n.sum())} for n, k in zip(nats, notes)],
     }
 

@@ -44,7 +44,7 @@ class Trainer:
 
     def train(self, steps):
         for _ in range(steps):
-            x, y = sample_windows(self.tokens, 4, 16, self.generator)
+            x, y, _ = sample_windows(self.tokens, 4, 16, self.generator)
             logits = self.model(x)
             loss = torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), y.reshape(-1))
             self.optimizer.zero_grad()

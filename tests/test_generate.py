@@ -214,6 +214,26 @@ def test_sampling_strategies_respect_their_limits():
     assert torch.equal(next_tokens(logits, SampleConfig("top_k", k=3), noise=noise), worst_allowed)
 
 
+@pytest.mark.parametrize("sample", [SampleConfig("top_p", p=0.9), SampleConfig("top_k", k=1)])
+def test_top_p_and_top_k_never_cut_a_kept_token_and_draw_it_at_the_models_probability(sample):
+    """The end of a piece is kept out of the truncation: drawn about as often as the model gives it
+    (3% beside a 95% token), while the tail it would have been cut with stays cut."""
+    probs = torch.tensor([0.95, 0.03] + [0.02 / 48] * 48)
+    logits = probs.log().expand(4000, -1)
+    generator = torch.Generator().manual_seed(0)
+    cut = next_tokens(logits, sample, generator)
+    kept = next_tokens(logits, sample, generator, keep_ids=torch.tensor([1]))
+    assert set(cut.tolist()) == {0}
+    assert set(kept.tolist()) == {0, 1} and 0.02 < (kept == 1).float().mean() < 0.045  # 0.03 / 0.98 expected
+
+
+def test_pieces_end_when_the_model_ends_them_unless_the_end_may_be_cut(loaded):
+    run = loaded["lstm"]
+    sample = SampleConfig(strategy="top_p", p=0.5, num_tokens=400, num_samples=16, seed=0)
+    kept, cut = (generate(run, replace(sample, keep_end=keep), save=False, progress=False) for keep in (True, False))
+    assert sum(kept.ended) > sum(cut.ended)
+
+
 def test_fixed_seed_gives_the_same_music(loaded):
     run = loaded["lstm"]
     sample = SampleConfig(strategy="top_k", k=8, num_tokens=48, num_samples=2, seed=7)

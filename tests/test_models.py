@@ -9,7 +9,8 @@ import torch
 
 from midikit.configs import ModelConfig
 from midikit.errors import ConfigError
-from midikit.models import build_model, rotate
+from midikit.data.sampler import evaluation_windows, sample_windows
+from midikit.models import SONG_BUCKETS, SONG_SPAN, build_model, rotate, song_clock_edges
 from midikit.settings import add_flags
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -193,3 +194,106 @@ def test_the_cache_is_allocated_once_in_the_models_dtype():
         model.step(idx[:, t : t + 1], state)
     assert [t.data_ptr() for t in state.tensors()] == addresses
     assert int(state.position) == 3 * CONTEXT
+
+
+# --------------------------------------------------------------------------- the song clock
+
+
+def tiny(model_type: str, **values) -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = ModelConfig(model_type, VOCAB, CONTEXT, d_model=32, nhead=2, num_layers=2, dim_feedforward=64, embed_size=32,
+                         hidden_size=32, dropout=0.0, **{"positions": "rope", "song_clock": True, **values})
+    return build_model(config).eval()
+
+
+def test_configs_saved_before_the_song_clock_and_tying_load_without_them():
+    old = ModelConfig("transformer", VOCAB, 100, d_model=64, nhead=4, positions="rope").to_dict()
+    del old["song_clock"], old["tie_embeddings"]
+    loaded = ModelConfig.from_dict(old)
+    assert (loaded.song_clock, loaded.tie_embeddings) == (False, False)
+    assert "clock.embedding.weight" not in build_model(loaded).state_dict()
+
+
+def test_tying_an_rnn_of_two_sizes_is_refused_with_the_fix():
+    with pytest.raises(ConfigError, match="embed_size == hidden_size.*got 64 and 128"):
+        ModelConfig("lstm", VOCAB, embed_size=64, hidden_size=128, tie_embeddings=True).validate()
+
+
+def test_the_song_clock_buckets_are_exact_below_16_then_about_6_percent_wide():
+    edges = song_clock_edges()
+    assert edges[:15].tolist() == list(range(1, 16)) and len(edges) == SONG_BUCKETS - 1
+    widths = edges[16:].double() / edges[15:-1].double()
+    assert (edges[1:] > edges[:-1]).all() and widths.min() > 1.0 and widths[-20:].max() < 1.08
+    assert 15000 < edges[-1] <= SONG_SPAN
+
+
+@pytest.mark.parametrize("model_type", ["transformer", "lstm", "gru"])
+def test_the_song_clock_counts_from_the_piece_start_in_training_and_in_decoding(model_type):
+    """Step by step (a cache's positions, an RNN state's counter) gives the logits of the whole
+    piece run at once; given positions reproduce them for a piece cut mid-way; the clock matters."""
+    model = tiny(model_type)
+    with torch.no_grad():  # an RNN's clock starts at zero (no effect): give it a trained clock's spread
+        model.clock.embedding.weight.normal_(generator=torch.Generator().manual_seed(0))
+    idx = tokens(3 * CONTEXT + 4)
+    whole = model(idx, window=CONTEXT) if model_type == "transformer" else model(idx)
+    state, steps = model.init_state(2), []
+    for t in range(idx.shape[1]):
+        logits, state = model.step(idx[:, t : t + 1], state)
+        steps.append(logits)
+    torch.testing.assert_close(torch.cat(steps, 1), whole, rtol=1e-5, atol=1e-5)
+    later = idx.shape[1] - 2 * CONTEXT  # the last 2 contexts: all the last token sees through 2 layers
+    cut = idx[:, later:]
+    if model_type == "transformer":
+        placed = model(cut, window=CONTEXT, song_positions=torch.arange(later, idx.shape[1]).expand(2, -1))
+        torch.testing.assert_close(placed[:, -1], whole[:, -1], rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(model(cut, window=CONTEXT)[:, -1], whole[:, -1], atol=1e-4)  # at the start: other logits
+    else:
+        torch.testing.assert_close(model(idx, song_positions=torch.arange(idx.shape[1]).expand(2, -1)), whole)
+        assert not torch.allclose(model(cut, song_positions=torch.arange(later, idx.shape[1]).expand(2, -1)), model(cut),
+                                  atol=1e-4)
+
+
+def test_windows_say_where_in_its_song_each_token_is_without_changing_the_draws():
+    songs = [[1, 5, 6, 7, 2], [1, 8, 2], [1, 9, 9, 9, 9, 9, 2]]  # BOS ... EOS, back to back
+    stream = torch.tensor([t for song in songs for t in song], dtype=torch.int32)
+    starts = torch.tensor([0, 5, 8, 15])  # the store's offsets: each song's start, then the total
+    plain = sample_windows(stream, 64, 6, torch.Generator().manual_seed(3))
+    clocked = sample_windows(stream, 64, 6, torch.Generator().manual_seed(3), starts)
+    assert plain.positions is None and torch.equal(plain.inputs, clocked.inputs)
+    index = {i: (i - start) for start, end in zip(starts, starts[1:]) for i in range(int(start), int(end))}
+    for row, positions in zip(clocked.inputs, clocked.positions):
+        first = next(i for i in range(len(stream) - 6) if torch.equal(stream[i : i + 6].long(), row))
+        assert positions.tolist() == [index[first + t] for t in range(6)]
+    assert (clocked.positions[clocked.inputs == 1] == 0).all()  # a BOS starts its song
+    val = evaluation_windows(stream, 4, song_starts=starts)
+    assert val.positions.tolist() == [[0, 1, 2, 3], [4, 0, 1, 2], [0, 1, 2, 3]]
+
+
+def test_tied_embeddings_are_one_tensor_in_the_model_and_load_back():
+    for model_type in ("transformer", "lstm"):
+        model = tiny(model_type, tie_embeddings=True)
+        head = model.head.weight if model_type == "transformer" else model.fc.weight
+        embedding = model.token_emb.weight if model_type == "transformer" else model.embedding.weight
+        assert head is embedding
+        fresh = tiny(model_type, tie_embeddings=True)
+        with torch.no_grad():
+            embedding.add_(1.0)
+        fresh.load_state_dict(model.state_dict())
+        torch.testing.assert_close(fresh(tokens(8)), model(tokens(8)))
+
+
+def test_a_learned_positions_window_primed_mid_piece_keeps_the_pieces_clock():
+    """Generation re-primes a learned-positions window at token `start` of the piece: its positions
+    restart at 0, its song clock does not."""
+    model = tiny("transformer", positions="learned")
+    idx, start = tokens(CONTEXT), 40
+    state = model.init_state(2)
+    model.step(tokens(CONTEXT, seed=9), state)
+    state.reset(start)
+    logits, _ = model.step(idx[:, :5], state)
+    for t in range(5, CONTEXT):
+        step, _ = model.step(idx[:, t : t + 1], state)
+        logits = torch.cat([logits, step], dim=1)
+    placed = model(idx, song_positions=torch.arange(start, start + CONTEXT).expand(2, -1))
+    torch.testing.assert_close(logits, placed, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(placed, model(idx), atol=1e-4)  # the clock did move

@@ -56,9 +56,9 @@ def train(train_config: TrainConfig, model_config: ModelConfig | None = None, on
             with GracefulStop(say, minutes=tc.max_minutes) as stop, threads_for(training.raw_model):
                 while status is None and state.step < state.total_steps:
                     in_step = state.step + 1  # the step being applied: a stop inside it leaves a half-applied state
-                    inputs, targets = sample_windows(tokens.train, tc.batch_size, context, run.generator)
+                    inputs, targets, positions = sample_windows(tokens.train, tc.batch_size, context, run.generator, tokens.song_starts)
                     state.history.add_lr(training.scheduler.get_last_lr()[0])
-                    pending_losses.append(train_step(training, inputs, targets, tc.grad_clip, wait_for=copied))
+                    pending_losses.append(train_step(training, inputs, targets, tc.grad_clip, positions, wait_for=copied))
                     state.step, state.tokens_seen, copied = state.step + 1, state.tokens_seen + state.tokens_per_step, None
                     if len(pending_losses) >= LOSS_FLUSH_EVERY:
                         flush_losses(state, pending_losses, cluster)
@@ -131,11 +131,12 @@ def stop_status(state: TrainState, stop: GracefulStop, recorder) -> str | None:
 # --------------------------------------------------------------------------- one step, one evaluation
 
 
-def train_step(training: Training, inputs, targets, grad_clip: float, wait_for=None) -> torch.Tensor:
-    """One optimizer step on one batch; returns the loss, left on the device (no sync). `wait_for`: the
-    CUDA event of a checkpoint's copies (`Saving.copied`), which the update must not overtake."""
+def train_step(training: Training, inputs, targets, grad_clip: float, positions=None, wait_for=None) -> torch.Tensor:
+    """One optimizer step on one batch; returns the loss, left on the device (no sync). `positions`:
+    where in its song each input token is (a song clock's); `wait_for`: the CUDA event of a
+    checkpoint's copies (`Saving.copied`), which the update must not overtake."""
     with training.autocast:
-        loss = training.loss_of(inputs, targets)
+        loss = training.loss_of(inputs, targets, positions)
     training.scaler.scale(loss).backward()
     after_copy(wait_for)  # forward and backward ran beside a checkpoint's copies; the update may not
     if grad_clip > 0:
@@ -155,12 +156,14 @@ def evaluate_loss(training: Training, tokens, batch_size: int, cluster: Cluster 
     model = training.raw_model
     was_training = model.training
     model.eval()
-    inputs = tokens.val_inputs[cluster.rank :: cluster.world_size]
-    targets = tokens.val_targets[cluster.rank :: cluster.world_size]
+    inputs = tokens.val.inputs[cluster.rank :: cluster.world_size]
+    targets = tokens.val.targets[cluster.rank :: cluster.world_size]
+    positions = None if tokens.val.positions is None else tokens.val.positions[cluster.rank :: cluster.world_size]
     sums = torch.zeros(2, device=inputs.device, dtype=torch.float64)  # loss, tokens
     for start in range(0, len(inputs), batch_size):
+        clock = {} if positions is None else {"song_positions": positions[start : start + batch_size]}
         with training.autocast:
-            logits = model(inputs[start : start + batch_size])
+            logits = model(inputs[start : start + batch_size], **clock)
         sums[0] += F.cross_entropy(logits.flatten(0, 1).float(), targets[start : start + batch_size].flatten(), reduction="sum")
     sums[1] = targets.numel()
     model.train(was_training)

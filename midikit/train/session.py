@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .. import checkpoints, owners, storage
-from ..data.sampler import evaluation_windows
+from ..data.sampler import Windows, evaluation_windows
 from .distributed import Cluster, broadcast
 from .ending import out_of_memory
 from .recorder import Bystander, Recorder
@@ -24,11 +24,12 @@ from .state import TrainState
 @dataclass(frozen=True)
 class Tokens:
     """The data on the device: the training tokens as one int32 tensor (uint16 has too few ops), from
-    which each step draws its windows, and the fixed validation windows."""
+    which each step draws its windows, its songs' offsets when the model has a song clock (else None),
+    and the fixed validation windows (`sampler.Windows`)."""
 
     train: torch.Tensor
-    val_inputs: torch.Tensor
-    val_targets: torch.Tensor
+    song_starts: torch.Tensor | None
+    val: Windows
 
 
 @dataclass
@@ -146,6 +147,9 @@ def restore_streams(checkpoint: dict, generator, cluster: Cluster, say) -> None:
 def tokens_on_device(dataset, device: torch.device, state: TrainState) -> Tokens:
     train_tokens = torch.from_numpy(np.asarray(dataset.train_tokens, dtype=np.int32)).to(device)
     val_tokens = torch.from_numpy(np.asarray(dataset.val_tokens, dtype=np.int32)).to(device)
-    val_inputs, val_targets = evaluation_windows(val_tokens, state.model_config.context_length,
-                                                 max_windows=state.train_config.eval_windows)
-    return Tokens(train_tokens, val_inputs, val_targets)
+    clock = getattr(state.model_config, "song_clock", False)
+    train_starts, val_starts = ((torch.from_numpy(np.array(offsets)).to(device) if clock else None)
+                                for offsets in (dataset.train_offsets, dataset.val_offsets))
+    val = evaluation_windows(val_tokens, state.model_config.context_length, max_windows=state.train_config.eval_windows,
+                             song_starts=val_starts)
+    return Tokens(train_tokens, train_starts, val)

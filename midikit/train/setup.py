@@ -25,7 +25,7 @@ class Training:
     """The live objects of one run on one device."""
 
     raw_model: torch.nn.Module  # the plain module: its state_dict is what checkpoints hold
-    loss_of: object  # (inputs, targets) -> mean cross-entropy: forward and loss, compiled together where it pays
+    loss_of: object  # (inputs, targets, song positions or None) -> mean cross-entropy: forward and loss, compiled together where it pays
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
@@ -199,10 +199,11 @@ def describe_precision(training: Training) -> str:
     return f"{training.precision}, recurrent core {core}{scaled}{why}"
 
 
-def _forward_loss(model, inputs, targets):
+def _forward_loss(model, inputs, targets, positions=None):
     # One function for the model and its loss: compiled, the logits never make a round trip to memory
     # between the output layer and the cross-entropy, and backward comes from the same graph.
-    return F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten())
+    logits = model(inputs) if positions is None else model(inputs, song_positions=positions)  # positions: a song clock's
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
 
 def restore_training(training: Training, state: dict) -> None:
