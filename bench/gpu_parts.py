@@ -84,7 +84,7 @@ def nvidia_smi() -> str:
 def describe_gpu(device) -> str:
     import torch
 
-    from midikit.models import cudnn_has_bf16_rnn
+    from midikit.rnn_cores import cudnn_has_bf16_rnn
 
     properties = torch.cuda.get_device_properties(device)
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None

@@ -33,7 +33,8 @@ from train_bench import SYNTHETIC_VOCAB, synthetic_sequences, write_synthetic_st
 from midikit import checkpoints, storage
 from midikit.configs import ModelConfig
 from midikit.generate import SampleConfig, Sampler, decode
-from midikit.models import build_model, ran_on_cudnn
+from midikit.models import build_model
+from midikit.rnn_cores import ran_on_cudnn
 
 QUICK = ["--preset", "cpu", "--context_length", "32", "--batch_size", "8", "--embed_size", "16", "--hidden_size", "32",
          "--num_layers", "1", "--d_model", "32", "--nhead", "2", "--dim_feedforward", "64", "--eval_windows", "8"]

@@ -3,7 +3,7 @@
 On full Nottingham (all 1034 files, the original csce585-midi project's transpositions -5,-3,-1,0,1,3,5, midikit's by-file
 split), every configuration is trained on the same number of training tokens (the machine is
 shared and noisy: tokens are the fair unit, wall-clock is reported beside them), then judged by
-`midikit.quality` (held-out loss per token and per note; 16 pieces generated until EOS, capped at
+`midikit.evaluate` (held-out loss per token and per note; 16 pieces generated until EOS, capped at
 2,048 tokens, against the training data).
 
 Modes (each writes its own section of the results file; the other sections are kept):
@@ -55,7 +55,7 @@ sys.path.insert(0, str(HERE))
 from machine import describe_torch_machine  # noqa: E402
 from seed_baseline import seed_loader, seed_model  # noqa: E402
 
-from midikit import quality  # noqa: E402
+from midikit import evaluate  # noqa: E402
 from midikit.configs import ModelConfig, PreprocessConfig, QualityConfig, TrainConfig  # noqa: E402
 from midikit.data import load_dataset, preprocess  # noqa: E402
 from midikit.models import count_parameters, resolve_device  # noqa: E402
@@ -190,19 +190,19 @@ def seed_heldout(model: nn.Module, paths: DatasetPaths, mc: ModelConfig) -> dict
     songs = [np.asarray(dataset.sequence("val", i)) for i in range(dataset.num_sequences("val"))]
     notes = [tokens_to_score(dataset.tokenizer, song).note_num() for song in songs]
     if mc.model_type == "transformer":
-        honest = quality.summarize_losses(recomputed_losses(model, songs, mc.context_length, SEED_POSITIONS_PER_SONG), notes)
-        leaky = quality.summarize_losses(quality.song_losses(model, songs, mc.context_length), notes)
+        honest = evaluate.summarize_losses(recomputed_losses(model, songs, mc.context_length, SEED_POSITIONS_PER_SONG), notes)
+        leaky = evaluate.summarize_losses(evaluate.song_losses(model, songs, mc.context_length), notes)
         return {**honest, "teacher_forced_nats_per_token": leaky["nats_per_token"]}
-    return quality.summarize_losses(quality.song_losses(model, songs, None), notes)
+    return evaluate.summarize_losses(evaluate.song_losses(model, songs, None), notes)
 
 
-def report(paths: DatasetPaths, run_id: str, args, save: bool = True, **sampling) -> quality.QualityReport:
+def report(paths: DatasetPaths, run_id: str, args, save: bool = True, **sampling) -> evaluate.QualityReport:
     config = QualityConfig(run=run_id, dataset=paths.dataset, checkpoint_dir=str(paths.root), device=args.device,
                            pieces=args.pieces, max_tokens=args.max_tokens, save=save, **sampling)
-    return quality.run_report(config, log=QUIET)
+    return evaluate.run_report(config, log=QUIET)
 
 
-def summary(report_: quality.QualityReport) -> dict:
+def summary(report_: evaluate.QualityReport) -> dict:
     """What the results tables show of a report."""
     return {"heldout": {k: v for k, v in report_.heldout.items() if k != "per_song"}, "comparison": report_.comparison,
             "health": report_.health, "report_s": report_.seconds["total"], "files": report_.files}
@@ -282,7 +282,7 @@ def run_full(args, paths: DatasetPaths, log) -> dict:
     mc = model_config(data_paths, args.model_type, args.preset, args.context or BEST["context"], args.positions)
     trained = train_midikit(data_paths, mc, args, args.tokens)
     result = report(data_paths, trained["run_id"], args)
-    table = quality.format_table(result)  # the report at the default sampling, the last word on the targets
+    table = evaluate.format_table(result)  # the report at the default sampling, the last word on the targets
     log(table)
     sampling = sampling_sweep(data_paths, trained["run_id"], args, log) if args.sweep else []
     return {"sampling": sampling, "rows": [{"model_type": mc.model_type, "recipe": "midikit", "parameters": _parameters(mc), "context": mc.context_length,

@@ -10,7 +10,7 @@ quality report; then the package files are written:
     midikit/starter/models/<run_id>.json  the run's sidecar (model config, training config, dataset)
     midikit/starter/data/                 tokenizer, special ids, and a small token store: the validation
                                           songs and 64 training songs, untransposed (for `evaluate`)
-    midikit/starter/quality.json          the report: held-out loss, 16 pieces against the data, EOS rate
+    midikit/starter/quality.json           the report: held-out loss, 16 pieces against the data, EOS rate
     midikit/starter/README.md             what it is, its licence, its numbers and this command
 
     nice -n 10 python scripts/build_starter.py --threads 1     # about 20 minutes on one CPU thread
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from midikit import quality
+from midikit import evaluate
 from midikit.configs import PreprocessConfig, QualityConfig, TrainConfig
 from midikit.data import load_dataset, preprocess
 from midikit.data.store import write_store
@@ -91,7 +91,7 @@ def small_store(paths: DatasetPaths, out: Path) -> dict:
     return config
 
 
-def export(args, paths: DatasetPaths, run_id: str, report: quality.QualityReport) -> Path:
+def export(args, paths: DatasetPaths, run_id: str, report: evaluate.QualityReport) -> Path:
     """Write the package folder: weights, sidecar, small store, report, README."""
     out = Path(args.out)
     for folder in ("models", "data"):
@@ -110,12 +110,12 @@ def export(args, paths: DatasetPaths, run_id: str, report: quality.QualityReport
                           "source": "music21 corpus: ryansMammoth (Ryan's Mammoth Collection, 1883)"}
     (out / "models" / f"{run_id}.json").write_text(json.dumps(sidecar, indent=2) + "\n")
     small_store(paths, out)
-    (out / "quality.json").write_text(json.dumps(quality._finite(report.to_dict()), indent=1, allow_nan=False) + "\n")
+    (out / "quality.json").write_text(json.dumps(evaluate._finite(report.to_dict()), indent=1, allow_nan=False) + "\n")
     (out / "README.md").write_text(readme(args, sidecar, report, target))
     return target
 
 
-def readme(args, sidecar: dict, report: quality.QualityReport, weights: Path) -> str:
+def readme(args, sidecar: dict, report: evaluate.QualityReport, weights: Path) -> str:
     """What the starter model is, where it comes from, its licence, its numbers, how it was rebuilt."""
     import music21
 
@@ -149,14 +149,14 @@ own licence (MIT) covers the files here.
 | `data/` | the tokenizer, special token ids and a small token store: the validation tunes and {TRAIN_PIECES} training tunes, untransposed, for `evaluate` |
 | `quality.json` | the quality report below, in full |
 
-## Quality (`midikit.quality`, as `python -m midikit evaluate` prints it)
+## Quality (`midikit.evaluate`, as `python -m midikit evaluate` prints it)
 
 Held-out loss on {h['songs']} validation tunes: {h['nats_per_token']:.4f} nats/token, {h['nats_per_note']:.3f} nats/note.
 {len(report.pieces)} pieces generated with the default sampling: **{ended}/{len(report.pieces)} ended with an EOS the
 model sampled itself**.
 
 ```
-{quality.format_table(report)}
+{evaluate.format_table(report)}
 ```
 
 ## Rebuilt with
@@ -182,9 +182,9 @@ def main(argv=None) -> None:
     result = preprocess(PreprocessConfig(source="corpus", dataset=f"folk_bpe{RECIPE['bpe_vocab']}", checkpoint_dir=args.work,
                                          bpe_vocab=RECIPE["bpe_vocab"]), progress=False)
     run_id = train_starter(args, result.paths)
-    report = quality.run_report(QualityConfig(run=run_id, dataset=result.paths.dataset, checkpoint_dir=args.work,
+    report = evaluate.run_report(QualityConfig(run=run_id, dataset=result.paths.dataset, checkpoint_dir=args.work,
                                               device=args.device, seed=0))
-    print(quality.format_table(report))
+    print(evaluate.format_table(report))
     weights = export(args, result.paths, run_id, report)
     print(f"starter model written to {weights.parent.parent} ({weights.stat().st_size / 2**20:.2f} MB of weights) "
           f"in {(time.perf_counter() - started) / 60:.1f} min")

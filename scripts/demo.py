@@ -17,7 +17,7 @@ from pathlib import Path
 
 from midikit import presets, storage
 from midikit.data import PreprocessConfig, load_dataset, preprocess
-from midikit.evaluate import midi_metrics
+from midikit.metrics import midi_metrics
 from midikit.generate import SampleConfig, generate, load_run
 from midikit.train import TrainConfig, train
 

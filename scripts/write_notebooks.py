@@ -177,7 +177,7 @@ def verify_notebook() -> list:
         md("## Loss arrays"),
         code("widgets.show_loss_arrays(paths, run_id)"),
         md(QUALITY_TEXT),
-        code("from midikit import quality\n\nreport = quality.run_report(widgets.quality_config(paths, run_id))\n"
+        code("from midikit import evaluate\n\nreport = evaluate.run_report(widgets.quality_config(paths, run_id))\n"
              "widgets.show_quality(report)"),
     ]
 
@@ -227,7 +227,7 @@ def generate_notebook() -> list:
         md("## Download\nAll the pieces as one zip (Colab's download; a link elsewhere)."),
         code("zip_path = widgets.download_all(result.midi_paths)  # kept, not shown: the cell prints where it is"),
         md(QUALITY_TEXT.replace("The run's quality report", "The chosen run's quality report")),
-        code("from midikit import quality\n\nreport = quality.run_report(widgets.quality_config(paths, where.run), run=run)\n"
+        code("from midikit import evaluate\n\nreport = evaluate.run_report(widgets.quality_config(paths, where.run), run=run)\n"
              "widgets.show_quality(report)"),
     ]
 

@@ -1,4 +1,4 @@
-"""The audio preview (`midikit.evaluate.render_audio`): FluidSynth with a General MIDI soundfont where
+"""The audio preview (`midikit.audio.render_audio`): FluidSynth with a General MIDI soundfont where
 it is installed (through pyfluidsynth, or the `fluidsynth` program that one apt line gives), else
 pretty_midi's sine tones, with one line (`audio_synthesizer().line`) that says which and why. The
 fallback is tested everywhere, by hiding pyfluidsynth, its library or the program; each FluidSynth
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import symusic
 
-from midikit import evaluate
+from midikit import audio as preview
 
 RATE = 16000
 
@@ -76,42 +76,42 @@ def without_the_program(monkeypatch):
 
 
 def test_without_fluidsynth_the_preview_is_sine_tones_and_says_why(without_pyfluidsynth, without_the_program):
-    chosen = evaluate.audio_synthesizer()
+    chosen = preview.audio_synthesizer()
     assert chosen.kind == "sine" and chosen.soundfont is None and "\n" not in chosen.line
     assert "sine tones" in chosen.line and "FluidSynth is not installed" in chosen.line and "apt-get install -y fluidsynth" in chosen.line
-    audio, rate = evaluate.render_audio(one_note(), sample_rate=RATE)
-    sine, _ = evaluate.render_audio(one_note(), sample_rate=RATE, synth="sine")
+    audio, rate = preview.render_audio(one_note(), sample_rate=RATE)
+    sine, _ = preview.render_audio(one_note(), sample_rate=RATE, synth="sine")
     assert rate == RATE and np.array_equal(audio, sine)
     assert harmonic_share(audio) < 0.01  # pure sine: nothing above the fundamental
 
 
 def test_without_the_fluidsynth_library_the_preview_is_sine_tones_and_says_why(without_the_library, without_the_program):
-    chosen = evaluate.audio_synthesizer()
+    chosen = preview.audio_synthesizer()
     assert chosen.kind == "sine" and "FluidSynth cannot start" in chosen.line and "apt-get install -y fluidsynth" in chosen.line
-    audio, _ = evaluate.render_audio(one_note(), sample_rate=RATE)
-    assert np.array_equal(audio, evaluate.render_audio(one_note(), sample_rate=RATE, synth="sine")[0])
+    audio, _ = preview.render_audio(one_note(), sample_rate=RATE)
+    assert np.array_equal(audio, preview.render_audio(one_note(), sample_rate=RATE, synth="sine")[0])
 
 
 def test_asking_for_fluidsynth_where_it_cannot_run_says_why(without_pyfluidsynth, without_the_program):
     with pytest.raises(ValueError, match="FluidSynth is not installed"):
-        evaluate.render_audio(one_note(), synth="fluidsynth")
+        preview.render_audio(one_note(), synth="fluidsynth")
     with pytest.raises(ValueError, match="synth must be"):
-        evaluate.render_audio(one_note(), synth="organ")
+        preview.render_audio(one_note(), synth="organ")
 
 
 def test_a_piece_without_notes_is_refused_whatever_the_synthesizer():
     with pytest.raises(ValueError, match="no notes"):
-        evaluate.render_audio(symusic.Score(480))
+        preview.render_audio(symusic.Score(480))
 
 
 def check_instruments(kind: str) -> None:
-    chosen = evaluate.audio_synthesizer()
+    chosen = preview.audio_synthesizer()
     assert chosen.kind == kind and chosen.soundfont.is_file() and "General MIDI" in chosen.line
-    piano, rate = evaluate.render_audio(one_note(program=0), sample_rate=RATE)
+    piano, rate = preview.render_audio(one_note(program=0), sample_rate=RATE)
     assert rate == RATE and piano.dtype == np.float32 and np.isfinite(piano).all()
     assert 0.5 < np.abs(piano).max() <= 1.0 and len(piano) >= RATE
     assert harmonic_share(piano) > 0.05  # a piano's overtones, which a sine lacks
-    violin, _ = evaluate.render_audio(one_note(program=40), sample_rate=RATE)
+    violin, _ = preview.render_audio(one_note(program=40), sample_rate=RATE)
     assert not np.allclose(piano[: len(violin)], violin[: len(piano)], atol=0.05)  # another instrument, another sound
 
 
@@ -131,15 +131,15 @@ def test_fluidsynth_installed_after_pretty_midi_was_imported_is_used(monkeypatch
     """A notebook imports pretty_midi, then installs pyfluidsynth: pretty_midi's own flag still says no."""
     module = sys.modules.get("pretty_midi.fluidsynth") or sys.modules["pretty_midi.pretty_midi"]
     monkeypatch.setattr(module, "_HAS_FLUIDSYNTH", False)
-    assert evaluate.audio_synthesizer().kind == "fluidsynth"
-    audio, _ = evaluate.render_audio(one_note(), sample_rate=RATE)
+    assert preview.audio_synthesizer().kind == "fluidsynth"
+    audio, _ = preview.render_audio(one_note(), sample_rate=RATE)
     assert harmonic_share(audio) > 0.05
 
 
 @needs_program
 def test_the_fluidsynth_program_renders_a_tune_its_whole_length_without_a_silent_tail(nottingham_dir, without_pyfluidsynth):
-    assert evaluate.audio_synthesizer().kind == "fluidsynth-program"
-    audio, rate = evaluate.render_audio(nottingham_dir / "ashover1.mid", sample_rate=8000)
+    assert preview.audio_synthesizer().kind == "fluidsynth-program"
+    audio, rate = preview.render_audio(nottingham_dir / "ashover1.mid", sample_rate=8000)
     assert 47 * rate <= len(audio) <= 49.5 * rate  # the tune lasts 47.5 s, plus the last note's release
     assert np.sqrt(np.mean(audio[: 40 * rate] ** 2)) > 0.02  # sounding, not silence
 

@@ -214,7 +214,7 @@ def test_a_prepared_pool_lends_its_buffers_to_the_first_snapshot_only():
 @pytest.mark.parametrize("model_type, core", [("lstm", "bf16"), ("gru", "fp32")])
 def test_the_start_line_states_the_precision_the_recurrent_core_runs_in(model_type, core):
     """CPU autocast runs an LSTM in bf16 and leaves a GRU in fp32: the line says what happened, not
-    what was asked for (on CUDA the same probe sees cuDNN's fp16, or models.LSTMCore's bf16)."""
+    what was asked for (on CUDA the same probe sees cuDNN's fp16, or rnn_cores.LSTMCore's bf16)."""
     from midikit.presets import get_preset
     from midikit.train import TrainConfig
     from midikit.train.setup import build_training, describe_precision
@@ -232,7 +232,7 @@ def test_the_start_line_states_the_precision_the_recurrent_core_runs_in(model_ty
 def test_the_cores_own_call_is_the_modules_in_fp32_and_runs_in_the_dtype_it_is_given(model_type):
     """The path CUDA bf16 takes (weights cast into one buffer, torch.lstm/torch.gru), run here on the
     CPU: in fp32 it is nn.LSTM/nn.GRU exactly, gradients included; in bf16 it computes in bf16."""
-    from midikit.models import GRUCore, LSTMCore
+    from midikit.rnn_cores import GRUCore, LSTMCore
 
     torch.manual_seed(0)
     core = (LSTMCore if model_type == "lstm" else GRUCore)(8, 16, 2, batch_first=True)

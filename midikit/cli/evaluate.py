@@ -18,7 +18,7 @@ def run(args: argparse.Namespace) -> int:
     config = from_args(QualityConfig, args).validate()
     config.sample_config()  # a bad sampling value fails before anything is loaded
 
-    from ..quality import format_table, run_report
+    from ..evaluate import format_table, run_report
 
     report = run_report(config)
     print(format_table(report))

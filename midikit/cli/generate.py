@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     sample = from_args(SampleConfig, args).validate()  # before loading anything, so a bad flag fails fast
     where = from_args(GenerateConfig, args, **_dataset_from_data_dir(args)).validate()
 
-    from ..evaluate import midi_metrics
+    from ..metrics import midi_metrics
     from ..generate import generate, load_run
     from ..storage import DatasetPaths, resolve_root
 

@@ -40,15 +40,15 @@ def starter_weights() -> Path:
 
 
 def starter_report() -> dict:
-    """The starter model's quality report (`midikit.quality`'s JSON), as measured when it was built."""
+    """The starter model's quality report (`midikit.evaluate`'s JSON), as measured when it was built."""
     return json.loads((starter_dir() / "quality.json").read_text())
 
 
 def load_starter(device: str = "auto", paths: DatasetPaths | None = None, log=print):
-    """The starter model as a `midikit.generate.LoadedRun`, with no checkpoint folder needed. What
+    """The starter model as a `midikit.trained.LoadedRun`, with no checkpoint folder needed. What
     it generates or reports is written under `paths` (default: the dataset "starter" under the
     default root), never into the package."""
-    from ..generate import load_run
+    from ..trained import load_run
 
     run = load_run(starter_weights(), device=device, log=log)
     run.paths = paths if paths is not None else DatasetPaths(resolve_root(None, create=False), DATASET)

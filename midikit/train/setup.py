@@ -179,7 +179,7 @@ DTYPE_NAMES = {None: "fp32", torch.float32: "fp32", torch.bfloat16: "bf16", torc
 @torch.no_grad()
 def recurrent_core_dtype(model: torch.nn.Module, autocast, device: torch.device) -> torch.dtype | None:
     """The dtype an RNN's LSTM/GRU core computes in under the run's autocast, found by running it on
-    one token: what torch does (fp16 for cuDNN under any CUDA autocast, bf16 where models.LSTMCore
+    one token: what torch does (fp16 for cuDNN under any CUDA autocast, bf16 where rnn_cores.LSTMCore
     takes over, fp32 for a CPU GRU), not what was asked for. None for a Transformer."""
     rnn = getattr(model, "rnn", None)
     if not isinstance(rnn, torch.nn.RNNBase):

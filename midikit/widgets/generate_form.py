@@ -17,7 +17,7 @@ import ipywidgets as W
 from .. import presets, runs, storage
 from ..configs import GenerateConfig, SampleConfig
 from ..errors import ConfigError
-from ..generate import STARTER
+from ..trained import STARTER
 from .fields import LABEL_PX, Field, Form, tooltip
 from .forms import run_label
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from IPython.display import HTML, Audio, display
 
-from .. import evaluate, presets, storage
+from .. import audio, metrics, presets, storage
 from ..errors import DatasetError, StorageError
 from .displays import _figure, _png, html_table
 
@@ -31,20 +31,20 @@ def show_generation(result, paths: storage.DatasetPaths | None, max_dataset_file
             print(f"{path.name}: no notes (the model ended the piece at its first token)")
             continue
         fig, ax = _figure(10, 3)
-        evaluate.plot_piano_roll(path, ax=ax, title=path.name)
+        metrics.plot_piano_roll(path, ax=ax, title=path.name)
         display(_png(fig))
-        audio, rate = evaluate.render_audio(path)
-        display(Audio(audio, rate=rate))
-    generated = {f"sample {i}": evaluate.midi_metrics(path) for i, path in enumerate(result.midi_paths)}
+        sound, rate = audio.render_audio(path)
+        display(Audio(sound, rate=rate))
+    generated = {f"sample {i}": metrics.midi_metrics(path) for i, path in enumerate(result.midi_paths)}
     try:
-        real = evaluate.dataset_metrics(paths, max_files=max_dataset_files) if paths is not None else None
+        real = metrics.dataset_metrics(paths, max_files=max_dataset_files) if paths is not None else None
     except (DatasetError, StorageError) as exc:
         real = None
         print(f"(no comparison with the training data: {exc})")
     display(html_table([
         {"metric": name, **{label: values[name] for label, values in generated.items()},
          **({f"dataset ({real['count']} pieces)": f"{real['mean'][name]:.3g} ± {real['std'][name]:.2g}"} if real else {})}
-        for name in evaluate.METRICS
+        for name in metrics.METRICS
     ]))
     print(f"seed {result.seed}: type it into the form's seed to make these pieces again.")
 
@@ -86,9 +86,9 @@ def quality_config(paths: storage.DatasetPaths, run="latest"):
 
 
 def show_quality(report) -> None:
-    """A quality report (midikit.quality): its held-out loss, the metrics table against the data, the
+    """A quality report (midikit.evaluate): its held-out loss, the metrics table against the data, the
     pieces' health and the figure of generated vs data distributions."""
-    from .. import quality
+    from .. import evaluate
 
     h = report.heldout
     print(f"{report.run_id}: held-out loss {h['nats_per_token']:.4f} nats/token (perplexity {h['perplexity']:.2f}), "
@@ -100,6 +100,6 @@ def show_quality(report) -> None:
                          "verdict": row["verdict"]} for row in report.comparison]))
     display(html_table([{"check": row["check"], "value": row["shown"], "target": row["target"], "verdict": row["verdict"]}
                         for row in report.health]))
-    display(_png(quality.plot_report(report)))
+    display(_png(evaluate.plot_report(report)))
     if report.files:
         print("saved: " + ", ".join(str(path) for path in report.files.values()))
