@@ -38,8 +38,8 @@ import torch
 
 from midikit import checkpoints, storage
 from midikit.data import PreprocessConfig, preprocess
-from testsupport.pyfaults import FaultyFS, TimedActions, apply_spec
 from midikit.train import TrainConfig, train
+from testsupport.pyfaults import FaultyFS, TimedActions, apply_spec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # testsupport/, beside midikit/
 from testsupport.fusedrive import FuseDrive, fuse_unavailable  # noqa: E402

@@ -58,7 +58,6 @@ def preflight(args) -> None:
     status_path.write_text(json.dumps(status))  # "unknown" stays if this part dies or times out
     say(f"- nvidia-smi: {nvidia_smi()}")
     import torch
-
     from machine import describe_torch_machine
 
     say(f"- machine: {describe_torch_machine()}")
@@ -182,12 +181,12 @@ def generation(args) -> None:
 def stall(args) -> None:
     """A checkpoint of the Transformer (large, eager: the copy overlaps the forward and backward)."""
     import torch
+    from save_stall import measure_save_stall
+    from train_bench import SYNTHETIC_VOCAB
 
     from midikit.data import sample_windows
     from midikit.presets import get_preset
     from midikit.train import TrainConfig, build_training, train_step
-    from save_stall import measure_save_stall
-    from train_bench import SYNTHETIC_VOCAB
 
     device = torch.device(args.device)
     preset = get_preset("transformer", "cpu" if args.quick else "large")

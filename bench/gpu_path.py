@@ -26,7 +26,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
 from gpu_parts import say
 from train_bench import SYNTHETIC_VOCAB, synthetic_sequences, write_synthetic_store
 

@@ -38,8 +38,8 @@ import torch.nn.functional as F
 from . import runs
 from .configs import QualityConfig
 from .errors import DatasetError
-from .metrics import METRICS, dataset_metrics, midi_metrics, summarize_metrics
 from .generate import SLIDE_KEEP, generate
+from .metrics import METRICS, dataset_metrics, midi_metrics, summarize_metrics
 from .storage import DatasetPaths, atomic_write_bytes, atomic_write_text, explain_os_error, resolve_root
 from .threads import threads_for
 from .trained import LoadedRun, load_run

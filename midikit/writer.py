@@ -10,6 +10,7 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 
+
 @dataclass
 class _Write:
     label: str

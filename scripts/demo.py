@@ -17,8 +17,8 @@ from pathlib import Path
 
 from midikit import presets, storage
 from midikit.data import PreprocessConfig, load_dataset, preprocess
-from midikit.metrics import midi_metrics
 from midikit.generate import SampleConfig, generate, load_run
+from midikit.metrics import midi_metrics
 from midikit.train import TrainConfig, train
 
 MODEL_TYPES = ("lstm", "gru", "transformer")

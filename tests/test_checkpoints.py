@@ -17,13 +17,13 @@ import torch
 
 from midikit import checkpoints
 from midikit.checkpoints import inspect_run, list_checkpoints, load_latest, load_state, remove_file, save_state
+from midikit.data.sampler import sample_windows
+from midikit.errors import CheckpointError, StorageError
+from midikit.models import ModelConfig, build_model
 from midikit.retry import WriteAbandoned, retrying
 from midikit.snapshots import SnapshotPool, to_cpu_snapshot
 from midikit.train.setup import capture_rng_state, restore_rng_state
 from midikit.writer import BackgroundWriter
-from midikit.data.sampler import sample_windows
-from midikit.errors import CheckpointError, StorageError
-from midikit.models import ModelConfig, build_model
 
 VOCAB = 40
 CONFIG = dict(

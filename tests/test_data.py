@@ -17,10 +17,10 @@ from midikit.data import (
     PreprocessConfig,
     load_dataset,
     preprocess,
+    sources,
     split_files,
     tokens_to_score,
 )
-from midikit.data import sources
 from midikit.data.tokenization import FileTokenizer, separate_programs, tokenizer_spec
 from midikit.models import ConfigError
 from midikit.storage import DatasetPaths

@@ -12,11 +12,10 @@ import time
 
 import pytest
 import torch
+from helpers import own_root, the_run
 
 from midikit import checkpoints, models_csv, runs
 from midikit.storage import DatasetPaths
-
-from helpers import own_root, the_run
 
 STEPS = 60
 ARGS = ["--model_type", "gru", "--preset", "cpu", "--device", "cpu", "--embed_size", "16", "--hidden_size", "32",

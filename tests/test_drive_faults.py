@@ -14,13 +14,12 @@ import threading
 import time
 
 import pytest
+from helpers import own_root, the_run
 
 from midikit import checkpoints, runs
 from midikit.storage import DatasetPaths
-from testsupport.pyfaults import FaultyFS
 from midikit.train import TrainConfig, train
-
-from helpers import own_root, the_run
+from testsupport.pyfaults import FaultyFS
 
 TINY = dict(embed_size=16, hidden_size=32, num_layers=1, dropout=0.1, context_length=32)
 

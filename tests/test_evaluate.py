@@ -15,10 +15,9 @@ from midikit import runs as registry
 from midikit.cli import main
 from midikit.configs import QualityConfig
 from midikit.data import load_dataset, tokens_to_score
-from midikit.evaluate import METRICS
+from midikit.evaluate import BANDS, METRICS, QualityReport, _windows, compare, health_rows, run_report, song_losses
 from midikit.generate import SLIDE_KEEP, load_run
 from midikit.models import ModelConfig
-from midikit.evaluate import BANDS, QualityReport, _windows, compare, health_rows, run_report, song_losses
 from midikit.storage import DatasetPaths, StorageError
 from midikit.train import TrainConfig, train
 

@@ -11,20 +11,27 @@ import numpy as np
 import pytest
 import symusic
 import torch
+from helpers import own_root
 
 from midikit import checkpoints
 from midikit import runs as registry
 from midikit.cli import main
 from midikit.data import DatasetError, load_dataset, tokens_to_score
 from midikit.generate import (
-    FINISHED_CHECK_EVERY, SLIDE_KEEP, GenerationError, SampleConfig, Sampler, _tokenize_seed, decode, generate, load_run,
+    FINISHED_CHECK_EVERY,
+    SLIDE_KEEP,
+    GenerationError,
+    SampleConfig,
+    Sampler,
+    _tokenize_seed,
+    decode,
+    generate,
+    load_run,
     next_tokens,
 )
 from midikit.models import MODEL_TYPES, ConfigError, ModelConfig, build_model
 from midikit.storage import DatasetPaths
 from midikit.train import TrainConfig, train
-
-from helpers import own_root
 
 CONTEXT = 32
 STEPS = 60  # enough for every model type to write notes

@@ -145,10 +145,9 @@ def test_the_state_pool_is_filled_on_its_own_thread_and_the_first_save_uses_thos
     """Through the Recorder: a run opened on a store, one training step, one save."""
     from midikit import checkpoints
     from midikit.snapshots import SnapshotPool
-    from midikit.train.setup import capture_rng_state
     from midikit.train import TrainConfig, train_step
     from midikit.train.recorder import Recorder
-    from midikit.train.setup import build_training
+    from midikit.train.setup import build_training, capture_rng_state
     from midikit.train.start import claim_run, find_start, open_dataset
 
     root = synthetic_root()

@@ -17,13 +17,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import own_root, the_run
 
 from midikit import checkpoints, runs
 from midikit.errors import ConfigError, StorageError
 from midikit.storage import DatasetPaths, parse_run_id
 from midikit.train import TrainConfig, train
-
-from helpers import own_root, the_run
 
 TINY = dict(embed_size=16, hidden_size=32, num_layers=1, dropout=0.1, context_length=32)
 TINY_TRANSFORMER = dict(d_model=32, nhead=2, num_layers=2, dim_feedforward=64, dropout=0.1, context_length=32)

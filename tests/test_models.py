@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from midikit.configs import ModelConfig
-from midikit.errors import ConfigError
 from midikit.data.sampler import evaluation_windows, sample_windows
+from midikit.errors import ConfigError
 from midikit.models import SONG_BUCKETS, SONG_SPAN, build_model, rotate, song_clock_edges
 from midikit.settings import add_flags
 

@@ -12,11 +12,10 @@ import time
 
 import pytest
 import torch
+from helpers import own_root
 
 from midikit import checkpoints, runs
 from midikit.storage import DatasetPaths
-
-from helpers import own_root
 
 STEPS = 60
 # A cpu-sized transformer with dropout, so the torch RNG must be restored too, not only the data order.

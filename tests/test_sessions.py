@@ -11,14 +11,13 @@ import sys
 
 import pytest
 import torch
+from helpers import own_root, the_run
 
 from midikit import checkpoints, runs
 from midikit.configs import SampleConfig
 from midikit.generate import generate, load_run
 from midikit.storage import DatasetPaths
 from midikit.train import TrainConfig, train
-
-from helpers import own_root, the_run
 
 TINY = dict(d_model=32, nhead=2, num_layers=2, dim_feedforward=64, dropout=0.1, context_length=32)
 STEPS = 150
@@ -177,7 +176,6 @@ def test_every_training_setting_says_whether_a_resumed_run_keeps_it():
     from dataclasses import fields
 
     from midikit.configs import TrainConfig, kept_on_resume
-
     from midikit.settings import declared
 
     undeclared = [f.name for f in fields(TrainConfig) if declared(f).kept_on_resume not in (True, False)]

@@ -12,6 +12,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 import torch
+from helpers import own_root
 
 from midikit import checkpoints, runs
 from midikit.cli import main as cli_main
@@ -19,8 +20,6 @@ from midikit.data import DatasetError, load_dataset
 from midikit.models import MODEL_TYPES, ConfigError, ModelConfig, build_model
 from midikit.storage import DatasetPaths, StorageError
 from midikit.train import TrainConfig, describe_resumable, train
-
-from helpers import own_root
 
 # Small enough for a few hundred steps in seconds on two CPU cores.
 TINY_MODELS = {

@@ -35,8 +35,8 @@ def run(args: argparse.Namespace) -> int:
     sample = from_args(SampleConfig, args).validate()  # before loading anything, so a bad flag fails fast
     where = from_args(GenerateConfig, args, **_dataset_from_data_dir(args)).validate()
 
-    from ..metrics import midi_metrics
     from ..generate import generate, load_run
+    from ..metrics import midi_metrics
     from ..storage import DatasetPaths, resolve_root
 
     paths = DatasetPaths(resolve_root(where.checkpoint_dir, create=False), where.dataset)

@@ -9,8 +9,16 @@ from .controls import GracefulStop
 from .ending import TrainResult
 from .loop import evaluate_loss, train, train_step
 from .setup import (
-    Training, build_training, configure_backends, lr_factor, make_optimizer, make_scheduler, resolve_compile,
-    resolve_precision, restore_training, seed_everything,
+    Training,
+    build_training,
+    configure_backends,
+    lr_factor,
+    make_optimizer,
+    make_scheduler,
+    resolve_compile,
+    resolve_precision,
+    restore_training,
+    seed_everything,
 )
 from .start import check_context, describe_resumable
 from .state import LossHistory, TrainState

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from .setup import Training
 from .state import TrainState
 
+
 class GracefulStop:
     """The first Ctrl-C (Colab's stop button) asks the loop to stop after the current step, so the
     saved state is a consistent one; a second one interrupts at once. With `minutes`, the loop also

@@ -22,11 +22,11 @@ import torch
 
 from .. import checkpoints, owners
 from ..artifacts import RunReport, remove_temporaries, write_run_artifacts, write_weights
-from ..snapshots import SnapshotPool, buffer_spec, to_cpu_snapshot
-from ..writer import BackgroundWriter
 from ..models import count_parameters
 from ..retry import Retry, WriteAbandoned
+from ..snapshots import SnapshotPool, buffer_spec, to_cpu_snapshot
 from ..storage import DatasetPaths
+from ..writer import BackgroundWriter
 from .state import TrainState
 
 BEST_SAVE_COST_FACTOR = 20  # a new best is checkpointed when the last save cost < 1/20 of the time since

@@ -17,7 +17,6 @@ from IPython.display import HTML, Image, display
 from .. import artifacts, checkpoints, models_csv, presets, runs, storage
 from ..errors import DatasetError, StorageError
 
-
 __all__ = [
     "REPO_URL",
     "RUN_COLUMNS",
