@@ -56,15 +56,18 @@ def scenarios(rng: random.Random, checkpoint_bytes: int) -> dict:
     """name -> a fault spec for testsupport.pyfaults (fresh random parameters each call)."""
     at = round(rng.uniform(0.3, 1.5), 2)
     return {
-        "mount drop mid-save (ENOTCONN)": [{"fail_writes": {"error": "ENOTCONN", "after_bytes": rng.randint(1_000, 60_000),
+        "mount drop mid-save (ENOTCONN)": [{"fail_writes": {"error": "ENOTCONN",
+                                                            "after_bytes": rng.randint(1_000, 60_000),
                                                             "times": rng.randint(1, 2), "match": "*step_*.pt*"}}],
         "I/O error mid-save (EIO)": [{"fail_writes": {"error": "EIO", "after_bytes": rng.randint(1_000, 60_000),
                                                       "times": rng.randint(1, 2), "match": "*step_*.pt*"}}],
         "fsync fails (EIO)": [{"fail_fsync": {"error": "EIO", "times": rng.randint(1, 2), "match": "*step_*.pt*"}}],
         "rename fails (EIO)": [{"fail_rename": {"error": "EIO", "times": rng.randint(1, 2), "match": "*step_*.pt*"}}],
         "disk full (room for ~5 checkpoints)": [{"quota_checkpoints": 5.5}],
-        "folder vanishes, back after 2 s": [{"at_seconds": at, "unmount": {"vanish": True}}, {"at_seconds": at + 2, "remount": {}}],
-        "writes hang 4 s": [{"at_seconds": at, "block_writes": {"match": "*step_*.pt*"}}, {"at_seconds": at + 4, "release": {}}],
+        "folder vanishes, back after 2 s": [{"at_seconds": at, "unmount": {"vanish": True}},
+                                            {"at_seconds": at + 2, "remount": {}}],
+        "writes hang 4 s": [{"at_seconds": at, "block_writes": {"match": "*step_*.pt*"}},
+                            {"at_seconds": at + 4, "release": {}}],
         "writes hang for good": [{"at_seconds": at, "block_writes": {"match": "*step_*.pt*"}}],
         "slow writes (1 MB/s)": [{"slow_writes": {"bytes_per_s": 1_000_000}}],
     }
@@ -83,12 +86,13 @@ def fuse_scenarios(rng: random.Random) -> dict:
         "FUSE process killed mid-write, back after 3 s": ({}, [("trigger", dict(
             op="write", action="kill", match="*step_*.pt*", count=rng.randint(1, 30), at="before", for_s=3))], None),
         "I/O error mid-save (EIO)": ({}, [("fail", dict(ops="write", error="EIO", match="*step_*.pt*",
-                                                        after_bytes=rng.randint(1_000, 300_000), times=rng.randint(1, 2)))], None),
+                                                        after_bytes=rng.randint(1_000, 300_000),
+                                                        times=rng.randint(1, 2)))], None),
         "disk full (room for ~4.5 checkpoints)": ({}, [("quota_checkpoints", 4.5)], None),
         "writes hang 4 s": ({}, [("trigger", dict(op="unlink", action="hang", match=SAVE_DONE, count=saves, for_s=4,
                                                   path="*step_*.pt*"))], None),
-        "folder vanishes, back after 2 s": ({}, [("trigger", dict(op="unlink", action="vanish", match=SAVE_DONE, count=saves,
-                                                                  for_s=2, path="MyDrive"))], None),
+        "folder vanishes, back after 2 s": ({}, [("trigger", dict(op="unlink", action="vanish", match=SAVE_DONE,
+                                                                  count=saves, for_s=2, path="MyDrive"))], None),
         "uploads stop after a save; the runtime dies at the end": ({}, [("trigger", dict(
             op="unlink", action="defer_uploads", match=SAVE_DONE, count=rng.randint(5, 25)))], "lose_uploads"),
     }
@@ -112,16 +116,20 @@ def fuse_trial(data, work: Path, name: str, spec: tuple, checkpoint_bytes: int) 
             try:
                 storage.DRIVE_MOUNT_POINT = drive.mount_point  # midikit's Drive checks and messages, as in Colab
                 log = open(report.with_suffix(".log"), "a", buffering=1)
-                config = run_config(on_drive, **{"final_wait_minutes": 1, **changes})  # room for a 12 s outage at the end
+                # room for a 12 s outage at the end
+                config = run_config(on_drive, **{"final_wait_minutes": 1, **changes})
                 result = train(config, log=lambda message: print(message, file=log), model_overrides=MODEL)
-                report.write_text(json.dumps({"status": result.status, "steps": result.steps, "stall": result.longest_save_stall_s}))
+                report.write_text(json.dumps({"status": result.status, "steps": result.steps,
+                                              "stall": result.longest_save_stall_s}))
             finally:
                 os._exit(0)
         os.waitpid(pid, 0)
         if after == "lose_uploads":
             drive.lose_pending()  # the runtime dies: what Drive had not uploaded never reaches it
-        events = drive.events()  # a full disk refuses every write call that does not fit: count files, as for slow writes
-        injected = len([e for e in events if e["kind"] in ("fail", "trigger")]) + len({e["path"] for e in events if e["kind"] == "enospc"})
+        # a full disk refuses every write call that does not fit: count files, as for slow writes
+        events = drive.events()
+        injected = len([e for e in events if e["kind"] in ("fail", "trigger")]) + len({e["path"] for e in events
+                                                                                       if e["kind"] == "enospc"})
         done = json.loads(report.read_text()) if report.exists() else {"status": "killed", "steps": None, "stall": None}
         outcome = {**done, **examine(backing, report), "injected": injected}
     return outcome
@@ -157,7 +165,8 @@ def child(paths: storage.DatasetPaths, spec: list, checkpoint_bytes: int, report
         with TimedActions(fs, actions):
             result = train(run_config(paths), log=lambda message: print(message, file=log),
                            model_overrides=MODEL)
-    report.write_text(json.dumps({"status": result.status, "steps": result.steps, "stall": result.longest_save_stall_s}))
+    report.write_text(json.dumps({"status": result.status, "steps": result.steps,
+                                  "stall": result.longest_save_stall_s}))
 
 
 def trial(data, work: Path, name: str, spec: list, checkpoint_bytes: int, kill_after: float | None) -> dict:
@@ -183,9 +192,11 @@ def examine(paths: storage.DatasetPaths, report: Path) -> dict:
     kinds = [json.loads(line) for line in events.read_text().splitlines()] if events.exists() else []
     slowed = {event["path"] for event in kinds if event["kind"] == "slow"}  # one event per chunk: count files
     injected = sum(event["kind"] in ("fail", "enospc", "block", "unmount") for event in kinds) + len(slowed)
-    saved = [int(line.rsplit("step ", 1)[1].split()[0].rstrip(".")) for line in report.with_suffix(".log").read_text().splitlines()
+    saved = [int(line.rsplit("step ", 1)[1].split()[0].rstrip("."))
+             for line in report.with_suffix(".log").read_text().splitlines()
              if line.startswith("Checkpoint saved:")] if report.with_suffix(".log").exists() else []
-    run_dirs = [p for p in paths.checkpoints.iterdir() if storage.RUN_ID_PATTERN.match(p.name)] if paths.checkpoints.is_dir() else []
+    run_dirs = [p for p in paths.checkpoints.iterdir()
+                if storage.RUN_ID_PATTERN.match(p.name)] if paths.checkpoints.is_dir() else []
     files = [f for run_dir in run_dirs for f in checkpoints.inspect_run(run_dir)]
     newest = max((f["step"] for f in files if f["status"] == "valid" and f["step"] is not None), default=0)
     lost = int(bool(saved) and max(saved) > newest) + sum(f["status"] == "corrupt" for f in files)
@@ -208,13 +219,15 @@ def finish_and_compare(outcome: dict, reference: dict) -> bool:
         print(f"  {len(run_dirs)} runs after resuming: {[p.name for p in run_dirs]}", flush=True)
         return False
     _, state = checkpoints.load_latest(run_dirs[0], log=lambda message: None)
-    return state["step"] == reference["step"] and all(torch.equal(state["model"][k], v) for k, v in reference["model"].items()) and all(
+    return state["step"] == reference["step"] and all(torch.equal(state["model"][k], v)
+                                                      for k, v in reference["model"].items()) and all(
         torch.equal(state["optimizer"]["state"][i][k], v) for i, moments in reference["optimizer"]["state"].items()
         for k, v in moments.items())
 
 
 def _run_dirs(paths: storage.DatasetPaths) -> list:
-    return [p for p in paths.checkpoints.iterdir() if storage.RUN_ID_PATTERN.match(p.name)] if paths.checkpoints.is_dir() else []
+    return [p for p in paths.checkpoints.iterdir()
+            if storage.RUN_ID_PATTERN.match(p.name)] if paths.checkpoints.is_dir() else []
 
 
 def main(argv=None) -> int:
@@ -247,7 +260,8 @@ def main(argv=None) -> int:
     for repeat in range(args.repeats):
         if "python" in layers:
             for name, spec in scenarios(rng, checkpoint_bytes).items():
-                outcome = trial(data, work, f"{len(rows)}_{repeat}_{abs(hash(name)) % 10**6}", spec, checkpoint_bytes, None)
+                outcome = trial(data, work, f"{len(rows)}_{repeat}_{abs(hash(name)) % 10**6}", spec, checkpoint_bytes,
+                                None)
                 _add(rows, ("python", name), outcome, finish_and_compare(outcome, reference))
         if "fuse" in layers:
             for index, (name, spec) in enumerate(fuse_scenarios(rng).items()):
@@ -275,34 +289,45 @@ def _add(rows: dict, key: tuple, outcome: dict, exact: bool) -> None:
     row["stall"] = max(row["stall"], outcome["stall"] or 0.0)
     row["finished"] += outcome["status"] in ("max_steps", "finished")
     row["exact"] += exact
-    print(f"{key[0]}: {key[1]}: {outcome['status']}, injected {outcome['injected']}, lost {outcome['lost']}, exact {exact}", flush=True)
+    print(f"{key[0]}: {key[1]}: {outcome['status']}, injected {outcome['injected']}, lost "
+          f"{outcome['lost']}, exact {exact}", flush=True)
 
 
 def _report(rows: dict, kill_rows: dict, args, clean_seconds: float) -> str:
     lines = [
         "# Drive faults and SIGKILLs during training", "",
         f"- command: `python {' '.join(shlex.quote(a) for a in sys.argv)}`",
-        f"- machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} (1 thread), Python {platform.python_version()}",
-        f"- run: GRU {MODEL}, {STEPS} steps, a checkpoint every 10 steps, final wait 3 s (FUSE: 60 s); a fault-free run takes {clean_seconds:.1f} s",
-        "- layer: what injected the fault. Python: testsupport.pyfaults, beneath Python's file functions in the training",
-        "  process. FUSE: testsupport.fusefs, a real FUSE filesystem in a process of its own taken for /content/drive, its",
-        "  faults fired from inside it at an exact call (\"when the final save starts\": the run saves at step 250 and at its",
+        f"- machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} (1 thread), Python "
+        f"{platform.python_version()}",
+        f"- run: GRU {MODEL}, {STEPS} steps, a checkpoint every 10 steps, final wait 3 s (FUSE: 60 s); a fault-free "
+        f"run takes {clean_seconds:.1f} s",
+        "- layer: what injected the fault. Python: testsupport.pyfaults, beneath Python's file "
+        "functions in the training",
+        "  process. FUSE: testsupport.fusefs, a real FUSE filesystem in a process of its own taken "
+        "for /content/drive, its",
+        "  faults fired from inside it at an exact call (\"when the final save starts\": the run saves "
+        "at step 250 and at its",
         "  end, and the outage begins as the step-250 save ends); its process killed means the kernel answers ENOTCONN",
         "  until it is mounted again",
-        "- lost: saves reported as landed that cannot be loaded afterwards (or corrupt files); stall: the longest one save",
-        "  held the training loop; exact: final weights and AdamW moments equal the fault-free run's (a run that did not",
+        "- lost: saves reported as landed that cannot be loaded afterwards (or corrupt files); stall: "
+        "the longest one save",
+        "  held the training loop; exact: final weights and AdamW moments equal the fault-free "
+        "run's (a run that did not",
         "  finish, or was killed, is first resumed without faults)",
-        "- uploads that never happen: Drive acknowledges every write after a random save and uploads none of them; the run",
-        "  ends, then the runtime dies. Those saves are lost on Drive by design (counted under lost); the resume continues",
+        "- uploads that never happen: Drive acknowledges every write after a random save and uploads "
+        "none of them; the run",
+        "  ends, then the runtime dies. Those saves are lost on Drive by design (counted under lost); "
+        "the resume continues",
         "  from the newest checkpoint that reached it", "",
-        "| layer | fault | trials | times injected | checkpoints lost | longest stall (s) | run finished | resumed run bit-identical |",
+        "| layer | fault | trials | times injected | checkpoints lost | longest stall (s) | run finished | "
+        "resumed run bit-identical |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for (layer, name), row in list(rows.items()) + list(kill_rows.items()):
         finished = "n/a (killed)" if name.startswith("SIGKILL") else f"{row['finished']}/{row['trials']}"
         stall = "n/a" if name.startswith("SIGKILL") else f"{row['stall']:.2f}"
-        lines.append(f"| {LAYERS[layer]} | {name} | {row['trials']} | {row['injected']} | {row['lost']} | {stall} | {finished} | "
-                     f"{row['exact']}/{row['trials']} |")
+        lines.append(f"| {LAYERS[layer]} | {name} | {row['trials']} | {row['injected']} | {row['lost']} | {stall} | "
+                     f"{finished} | {row['exact']}/{row['trials']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -109,24 +109,27 @@ def machine(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
     # Other work on the machine slows CPU numbers down a lot; the load average says how busy it was.
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
-            f"load average {os.getloadavg()[0]:.1f} at the end, torch {torch.__version__}")
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch "
+            f"threads, load average {os.getloadavg()[0]:.1f} at the end, torch {torch.__version__}")
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--models", nargs="+", default=None,
-                        help="model_type:preset[:positions], e.g. transformer:large:learned transformer:large:rope lstm:large")
+                        help="model_type:preset[:positions], e.g. transformer:large:learned "
+                             "transformer:large:rope lstm:large")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--new_tokens", type=int, default=1024)
     parser.add_argument("--recompute_tokens", type=int, default=None,
-                        help="new tokens timed for the original project's loop (default: --new_tokens; it is the slowest)")
+                        help="new tokens timed for the original project's loop (default: "
+                             "--new_tokens; it is the slowest)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--compile", action="store_true", help="on the CPU too: a compiled (inductor) step column")
     parser.add_argument("--no_compile", action="store_true", help="no compiled column, on a GPU too (no C compiler)")
     parser.add_argument("--skip_agreement", action="store_true", help="without the greedy compiled = eager column")
-    parser.add_argument("--out", type=Path, default=None, help="result file (default bench/results/generate_<device>.md)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="result file (default bench/results/generate_<device>.md)")
     return parser.parse_args(argv)
 
 
@@ -154,8 +157,10 @@ def measure(spec: str, args, device: torch.device, kinds, agreement_column: bool
                 print(f"   {spec} batch {batch} {kind}: {speed[kind]:,.0f} tokens/s", file=sys.stderr, flush=True)
         cells = [f"{speed[kind]:,.0f}" if kind in speed else "—" for kind in kinds]
         rows.append((f"| {model_type} | {preset} | {config.positions if transformer else '—'} "
-                     f"| {count_parameters(model) / 1e6:.1f}M | {config.context_length} | {batch} | " + " | ".join(cells)
-                     + f" | {speed['step'] / speed['cached']:.2f}x |" + (f" {agreement} |" if agreement_column else ""), speed))
+                     f"| {count_parameters(model) / 1e6:.1f}M | {config.context_length} | {batch} | "
+                     + " | ".join(cells)
+                     + f" | {speed['step'] / speed['cached']:.2f}x |" + (f" {agreement} |" if agreement_column else ""),
+                     speed))
     return config.positions if transformer else "—", rows
 
 
@@ -166,7 +171,8 @@ def target_note(results: list[tuple[str, str, int, dict]], device: torch.device)
         if device.type == "cuda" and spec.startswith("transformer:large") and batch == 1:
             best = max(speed.values())
             verdict = "met" if best >= TARGET else f"**missed** by {1 - best / TARGET:.0%}"
-            notes.append(f"Target {TARGET:,} tokens/s, transformer large ({positions}) at batch 1: {best:,.0f} — {verdict}.")
+            notes.append(f"Target {TARGET:,} tokens/s, transformer large ({positions}) at batch 1: "
+                         f"{best:,.0f} — {verdict}.")
     return notes
 
 
@@ -179,7 +185,8 @@ def main(argv=None) -> int:
     compiling = (device.type == "cuda" or args.compile) and not args.no_compile
     kinds = [kind for kind in KINDS if kind != "compiled" or compiling]
     agreement_column = compiling and not args.skip_agreement
-    tokens_text = f"{args.new_tokens} new tokens" + (f" ({args.recompute_tokens} for recompute)" if args.recompute_tokens else "")
+    tokens_text = f"{args.new_tokens} new tokens" + (f" ({args.recompute_tokens} for recompute)"
+                                                     if args.recompute_tokens else "")
     lines = [
         f"# Generation speed ({device.type})", "",
         f"{tokens_text} from one start token, top_p sampling (p=0.9), synthetic weights, vocabulary {VOCAB}, fp32; "

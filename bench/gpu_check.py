@@ -98,7 +98,8 @@ def _log_lines(stream, log_path: Path, header: str, done: queue.Queue) -> None:
 
 def run_part(part: Part, limit_s: float, args, scratch: Path, compiled: bool, results: Results, log_path: Path) -> str:
     """Run one part under its limit, its result lines appended as they come; returns how it ended."""
-    command = [sys.executable, str(HERE / "gpu_parts.py"), part.name, "--device", args.device, "--scratch", str(scratch)]
+    command = [sys.executable, str(HERE / "gpu_parts.py"), part.name, "--device", args.device, "--scratch",
+               str(scratch)]
     command += (["--quick"] if args.quick else []) + ([] if compiled else ["--no_compile"])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")])),
                PYTHONUNBUFFERED="1")
@@ -115,7 +116,8 @@ def run_part(part: Part, limit_s: float, args, scratch: Path, compiled: bool, re
         ended = _relay(lines, results, started + limit_s)
     except BaseException:  # SIGTERM or Ctrl-C: the part goes too, the lines so far stay
         _kill_group(process)
-        results.add(f"- **stopped from outside** after {time.monotonic() - started:.0f} s: the lines above are what it had.")
+        results.add(f"- **stopped from outside** after {time.monotonic() - started:.0f} s: the lines "
+                    "above are what it had.")
         raise
     if ended == "timed out":
         _kill_group(process)
@@ -170,7 +172,8 @@ def compile_works(scratch: Path) -> bool:
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--quick", action="store_true", help="tiny models and few steps: rehearses every part, measures nothing")
+    parser.add_argument("--quick", action="store_true", help="tiny models and few steps: rehearses every "
+                                                             "part, measures nothing")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="folder of the dated results file")
     parser.add_argument("--budget_s", type=float, default=None,
                         help="seconds for the whole check, parts dropped from the end (default 300; with --quick 1200)")
@@ -208,7 +211,8 @@ def main(argv=None) -> int:
     results.add(f"# GPU check {stamp} ({args.device}{', quick rehearsal' if args.quick else ''})")
     results.add()
     results.add(f"Command: `bash bench/gpu_check.sh {shlex.join(argv if argv is not None else sys.argv[1:])}`; "
-                f"budget {args.budget_s:.0f} s; parts: preflight, {', '.join(p.name for p in parts)}; progress log: {log_path}")
+                f"budget {args.budget_s:.0f} s; parts: preflight, {', '.join(p.name for p in parts)}; "
+                f"progress log: {log_path}")
     results.add()
     results.add(f"## {PREFLIGHT.title}")
     run_part(PREFLIGHT, limits[PREFLIGHT.name], args, scratch, True, results, log_path)

@@ -118,7 +118,8 @@ def check_compile(device, status: dict, status_path: Path, skipped: bool) -> str
     import torch
 
     cache = Path(tempfile.mkdtemp(prefix="preflight_compile_"))
-    os.environ["TORCHINDUCTOR_CACHE_DIR"], os.environ["TRITON_CACHE_DIR"] = str(cache / "inductor"), str(cache / "triton")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache / "inductor")
+    os.environ["TRITON_CACHE_DIR"] = str(cache / "triton")
     started, error = time.perf_counter(), None
     with stderr_into(cache / "stderr.txt"):
         try:
@@ -132,7 +133,8 @@ def check_compile(device, status: dict, status_path: Path, skipped: bool) -> str
     what = f"torch.compile of a tiny {device.type} function (cold, its own caches)"
     if error is None and same:
         return f"{what}: works, {seconds:.1f} s."
-    reason = failure_reason(error, (cache / "stderr.txt").read_text()) if error else "it ran, with results that differ from eager"
+    reason = (failure_reason(error, (cache / "stderr.txt").read_text()) if error
+              else "it ran, with results that differ from eager")
     return (f"{what}: **FAILED** after {seconds:.1f} s ({reason}); the rest of this check runs uncompiled. "
             f"To compile: {FIX_COMPILER}.")
 
@@ -160,7 +162,8 @@ def throughput(args) -> None:
         sizes = ["--presets", "cpu", "--synthetic_tokens", "200000", "--context", "32", "--batch_size", "8",
                  "--steps", "2", "--warmup", "1", "--seed_steps", "1"]
     else:  # the RNNs first: quick and certain; then the Transformer's cold compile with what is left
-        sizes = ["--presets", "large", "--models", "lstm,gru,transformer", "--steps", "20", "--warmup", "5", "--seed_steps", "5"]
+        sizes = ["--presets", "large", "--models", "lstm,gru,transformer", "--steps", "20", "--warmup", "5",
+                 "--seed_steps", "5"]
     train_bench.main(common + sizes + ["--out", str(Path(args.scratch) / "train.md")])
 
 
@@ -175,7 +178,8 @@ def generation(args) -> None:
         models = ["lstm:large", "transformer:large:rope", "transformer:large:learned"]
         counts = ["--new_tokens", "256", "--recompute_tokens", "128"]
     generate_bench.main(["--device", args.device, "--models", *models, "--batches", "1", *counts, "--skip_agreement",
-                         "--out", str(Path(args.scratch) / "generate.md")] + (["--no_compile"] if args.no_compile else []))
+                         "--out", str(Path(args.scratch) / "generate.md")]
+                        + (["--no_compile"] if args.no_compile else []))
 
 
 def stall(args) -> None:
@@ -212,7 +216,8 @@ def stall(args) -> None:
         f"{r['worst_warm_s'] * 1e3:.0f} ms; half of them carry the best weights); steps while its file is written "
         f"+{r['while_written_s'] * 1e3:.0f} ms each. Target <= 100 ms: {verdict}")
     say(f"- for comparison, a first save with no pool filled (allocating on the training thread, as before): "
-        f"{r['unprepared_s'] * 1e3:.0f} ms; at a 10-minute cadence a warm save costs {r['warm_s'] / 600:.4%} of training")
+        f"{r['unprepared_s'] * 1e3:.0f} ms; at a 10-minute cadence a warm save costs "
+        f"{r['warm_s'] / 600:.4%} of training")
 
 
 def path(args) -> None:

@@ -96,8 +96,8 @@ def newest_valid_step(run_dir: Path) -> int | None:
 def transformer_chain(root: Path, device: str, sizes: list, steps: tuple, compile_mode: str) -> tuple[str, ...]:
     """Train, SIGKILL once a checkpoint has landed, resume with the same command."""
     total, every = steps[0], steps[1]
-    command = ["--model_type", "transformer", *sizes, "--device", device, "--compile", compile_mode, "--max_steps", str(total),
-               "--checkpoint_every_steps", str(every), "--eval_every", str(total // 3)]
+    command = ["--model_type", "transformer", *sizes, "--device", device, "--compile", compile_mode, "--max_steps",
+               str(total), "--checkpoint_every_steps", str(every), "--eval_every", str(total // 3)]
     started = time.monotonic()
     victim = midikit_train(root, *command, "--resume", "never")
     killed_at = None
@@ -129,21 +129,22 @@ def transformer_chain(root: Path, device: str, sizes: list, steps: tuple, compil
 
 def lstm_chain(root: Path, device: str, sizes: list, steps: tuple, compile_mode: str) -> tuple[str, ...]:
     started = time.monotonic()
-    code, output = finish(midikit_train(root, "--model_type", "lstm", *sizes, "--device", device, "--max_steps", str(steps[2]),
-                                        "--eval_every", str(steps[2] // 2), "--resume", "never"))
+    code, output = finish(midikit_train(root, "--model_type", "lstm", *sizes, "--device", device, "--max_steps",
+                                        str(steps[2]), "--eval_every", str(steps[2] // 2), "--resume", "never"))
     line = f"- lstm ({start_line(output)}): {steps[2]} steps on {device}, {outcome(code, time.monotonic() - started)}"
     return (line,) if code == 0 else (line, log_tail(output))
 
 
 def gru_chain(root: Path, device: str, sizes: list, steps: tuple, compile_mode: str) -> tuple[str, ...]:
     started = time.monotonic()
-    code, output = finish(midikit_train(root, "--model_type", "gru", *sizes, "--device", "cpu", "--max_steps", str(steps[3]),
-                                        "--eval_every", str(steps[3]), "--resume", "never"))
+    code, output = finish(midikit_train(root, "--model_type", "gru", *sizes, "--device", "cpu", "--max_steps",
+                                        str(steps[3]), "--eval_every", str(steps[3]), "--resume", "never"))
     dirs = run_dirs(root, "gru")
     if code != 0 or not dirs:
-        return (f"- gru on the CPU, to be resumed on {device}: {outcome(code, time.monotonic() - started)}", log_tail(output))
-    code, output = finish(midikit_train(root, "--model_type", "gru", "--device", device, "--resume", str(dirs[-1]), "--extend",
-                                        "--max_steps", str(steps[4]), "--eval_every", str(steps[4] // 2)))
+        return (f"- gru on the CPU, to be resumed on {device}: {outcome(code, time.monotonic() - started)}",
+                log_tail(output))
+    code, output = finish(midikit_train(root, "--model_type", "gru", "--device", device, "--resume", str(dirs[-1]),
+                                        "--extend", "--max_steps", str(steps[4]), "--eval_every", str(steps[4] // 2)))
     line = (f"- gru ({start_line(output)}): started on the CPU (unfused AdamW), resumed on {device} (fused AdamW) "
             f"to step {steps[4]}: {outcome(code, time.monotonic() - started)}")
     return (line,) if code == 0 else (line, log_tail(output))

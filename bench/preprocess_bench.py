@@ -72,12 +72,15 @@ def time_in_process(input_dir: Path, workers: int, tracks: str) -> tuple[float, 
 
 def time_cli(input_dir: Path, workers: int, tracks: str) -> tuple[float, str]:
     with tempfile.TemporaryDirectory() as root:
-        command = [sys.executable, "-m", "midikit", "preprocess", "--input_dir", str(input_dir), "--checkpoint_dir", root,
-                   "--transpositions", SEED_TRANSPOSITIONS, "--tracks", tracks, "--workers", str(workers), "--no_progress"]
+        command = [sys.executable, "-m", "midikit", "preprocess", "--input_dir", str(input_dir), "--checkpoint_dir",
+                   root,
+                   "--transpositions", SEED_TRANSPOSITIONS, "--tracks", tracks, "--workers", str(workers),
+                   "--no_progress"]
         env = dict(os.environ, PYTHONPATH=str(REPO))
         start = time.perf_counter()
         subprocess.run(command, check=True, capture_output=True, env=env, cwd=REPO)
-        shown = shlex.join(["python"] + command[1:]).replace(root, "ROOT").replace(str(input_dir), "../shared/data/nottingham")
+        shown = shlex.join(["python"] + command[1:]).replace(root, "ROOT").replace(str(input_dir),
+                                                                                   "../shared/data/nottingham")
         return time.perf_counter() - start, shown
 
 
@@ -149,18 +152,22 @@ def main() -> None:
         "# Preprocessing benchmark",
         "",
         f"All {config['files_processed']} Nottingham files, transpositions {SEED_TRANSPOSITIONS}, REMI, "
-        f"{args.tracks} tracks, {args.workers} worker processes, cold (fresh root, no cache). Target <= {TARGET_S:.0f} s.",
+        f"{args.tracks} tracks, {args.workers} worker processes, cold (fresh root, no cache). Target "
+        f"<= {TARGET_S:.0f} s.",
         "",
         f"- machine: {machine()}",
         f"- load average during the run: {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1/5/15 min)",
         f"- command: `{this_command}`",
-        f"- output: vocab {config['vocab_size']}, train {splits['train']['sequences']} sequences / {splits['train']['tokens']:,} tokens, "
-        f"val {splits['val']['sequences']} sequences / {splits['val']['tokens']:,} tokens",
+        f"- output: vocab {config['vocab_size']}, train {splits['train']['sequences']} sequences / "
+        f"{splits['train']['tokens']:,} tokens, val {splits['val']['sequences']} sequences / "
+        f"{splits['val']['tokens']:,} tokens",
         "",
         "| measure | seconds |",
         "|---|---|",
-        f"| `preprocess()` wall, in-process, best of {args.repeats} | **{min(walls):.1f}** ({'meets' if min(walls) <= TARGET_S else 'misses'} the target) |",
-        f"| `preprocess()` wall, median of {args.repeats} (each: {', '.join(f'{w:.1f}' for w in walls)}) | {statistics.median(walls):.1f} |",
+        f"| `preprocess()` wall, in-process, best of {args.repeats} | **{min(walls):.1f}** "
+        f"({'meets' if min(walls) <= TARGET_S else 'misses'} the target) |",
+        f"| `preprocess()` wall, median of {args.repeats} (each: {', '.join(f'{w:.1f}' for w in walls)}) | "
+        f"{statistics.median(walls):.1f} |",
         f"| worker CPU seconds (both workers together), median | {statistics.median(cpus):.1f} |",
         f"| CLI as a new process, end to end (`{cli_command}`) | {cli_s:.1f} |",
         f"| of which `import midikit.data` (miditok imports torch) | {import_s:.1f} |",
@@ -171,9 +178,11 @@ def main() -> None:
         # Forked workers inherit this: every transposition goes through augment_score + encode.
         tokenization._SHIFTABLE_TOKENIZERS = ()
         wall, cpu, _ = time_in_process(args.input_dir, args.workers, args.tracks)
-        lines.append(f"| reference: miditok `augment_score` + `encode` per transposition, wall (worker CPU) | {wall:.1f} ({cpu:.1f}) |")
+        lines.append("| reference: miditok `augment_score` + `encode` per transposition, wall (worker CPU) | "
+                     f"{wall:.1f} ({cpu:.1f}) |")
     if args.breakdown:
-        lines += ["", "Where the time goes (all files, one core, each stage alone):", "", "| stage | seconds |", "|---|---|"]
+        lines += ["", "Where the time goes (all files, one core, each stage alone):", "", "| stage | seconds |",
+                  "|---|---|"]
         lines += [f"| {name} | {seconds:.2f} |" for name, seconds in breakdown(args.input_dir, args.tracks)]
     text = "\n".join(lines) + "\n" + NOTES
     print(text)

@@ -1,10 +1,10 @@
 """Quality benchmark: how good is the music each model makes, and what makes it better?
 
-On full Nottingham (all 1034 files, the original csce585-midi project's transpositions -5,-3,-1,0,1,3,5, midikit's by-file
-split), every configuration is trained on the same number of training tokens (the machine is
-shared and noisy: tokens are the fair unit, wall-clock is reported beside them), then judged by
-`midikit.evaluate` (held-out loss per token and per note; 16 pieces generated until EOS, capped at
-2,048 tokens, against the training data).
+On full Nottingham (all 1034 files, the original csce585-midi project's transpositions -5,-3,-1,0,1,3,5,
+midikit's by-file split), every configuration is trained on the same number of training tokens (the
+machine is shared and noisy: tokens are the fair unit, wall-clock is reported beside them), then
+judged by `midikit.evaluate` (held-out loss per token and per note; 16 pieces generated until EOS,
+capped at 2,048 tokens, against the training data).
 
 Modes (each writes its own section of the results file; the other sections are kept):
 
@@ -85,22 +85,27 @@ def prepare(args, bpe: int | None = None) -> DatasetPaths:
     if args.source == "corpus":
         source = dict(source="corpus")
     else:
-        source = dict(input_dir=args.input_dir) if args.input_dir and Path(args.input_dir).is_dir() else dict(source="nottingham")
+        given = args.input_dir and Path(args.input_dir).is_dir()
+        source = dict(input_dir=args.input_dir) if given else dict(source="nottingham")
     name = SOURCE_DATASETS[args.source] + (f"_bpe{bpe}" if bpe else "")
-    result = preprocess(PreprocessConfig(**source, dataset=name, checkpoint_dir=args.checkpoint_dir, bpe_vocab=bpe or None),
+    result = preprocess(PreprocessConfig(**source, dataset=name, checkpoint_dir=args.checkpoint_dir,
+                                         bpe_vocab=bpe or None),
                         progress=False, log=QUIET)
     return result.paths
 
 
 SOURCE_DATASETS = {"nottingham": "nottingham", "corpus": "folk"}
-DATA_WORDS = {"nottingham": "full Nottingham, 1034 files", "corpus": "music21's folk corpus (Ryan's Mammoth Collection), 1059 tunes"}
+DATA_WORDS = {"nottingham": "full Nottingham, 1034 files", "corpus": "music21's folk corpus (Ryan's Mammoth "
+                                                                     "Collection), 1059 tunes"}
 
 
 # --------------------------------------------------------------------------- training
 
 
-def model_config(paths: DatasetPaths, model_type: str, preset: str, context: int, positions: str | None = None) -> ModelConfig:
-    config = get_preset(model_type, preset).model_config(model_type, load_dataset(paths).vocab_size, context_length=context)
+def model_config(paths: DatasetPaths, model_type: str, preset: str, context: int,
+                 positions: str | None = None) -> ModelConfig:
+    config = get_preset(model_type, preset).model_config(model_type, load_dataset(paths).vocab_size,
+                                                         context_length=context)
     if positions and HAS_POSITIONS and model_type == "transformer":
         config = replace(config, positions=positions)
     return config.validate()
@@ -116,13 +121,15 @@ def train_midikit(paths: DatasetPaths, mc: ModelConfig, args, tokens: int, **tra
     `train_values`: TrainConfig fields that differ (a variant's lr, batch_size, ...)."""
     batch = train_values.pop("batch_size", None) or batch_for(args.preset, mc.model_type, mc.context_length)
     every = max(1, math.ceil(tokens / (batch * mc.context_length) / EVALUATIONS))
-    config = TrainConfig(dataset=paths.dataset, checkpoint_dir=str(paths.root), model_type=mc.model_type, preset=args.preset,
-                         batch_size=batch, max_steps=every * EVALUATIONS, eval_every=every, patience=0, device=args.device,
-                         resume="never", progress=False, checkpoint_every_minutes=0, **train_values)
+    config = TrainConfig(dataset=paths.dataset, checkpoint_dir=str(paths.root), model_type=mc.model_type,
+                         preset=args.preset,
+                         batch_size=batch, max_steps=every * EVALUATIONS, eval_every=every, patience=0,
+                         device=args.device, resume="never", progress=False, checkpoint_every_minutes=0, **train_values)
     started = time.perf_counter()
     result = train(config, mc, log=QUIET)
     seconds = time.perf_counter() - started
-    return {"run_id": result.run_id, "steps": result.steps, "batch": batch, "tokens": result.steps * batch * mc.context_length,
+    return {"run_id": result.run_id, "steps": result.steps, "batch": batch,
+            "tokens": result.steps * batch * mc.context_length,
             "train_s": seconds, "best_val_loss": result.best_val_loss}
 
 
@@ -190,7 +197,8 @@ def seed_heldout(model: nn.Module, paths: DatasetPaths, mc: ModelConfig) -> dict
     songs = [np.asarray(dataset.sequence("val", i)) for i in range(dataset.num_sequences("val"))]
     notes = [tokens_to_score(dataset.tokenizer, song).note_num() for song in songs]
     if mc.model_type == "transformer":
-        honest = evaluate.summarize_losses(recomputed_losses(model, songs, mc.context_length, SEED_POSITIONS_PER_SONG), notes)
+        honest = evaluate.summarize_losses(recomputed_losses(model, songs, mc.context_length, SEED_POSITIONS_PER_SONG),
+                                           notes)
         leaky = evaluate.summarize_losses(evaluate.song_losses(model, songs, mc.context_length), notes)
         return {**honest, "teacher_forced_nats_per_token": leaky["nats_per_token"]}
     return evaluate.summarize_losses(evaluate.song_losses(model, songs, None), notes)
@@ -219,8 +227,8 @@ def run_quick(args, paths: DatasetPaths, log) -> dict:
         trained = train_midikit(paths, mc, args, args.tokens)
         result = report(paths, trained["run_id"], args)
         log(f"{model_type} midikit: {result.heldout['nats_per_token']:.4f} nats/token, {trained['train_s']:.0f} s")
-        rows.append({"model_type": model_type, "recipe": "midikit", "parameters": _parameters(mc), "context": mc.context_length,
-                     **trained, **summary(result)})
+        rows.append({"model_type": model_type, "recipe": "midikit", "parameters": _parameters(mc),
+                     "context": mc.context_length, **trained, **summary(result)})
         model, seeded = train_seed(paths, mc, args, args.tokens)
         heldout = seed_heldout(model, paths, mc)
         log(f"{model_type} seed: {heldout['nats_per_token']:.4f} nats/token, {seeded['train_s']:.0f} s")
@@ -238,7 +246,8 @@ RECIPES = {
     "lstm": dict(model_type="lstm", bpe=1000, context=100, hidden_size=256, lr=0.01, song_clock=True),
     "gru": dict(model_type="gru", bpe=1000, context=100, hidden_size=256, lr=0.01, song_clock=True),
 }
-LOSS_GOAL = 1.496 * 0.9  # nats/note: 10% below the best Transformer before issue #19 (BPE 1000, context 256, 10M tokens)
+# nats/note: 10% below the best Transformer before issue #19 (BPE 1000, context 256, 10M tokens)
+LOSS_GOAL = 1.496 * 0.9
 RNN_SCALE_BAND = 0.05  # the goals' scale-consistency band for the LSTM and the GRU (the report's is 3%)
 
 
@@ -256,8 +265,8 @@ def run_goals(args, paths: DatasetPaths, log) -> dict:
         log(f"{model_type}: {result.heldout['nats_per_note']:.3f} nats/note, {_health(summary(result))}")
         rows.append({"model_type": model_type, "recipe": _recipe_words(values, mc), "parameters": _parameters(mc),
                      "context": mc.context_length, "bpe": values.get("bpe"), "config": result.config, **trained,
-                     "command": shlex.join(["python", "bench/quality.py", "--goals", "--model_types", model_type, "--tokens",
-                                            f"{args.tokens:g}", "--threads", "1"]), **summary(result)})
+                     "command": shlex.join(["python", "bench/quality.py", "--goals", "--model_types", model_type,
+                                            "--tokens", f"{args.tokens:g}", "--threads", "1"]), **summary(result)})
     return {"rows": rows}
 
 
@@ -285,7 +294,8 @@ def run_full(args, paths: DatasetPaths, log) -> dict:
     table = evaluate.format_table(result)  # the report at the default sampling, the last word on the targets
     log(table)
     sampling = sampling_sweep(data_paths, trained["run_id"], args, log) if args.sweep else []
-    return {"sampling": sampling, "rows": [{"model_type": mc.model_type, "recipe": "midikit", "parameters": _parameters(mc), "context": mc.context_length,
+    return {"sampling": sampling, "rows": [{"model_type": mc.model_type, "recipe": "midikit",
+                                            "parameters": _parameters(mc), "context": mc.context_length,
                       "positions": getattr(mc, "positions", "learned"), "bpe": args.bpe, **trained, **summary(result)}],
             "table": table}
 
@@ -301,7 +311,8 @@ def sampling_sweep(paths: DatasetPaths, run_id: str, args, log) -> list[dict]:
     rows = []
     for _, values in args.samplings:
         result = report(paths, run_id, args, save=False, **values)  # the saved report: the default
-        rows.append({"run_id": run_id, **{k: result.config[k] for k in ("p", "temperature", "keep_end")}, **summary(result)})
+        rows.append({"run_id": run_id, **{k: result.config[k] for k in ("p", "temperature", "keep_end")},
+                     **summary(result)})
         log(f"sampling {values}: target metrics in band {_in_band(rows[-1])}, {_health(rows[-1])}")
     return rows
 
@@ -314,10 +325,11 @@ def run_experiments(args, paths: DatasetPaths, log) -> dict:
     def one(label, data_paths, mc, tokens=args.tokens, bpe=None, **train_values):
         trained = train_midikit(data_paths, mc, args, tokens, **train_values)
         result = report(data_paths, trained["run_id"], args)
-        log(f"{label}: {result.heldout['nats_per_token']:.4f} nats/token, {result.heldout['nats_per_note']:.3f} nats/note, "
-            f"{_health(summary(result))}, {trained['train_s']:.0f} s")
+        log(f"{label}: {result.heldout['nats_per_token']:.4f} nats/token, {result.heldout['nats_per_note']:.3f} "
+            f"nats/note, {_health(summary(result))}, {trained['train_s']:.0f} s")
         rows.append({"experiment": label, "model_type": mc.model_type, "parameters": _parameters(mc), "bpe": bpe,
-                     "context": mc.context_length, "positions": getattr(mc, "positions", "learned"), **trained, **summary(result)})
+                     "context": mc.context_length, "positions": getattr(mc, "positions", "learned"), **trained,
+                     **summary(result)})
         return trained["run_id"], result
 
     def best(prefix):
@@ -331,11 +343,13 @@ def run_experiments(args, paths: DatasetPaths, log) -> dict:
     if "positions" in todo and HAS_POSITIONS:
         for at in args.position_contexts or [context]:
             for positions in args.position_kinds:
-                one(f"{positions} positions, context {at}", paths, model_config(paths, "transformer", args.preset, at, positions))
+                one(f"{positions} positions, context {at}", paths,
+                    model_config(paths, "transformer", args.preset, at, positions))
     if "bpe" in todo:
         for vocab in args.bpe_vocabs:
             bpe_paths = prepare(args, vocab)
-            one(f"BPE {vocab}", bpe_paths, model_config(bpe_paths, "transformer", args.preset, context, args.positions), bpe=vocab)
+            one(f"BPE {vocab}", bpe_paths, model_config(bpe_paths, "transformer", args.preset, context, args.positions),
+                bpe=vocab)
     for label, values in args.variants if "variants" in todo else []:
         data_paths, mc, train_values = variant(paths, args, values)
         one(label, data_paths, mc, int(values.get("tokens", args.tokens)), values.get("bpe", args.bpe), **train_values)
@@ -379,7 +393,8 @@ def variant(paths: DatasetPaths, args, values: dict) -> tuple[DatasetPaths, Mode
     model_type = values.pop("model_type", args.model_type)
     context = values.pop("context", args.context or BEST["context"])
     train_values = {k: values.pop(k) for k in list(values) if k in TRAIN_FIELDS}
-    mc = replace(model_config(data_paths, model_type, args.preset, context, values.pop("positions", args.positions)), **values)
+    mc = replace(model_config(data_paths, model_type, args.preset, context, values.pop("positions", args.positions)),
+                 **values)
     return data_paths, mc.validate(), train_values
 
 
@@ -393,7 +408,8 @@ def _parameters(mc: ModelConfig) -> int:
 
 
 # The metrics the issue's targets name (num_notes and duration have bands too, but no target).
-TARGET_METRICS = ("pitch_class_entropy", "polyphony", "note_density", "pitch_range", "scale_consistency", "empty_beat_rate")
+TARGET_METRICS = ("pitch_class_entropy", "polyphony", "note_density", "pitch_range", "scale_consistency",
+                  "empty_beat_rate")
 
 
 def _in_band(row) -> str:
@@ -416,7 +432,8 @@ def _metric_cell(row, metric: str) -> str:
     return f"{found['generated']:.3g} ({shown}) {'✓' if found['ok'] else '✗'}"
 
 
-RECIPE_LABELS = {"seed": "original project"}  # rows of the original csce585-midi project's recipe (bench/seed_baseline.py)
+# rows of the original csce585-midi project's recipe (bench/seed_baseline.py)
+RECIPE_LABELS = {"seed": "original project"}
 
 
 def _loss_columns(row) -> str:
@@ -431,9 +448,10 @@ def render(name: str, result: dict, args, seconds: float, section: str) -> str:
     meta = result.get("meta", {})
     lines = [f"## {title}", "",
              f"- command: `{meta.get('command', args.command)}`",
-             f"- machine: {meta.get('machine', machine())}; load average {meta.get('load', os.getloadavg()[0]):.1f} at the end; "
-             f"wall-clock {meta.get('seconds', seconds) / 60:.1f} min",
-             f"- data: {DATA_WORDS[meta.get('source', 'nottingham')]}, transpositions -5,-3,-1,0,1,3,5, REMI merged tracks"
+             f"- machine: {meta.get('machine', machine())}; load average {meta.get('load', os.getloadavg()[0]):.1f} at "
+             f"the end; wall-clock {meta.get('seconds', seconds) / 60:.1f} min",
+             f"- data: {DATA_WORDS[meta.get('source', 'nottingham')]}, transpositions "
+             "-5,-3,-1,0,1,3,5, REMI merged tracks"
              + "".join(sorted({f", then miditok BPE {row['bpe']} (nats/token are per BPE token; compare nats/note)"
                                for row in result["rows"] if row.get("bpe")}))
              + f"; validation: {result.get('val_songs', '52')} songs by file, untransposed", ""]
@@ -442,23 +460,27 @@ def render(name: str, result: dict, args, seconds: float, section: str) -> str:
         lines += [*render_goals(result), ""]
     if rows:
         key = "recipe" if name == "quick" else "experiment" if name == "experiments" else "recipe"
-        lines += [f"| model | {key} | params | context | batch × steps | tokens | train s | report s | nats/token | nats/note | "
-                  "perplexity | EOS nats at a song's end | ended with EOS |", "|---" * 13 + "|"]
+        lines += [f"| model | {key} | params | context | batch × steps | tokens | train s | report s | nats/token | "
+                  "nats/note | perplexity | EOS nats at a song's end | ended with EOS |", "|---" * 13 + "|"]
         for row in rows:
             label = RECIPE_LABELS.get(row.get(key, row.get("recipe", "")), row.get(key, row.get("recipe", "")))
             lines.append(f"| {row['model_type']} | {label} | {row['parameters'] / 1e6:.2f}M | "
-                         f"{row['context']} | {row['batch']} × {row['steps']} | {row['tokens'] / 1e6:.2f}M | {row['train_s']:.0f} | "
-                         f"{format(row['report_s'], '.0f') if 'report_s' in row else '-'} | {_loss_columns(row)} |")
-        seeded = [row for row in rows if row.get("recipe") == "seed" and "teacher_forced_nats_per_token" in row["heldout"]]
+                         f"{row['context']} | {row['batch']} × {row['steps']} | {row['tokens'] / 1e6:.2f}M | "
+                         f"{row['train_s']:.0f} | {format(row['report_s'], '.0f') if 'report_s' in row else '-'} | "
+                         f"{_loss_columns(row)} |")
+        seeded = [row for row in rows if row.get("recipe") == "seed"
+                  and "teacher_forced_nats_per_token" in row["heldout"]]
         for row in seeded:
-            lines += ["", f"The original project's Transformer, scored the way it was trained (teacher forcing, its decoder "
-                          f"seeing the predicted tokens through its memory): {row['heldout']['teacher_forced_nats_per_token']:.4f} "
-                          f"nats/token. Its row above predicts each token from the window before it only, as the original project generated "
+            lines += ["", "The original project's Transformer, scored the way it was trained (teacher forcing, its "
+                          "decoder seeing the predicted tokens through its memory): "
+                          f"{row['heldout']['teacher_forced_nats_per_token']:.4f} nats/token. Its row above predicts "
+                          "each token from the window before it only, as the original project generated "
                           f"({SEED_POSITIONS_PER_SONG} positions per song)."]
         reported = [row for row in rows if "comparison" in row]
         if reported:
             labels = [f"{row['model_type']} {row.get('experiment', '')}".strip() for row in reported]
-            lines += ["", "Generated pieces (mean, difference from the data, ✓ within the band) against the training data:", "",
+            lines += ["", "Generated pieces (mean, difference from the data, ✓ within the band) "
+                          "against the training data:", "",
                       "| metric | data | band | " + " | ".join(labels) + " |", "|---" * (3 + len(labels)) + "|"]
             for metric in [c["metric"] for c in reported[0]["comparison"]]:
                 first = next(c for c in reported[0]["comparison"] if c["metric"] == metric)
@@ -471,13 +493,16 @@ def render(name: str, result: dict, args, seconds: float, section: str) -> str:
     if result.get("sampling"):
         lines += ["", f"Sampling settings on {result['sampling'][0]['run_id']} ({args.pieces} pieces each, at most "
                   f"{args.max_tokens} tokens):", "",
-                  "| p | temperature | end of piece | target metrics in band | num_notes | duration | pitch_class_entropy | "
-                  "scale_consistency | pieces without notes | token errors | ended with EOS |", "|---" * 11 + "|"]
+                  "| p | temperature | end of piece | target metrics in band | num_notes | duration | "
+                  "pitch_class_entropy | scale_consistency | pieces without notes | token errors | ended with EOS |",
+                  "|---" * 11 + "|"]
         for row in result["sampling"]:
             health = {h["check"]: h["shown"] for h in row["health"]}
-            lines.append(f"| {row['p']} | {row['temperature']} | {'never cut' if row.get('keep_end') else 'cut by top-p'} | "
-                         f"{_in_band(row)} | " + " | ".join(_metric_cell(row, m) for m in SWEEP_METRICS) +
-                         f" | {health['pieces without notes']} | {health['token errors']} | {health['ended with EOS']} |")
+            lines.append(f"| {row['p']} | {row['temperature']} | "
+                         f"{'never cut' if row.get('keep_end') else 'cut by top-p'} | {_in_band(row)} | "
+                         + " | ".join(_metric_cell(row, m) for m in SWEEP_METRICS) +
+                         f" | {health['pieces without notes']} | {health['token errors']} | "
+                         f"{health['ended with EOS']} |")
     if result.get("table"):
         lines += ["", "```", result["table"], "```"]
     return "\n".join(lines) + "\n"
@@ -485,27 +510,30 @@ def render(name: str, result: dict, args, seconds: float, section: str) -> str:
 
 def render_goals(result: dict) -> list[str]:
     """The three model types against issue #19's goals, one row each with the command that made it."""
-    lines = ["| model | recipe | nats/note (Transformer: ≤ " + f"{LOSS_GOAL:.3f})" + " | ended with an EOS it sampled (≥ 15/16) | "
-             "num_notes (±25%) | duration (±25%) | metrics in their bands | scale consistency (TF ±3%, RNN ±5%) | "
-             "goals met | command |", "|---" * 10 + "|"]
+    lines = ["| model | recipe | nats/note (Transformer: ≤ " + f"{LOSS_GOAL:.3f})" + " | ended with an EOS it sampled "
+             "(≥ 15/16) | num_notes (±25%) | duration (±25%) | metrics in their bands | scale consistency (TF ±3%, RNN "
+             "±5%) | goals met | command |", "|---" * 10 + "|"]
     for row in result["rows"]:
         metrics = {c["metric"]: c for c in row["comparison"]}
         scale = metrics["scale_consistency"]
         band = 0.03 if row["model_type"] == "transformer" else RNN_SCALE_BAND
-        in_band = [c["ok"] if name != "scale_consistency" else abs(c["difference"]) <= band for name, c in metrics.items()]
+        in_band = [c["ok"] if name != "scale_consistency" else abs(c["difference"]) <= band
+                   for name, c in metrics.items()]
         ended = next(h for h in row["health"] if h["check"] == "ended with EOS")
         loss = row["heldout"]["nats_per_note"]
         checks = {"EOS": ended["ok"], "notes": metrics["num_notes"]["ok"], "duration": metrics["duration"]["ok"],
                   "bands": all(in_band), "loss": loss <= LOSS_GOAL if row["model_type"] == "transformer" else True}
         missed = [name for name, ok in checks.items() if not ok]
         lines.append(f"| {row['model_type']} | {row['recipe']} | {loss:.3f} | {ended['shown']} | "
-                     f"{_metric_cell(row, 'num_notes')} | {_metric_cell(row, 'duration')} | {sum(in_band)}/{len(in_band)} | "
-                     f"{scale['generated']:.3f} ({scale['difference']:+.1%}) {'✓' if abs(scale['difference']) <= band else '✗'} | "
+                     f"{_metric_cell(row, 'num_notes')} | {_metric_cell(row, 'duration')} | "
+                     f"{sum(in_band)}/{len(in_band)} | {scale['generated']:.3f} ({scale['difference']:+.1%}) "
+                     f"{'✓' if abs(scale['difference']) <= band else '✗'} | "
                      f"{'all' if not missed else 'missed: ' + ', '.join(missed)} | `{row['command']}` |")
     config = result["rows"][0]["config"] if result["rows"] else {}
-    lines += ["", f"Generation: {config.get('pieces')} pieces each, {config.get('strategy')} p {config.get('p')}, temperature "
-              f"{config.get('temperature')}, the end of a piece {'never cut' if config.get('keep_end') else 'cut by top-p'}, "
-              f"at most {config.get('max_tokens')} tokens, seed {config.get('seed')}: the generation defaults."]
+    lines += ["", f"Generation: {config.get('pieces')} pieces each, {config.get('strategy')} p {config.get('p')}, "
+              f"temperature {config.get('temperature')}, the end of a piece "
+              f"{'never cut' if config.get('keep_end') else 'cut by top-p'}, at most {config.get('max_tokens')} "
+              f"tokens, seed {config.get('seed')}: the generation defaults."]
     return lines
 
 
@@ -532,16 +560,21 @@ def machine() -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="the comparison: 3 model types x 2 recipes at equal tokens")
-    parser.add_argument("--goals", action="store_true", help="each model type's recipe (RECIPES) against issue #19's goals")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="the comparison: 3 model types x 2 "
+                                                             "recipes at equal tokens")
+    parser.add_argument("--goals", action="store_true", help="each model type's recipe (RECIPES) "
+                                                             "against issue #19's goals")
     parser.add_argument("--runs", type=lambda s: dict(item.split("=", 1) for item in s.split(",") if item), default={},
-                        help="--goals: report these finished runs instead of training them (lstm=RUN_ID,gru=RUN_ID,...)")
+                        help="--goals: report these finished runs instead of training them "
+                             "(lstm=RUN_ID,gru=RUN_ID,...)")
     parser.add_argument("--experiments", type=lambda s: [x for x in s.split(",") if x], default=None,
                         help="comma list of context,positions,bpe,variants,sampling")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--preset", default="cpu")
-    parser.add_argument("--tokens", type=float, default=None, help="training tokens per configuration (default: by mode)")
+    parser.add_argument("--tokens", type=float, default=None,
+                        help="training tokens per configuration (default: by mode)")
     parser.add_argument("--model_types", type=lambda s: s.split(","), default=list(MODEL_TYPES))
     parser.add_argument("--model_type", default=BEST["model_type"], help="full mode: the model type")
     parser.add_argument("--context", type=int, default=None, help="context length (quick: 100; full: the best found)")
@@ -553,17 +586,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--bpe", type=int, default=BEST["bpe"], help="full mode: BPE vocabulary size (0: none)")
     parser.add_argument("--bpe_vocabs", type=lambda s: [int(x) for x in s.split(",")], default=[1000])
     parser.add_argument("--variants", type=parse_variants, default=[],
-                        help="--experiments variants: 'name: key=value, ...; name2: ...' (keys: bpe, context, model_type, "
-                        "tokens, ModelConfig and TrainConfig fields), each trained on --tokens and reported")
+                        help="--experiments variants: 'name: key=value, ...; name2: ...' (keys: bpe, context, "
+                        "model_type, tokens, ModelConfig and TrainConfig fields), each trained on "
+                        "--tokens and reported")
     parser.add_argument("--no_sweep", dest="sweep", action="store_false", help="full mode: no sampling sweep")
     parser.add_argument("--samplings", type=parse_variants, default=parse_variants(SAMPLINGS),
-                        help="the sweep's settings: 'p=0.95, keep_end=false; temperature=0.9; ...' (QualityConfig fields)")
-    parser.add_argument("--sweep_run", default=None, help="--experiments sampling: sweep this run id (of --bpe's dataset)")
+                        help="the sweep's settings: 'p=0.95, keep_end=false; temperature=0.9; ...' "
+                             "(QualityConfig fields)")
+    parser.add_argument("--sweep_run", default=None, help="--experiments sampling: sweep this run id "
+                                                          "(of --bpe's dataset)")
     parser.add_argument("--pieces", type=int, default=QualityConfig().pieces)
     parser.add_argument("--max_tokens", type=int, default=QualityConfig().max_tokens,
-                        help="the report's cap (default: the generation default); its sampling is QualityConfig's default")
+                        help="the report's cap (default: the generation default); its sampling is "
+                             "QualityConfig's default")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--checkpoint_dir", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "midikit_quality_bench"))
+    parser.add_argument("--checkpoint_dir",
+                        default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "midikit_quality_bench"))
     parser.add_argument("--source", choices=tuple(SOURCE_DATASETS), default="nottingham",
                         help="the songs: Nottingham (--input_dir, else downloaded) or music21's offline folk corpus")
     parser.add_argument("--input_dir", default=str(HERE.parent.parent / "shared" / "data" / "nottingham"),
@@ -585,7 +623,8 @@ def render_saved(args) -> None:
     result = json.loads(Path(args.render_from).read_text())
     meta = result.get("meta", {})
     section = args.render_section or meta.get("section") or meta.get("mode", args.mode)
-    write_section(args.out, section, render(meta.get("mode", args.mode), result, args, meta.get("seconds", 0.0), section))
+    write_section(args.out, section, render(meta.get("mode", args.mode), result, args, meta.get("seconds", 0.0),
+                                            section))
 
 
 def main(argv=None) -> None:
@@ -606,9 +645,11 @@ def main(argv=None) -> None:
                       "mode": args.mode, "experiments": args.experiments, "source": args.source}
     section = args.mode if args.mode != "experiments" else "experiments: " + ", ".join(args.experiments)
     if args.mode == "full":
-        section = f"full: {'BPE ' + str(args.bpe) if args.bpe else 'REMI'}, {args.positions} positions, context {args.context or BEST['context']}"
+        section = (f"full: {'BPE ' + str(args.bpe) if args.bpe else 'REMI'}, {args.positions} positions, "
+                   f"context {args.context or BEST['context']}")
     result["meta"]["section"] = section
-    (Path(args.checkpoint_dir) / f"quality_{re.sub(r'[^A-Za-z0-9]+', '_', section).strip('_')}.json").write_text(json.dumps(result, indent=1, default=str))
+    saved = Path(args.checkpoint_dir) / f"quality_{re.sub(r'[^A-Za-z0-9]+', '_', section).strip('_')}.json"
+    saved.write_text(json.dumps(result, indent=1, default=str))
     write_section(args.out, section, render(args.mode, result, args, seconds, section))
     log(f"done in {seconds / 60:.1f} min; results in {args.out}")
 

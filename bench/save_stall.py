@@ -81,7 +81,8 @@ class _Saver:
             weights, copied = self.weights_pool.take(self.training.raw_model.state_dict())
         done: Future = Future()
         payload = {"state": snapshot, "weights": weights}
-        threading.Thread(target=_write_when_copied, args=(payload, copied, self.folder / f"{len(self.writes)}.pt", done),
+        threading.Thread(target=_write_when_copied, args=(payload, copied, self.folder / f"{len(self.writes)}.pt",
+                                                          done),
                          name="stall-writer", daemon=True).start()
         self.pool.hold(snapshot, done)
         if weights is not None:

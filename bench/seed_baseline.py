@@ -22,7 +22,8 @@ class SeedRNN(nn.Module):
         super().__init__()
         rnn = nn.LSTM if model_type == "lstm" else nn.GRU
         self.embedding = nn.Embedding(vocab_size, embed_size)
-        self.rnn = rnn(embed_size, hidden_size, num_layers, batch_first=True, dropout=dropout if num_layers > 1 else 0.0)
+        self.rnn = rnn(embed_size, hidden_size, num_layers, batch_first=True, dropout=dropout if num_layers > 1
+                       else 0.0)
         self.fc = nn.Linear(hidden_size, vocab_size)
 
     def forward(self, x):

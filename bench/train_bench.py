@@ -149,7 +149,8 @@ def time_midikit_loop(mc, tokens: np.ndarray, batch_size: int, lr: float, device
         "precision": describe_precision(training), "compiled": training.compiled, "final_loss": float(losses[-1]),
         "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
     }
-    batch = sample_windows(train_tokens, batch_size, mc.context_length, generator)[:2]  # inputs, targets (no song clock)
+    # inputs, targets (no song clock)
+    batch = sample_windows(train_tokens, batch_size, mc.context_length, generator)[:2]
     return result, (training, generator, batch)
 
 
@@ -172,10 +173,12 @@ def time_checkpoint(mc, trained, folder: Path) -> dict:
 
     paths = storage.DatasetPaths(folder, "bench")
     history = {"train_loss": [1.0] * 1000, "val_loss": [1.0] * 10, "val_step": list(range(100, 1001, 100))}
-    metrics = {"best_val_loss": 1.0, "best_step": 1000, "final_train_loss": 1.0, "steps": 1000, "epochs": 1, "total_steps": 1000,
-               "tokens_seen": 0, "elapsed_seconds": 1.0, "parameters": count_parameters(training.raw_model)}
+    metrics = {"best_val_loss": 1.0, "best_step": 1000, "final_train_loss": 1.0, "steps": 1000, "epochs": 1,
+               "total_steps": 1000, "tokens_seen": 0, "elapsed_seconds": 1.0,
+               "parameters": count_parameters(training.raw_model)}
     dataset = {"name": "bench", "fingerprint": "", "vocab_size": mc.vocab_size}
-    report = RunReport("lstm_20260101_000000", "running", mc.to_dict(), {}, dataset, metrics, history, weights_step=1000)
+    report = RunReport("lstm_20260101_000000", "running", mc.to_dict(), {}, dataset, metrics, history,
+                       weights_step=1000)
     start = time.perf_counter()
     paths.ensure()
     write_weights(paths, report.run_id, snapshots.to_cpu_snapshot(training.raw_model.state_dict()))
@@ -193,7 +196,8 @@ def time_resume(paths: storage.DatasetPaths, model_type: str, preset: str, mc_ov
     """Seconds from calling train() on a saved run until its first step is done."""
     config = TrainConfig(
         dataset=paths.dataset, checkpoint_dir=str(paths.root), model_type=model_type, preset=preset, device=device,
-        max_steps=1, eval_every=1, eval_windows=8, compile="off", progress=False, checkpoint_every_minutes=0, resume="never",
+        max_steps=1, eval_every=1, eval_windows=8, compile="off", progress=False, checkpoint_every_minutes=0,
+        resume="never",
     )
     first = train(config, log=lambda message: None, model_overrides=mc_overrides)
     run_dir = first.artifacts["checkpoints"]
@@ -228,9 +232,10 @@ def header_lines(args, device) -> list[str]:
         f"# Training benchmark ({device.type})", "",
         f"- machine: {machine()}; load average before the run {args.load:.1f}",
         f"- command: `python {' '.join(shlex.quote(a) for a in sys.argv)}`",
-        f"- data: {'synthetic tokens, vocab ' + str(SYNTHETIC_VOCAB) if args.synthetic else 'dataset ' + args.dataset}; "
-        f"context {args.context}; timed steps: midikit {args.steps} after {args.warmup} warm-up, "
-        f"the original project's loop {args.seed_steps} after 2",
+        "- data: "
+        f"{'synthetic tokens, vocab ' + str(SYNTHETIC_VOCAB) if args.synthetic else 'dataset ' + args.dataset}; "
+        f"context {args.context}; timed steps: midikit {args.steps} after {args.warmup} warm-up, the original "
+        f"project's loop {args.seed_steps} after 2",
         "",
         "| model | preset | params | batch | midikit ms/step | midikit tokens/s | MFU | precision | original ms/step "
         "| original tokens/s | speed-up | target tokens/s |",
@@ -241,9 +246,10 @@ def header_lines(args, device) -> list[str]:
 def row_line(r: dict, device) -> str:
     m, s = r["midikit"], r.get("seed")
     return (f"| {r['model']} | {r['preset']} | {r['params'] / 1e6:.1f}M | {r['batch']} | {m['step_s'] * 1e3:.1f} | "
-            f"{fmt(m['tokens_per_s'])} | {fmt(m['mfu'], '.1%')} | {m['precision']}{' +compile' if m['compiled'] else ''} | "
-            f"{fmt(s and s['step_s'] * 1e3, '.1f')} | {fmt(s and s['tokens_per_s'])} | "
-            f"{fmt(s and m['tokens_per_s'] / s['tokens_per_s'], '.1f')}x | {target_cell(r, device)} |")
+            f"{fmt(m['tokens_per_s'])} | {fmt(m['mfu'], '.1%')} | "
+            f"{m['precision']}{' +compile' if m['compiled'] else ''} | {fmt(s and s['step_s'] * 1e3, '.1f')} | "
+            f"{fmt(s and s['tokens_per_s'])} | {fmt(s and m['tokens_per_s'] / s['tokens_per_s'], '.1f')}x | "
+            f"{target_cell(r, device)} |")
 
 
 def checkpoint_lines(rows: list[dict]) -> list[str]:
@@ -262,7 +268,8 @@ def checkpoint_lines(rows: list[dict]) -> list[str]:
             f"{c['unprepared_s']:.3f} | {c['while_written_s']:.3f} | {c['write_s']:.2f} | {c['artifacts_s']:.2f} | "
             f"{c['share']:.3%} | {fmt(r.get('resume_s'), '.1f')} |")
     lines += [
-        "", "A save's hold: how much longer the step that takes it runs than a plain step (the pool's buffers made on its",
+        "", "A save's hold: how much longer the step that takes it runs than a plain step (the "
+            "pool's buffers made on its",
         "own thread when the run starts; \"no pool filled\": allocated on the training thread, as before). Share = the",
         "warm hold / 600 s; the state file and the artifacts are written on the writer's background thread.",
     ]
@@ -282,13 +289,16 @@ def parse_args(argv):
     parser.add_argument("--device", default="auto")
     parser.add_argument("--presets", default=None, help="comma-separated (default: cpu on CPU, large on GPU)")
     parser.add_argument("--models", default=",".join(MODEL_TYPES))
-    parser.add_argument("--synthetic", action="store_true", help=f"random tokens, vocab {SYNTHETIC_VOCAB} (no dataset needed)")
+    parser.add_argument("--synthetic", action="store_true",
+                        help=f"random tokens, vocab {SYNTHETIC_VOCAB} (no dataset needed)")
     parser.add_argument("--synthetic_tokens", type=int, default=SYNTHETIC_TOKENS)
     parser.add_argument("--dataset", default="nottingham")
     parser.add_argument("--checkpoint_dir", default=None)
-    parser.add_argument("--context", type=int, default=100, help="tokens per window (the original project's seq_length)")
+    parser.add_argument("--context", type=int, default=100,
+                        help="tokens per window (the original project's seq_length)")
     parser.add_argument("--batch_size", type=int, default=None, help="instead of the preset's (a quick rehearsal)")
-    parser.add_argument("--compile", choices=("auto", "off"), default="auto", help="off: nothing compiled (no C compiler)")
+    parser.add_argument("--compile", choices=("auto", "off"), default="auto",
+                        help="off: nothing compiled (no C compiler)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 10 on CPU, 40 on GPU)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 2 on CPU, 10 on GPU)")
     parser.add_argument("--seed_steps", type=int, default=None,
@@ -339,7 +349,8 @@ def measure(model_type: str, preset_name: str, args, device, vocab_size, sequenc
         note(f"   original: {row['seed']['step_s'] * 1e3:.1f} ms/step, {row['seed']['tokens_per_s']:,.0f} tokens/s")
         free_memory(device)
     if not args.skip_resume:
-        row["resume_s"] = time_resume(data_paths, model_type, preset_name, {"context_length": args.context}, str(device))
+        row["resume_s"] = time_resume(data_paths, model_type, preset_name, {"context_length": args.context},
+                                      str(device))
         note(f"   resume to first step: {row['resume_s']:.1f} s")
         free_memory(device)
     return row

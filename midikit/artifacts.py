@@ -33,7 +33,8 @@ class RunReport:
     model_config: dict
     train_config: dict
     dataset: dict
-    metrics: dict  # steps, epochs, total_steps, tokens_seen, elapsed_seconds, parameters, best_val_loss, best_step, final_train_loss
+    # steps, epochs, total_steps, tokens_seen, elapsed_seconds, parameters, best_val_loss, best_step, final_train_loss
+    metrics: dict
     history: dict = field(default_factory=dict)  # plain lists (LossHistory.as_lists)
     weights_step: int | None = None  # the step whose weights models/<run_id>.pth holds
 
@@ -88,8 +89,9 @@ def write_weights(paths: DatasetPaths, run_id: str, weights: dict, abandoned=Non
 def artifact_paths(paths: DatasetPaths, run_id: str) -> dict[str, Path]:
     """Where each artifact of a run lives, by name."""
     return {
-        "weights": paths.best_weights(run_id), "sidecar": paths.weights_sidecar(run_id), "plot": paths.loss_plot(run_id),
-        "summary": paths.training_summary(run_id), "csv": paths.models_csv, "train_losses": paths.train_losses(run_id),
+        "weights": paths.best_weights(run_id), "sidecar": paths.weights_sidecar(run_id),
+        "plot": paths.loss_plot(run_id), "summary": paths.training_summary(run_id), "csv": paths.models_csv,
+        "train_losses": paths.train_losses(run_id),
         "val_losses": paths.val_losses(run_id), "checkpoints": paths.run_checkpoints(run_id),
     }
 
@@ -159,7 +161,8 @@ def _summary_text(report: RunReport, metrics: dict, artifacts: dict) -> str:
     results = {"status": report.status, **metrics, "weights_step": report.weights_step}
     for key in ("best_val_loss", "final_train_loss"):
         results[key] = "" if results.get(key) is None else f"{results[key]:.6f}"
-    lines = [f"midikit training summary: {report.run_id}", f"updated {datetime.now().isoformat(timespec='seconds')}", ""]
+    lines = [f"midikit training summary: {report.run_id}",
+             f"updated {datetime.now().isoformat(timespec='seconds')}", ""]
     lines += block("Dataset", report.dataset)
     lines += block("Model config", report.model_config)
     lines += block("Training config", report.train_config)

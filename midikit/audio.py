@@ -33,7 +33,8 @@ def audio_synthesizer() -> AudioSynthesizer:
 
     import pretty_midi
 
-    names = [getattr(sys.modules.get(f"pretty_midi.{name}"), "DEFAULT_SF2", None) for name in ("fluidsynth", "pretty_midi")]
+    names = [getattr(sys.modules.get(f"pretty_midi.{name}"), "DEFAULT_SF2", None)
+             for name in ("fluidsynth", "pretty_midi")]
     soundfont = Path(pretty_midi.__file__).parent / next((n for n in names if n), "TimGM6mb.sf2")
     sine = "Audio preview: plain sine tones, because "
     if not soundfont.is_file():
@@ -42,7 +43,8 @@ def audio_synthesizer() -> AudioSynthesizer:
     try:
         import fluidsynth
     except (ImportError, OSError) as exc:  # not installed, or installed without the FluidSynth library
-        why = "FluidSynth is not installed" if isinstance(exc, ModuleNotFoundError) else f"FluidSynth cannot start ({exc})"
+        why = ("FluidSynth is not installed" if isinstance(exc, ModuleNotFoundError)
+               else f"FluidSynth cannot start ({exc})")
         if shutil.which("fluidsynth"):
             return AudioSynthesizer("fluidsynth-program", soundfont, f"Audio preview: the fluidsynth program {sounds}")
         return AudioSynthesizer("sine", None, f"{sine}{why} (for instruments: apt-get install -y fluidsynth).")
@@ -64,8 +66,8 @@ def _fluidsynth_program(midi: bytes, soundfont: Path, sample_rate: int) -> np.nd
     with tempfile.TemporaryDirectory(prefix="midikit_audio_") as folder:
         piece, sound = Path(folder, "piece.mid"), Path(folder, "piece.wav")
         piece.write_bytes(midi)
-        subprocess.run([shutil.which("fluidsynth") or "fluidsynth", "-ni", "-r", str(sample_rate), "-O", "s16", "-F", str(sound),
-                        str(soundfont), str(piece)], check=True, capture_output=True, timeout=600)
+        subprocess.run([shutil.which("fluidsynth") or "fluidsynth", "-ni", "-r", str(sample_rate), "-O", "s16",
+                        "-F", str(sound), str(soundfont), str(piece)], check=True, capture_output=True, timeout=600)
         with wave.open(str(sound)) as wav:
             channels, frames = wav.getnchannels(), wav.readframes(wav.getnframes())
     audio = np.frombuffer(frames, dtype="<i2").reshape(-1, channels).mean(axis=1) / 32768.0
@@ -101,7 +103,8 @@ def render_audio(score_or_path, sample_rate: int = 22050, synth: str = "auto") -
         if chosen.kind == "fluidsynth":
             import inspect
 
-            where = "synthesizer" if "synthesizer" in inspect.signature(midi.fluidsynth).parameters else "sf2_path"  # < 0.2.11
+            parameters = inspect.signature(midi.fluidsynth).parameters
+            where = "synthesizer" if "synthesizer" in parameters else "sf2_path"  # < 0.2.11
             audio = midi.fluidsynth(fs=sample_rate, **{where: str(chosen.soundfont)}).astype(np.float32)
         else:
             audio = midi.synthesize(fs=sample_rate).astype(np.float32)

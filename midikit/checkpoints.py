@@ -107,7 +107,8 @@ def _write_checksum(path: Path, digest: str) -> None:
     atomic_write_text(checksum_path(path), f"{digest}  {path.name}\n")
 
 
-def save_state(path: str | os.PathLike, state: dict, abandoned: threading.Event | None = None, retry=None) -> CheckpointInfo:
+def save_state(path: str | os.PathLike, state: dict, abandoned: threading.Event | None = None,
+               retry=None) -> CheckpointInfo:
     """Write `state` to `path` atomically (tmp in the same folder, fsync, rename), then its
     `<path>.sha256`. Raises StorageError (with a fix) when the disk or Drive fails. `retry(action)`
     runs each of the two steps (a `midikit.retry.Retry`): a checksum that fails is written again
@@ -162,7 +163,8 @@ def remove_temporaries(folder: Path, patterns=(".step_*.tmp-*", f".{BEST_FILE}.t
     """Delete the temporary files that killed or abandoned checkpoint writes left in `folder`. Only
     the run's one writer calls this, at its start: no write of its own is live then."""
     try:
-        strays = [stray for pattern in patterns for stray in Path(folder).glob(pattern)] if Path(folder).is_dir() else []
+        strays = ([stray for pattern in patterns for stray in Path(folder).glob(pattern)]
+                  if Path(folder).is_dir() else [])
     except OSError as exc:
         raise explain_os_error(exc, Path(folder)) from exc
     for stray in strays:
@@ -317,8 +319,9 @@ def write_checkpoint(run_dir: Path, snapshot: dict, step: int, best: bool, keep_
 
 def _require_folder(run_dir: Path) -> None:
     if not run_dir.is_dir():
-        gone = StorageError(f"The run folder {run_dir} is gone: Google Drive's mount dropped (or the folder was moved). "
-                            "Remount with `midikit.storage.mount_drive(force_remount=True)`; the save lands once it is back.")
+        gone = StorageError(f"The run folder {run_dir} is gone: Google Drive's mount dropped (or the folder was "
+                            "moved). Remount with `midikit.storage.mount_drive(force_remount=True)`; the save lands "
+                            "once it is back.")
         gone.transient = True  # a remount brings it back: keep retrying
         raise gone
 
@@ -368,8 +371,8 @@ def describe_full_disk(dataset_dir: Path, run_dir: Path, snapshot: dict) -> str:
     return (f"The disk is full: a checkpoint of this run needs about {mib(needed)} (twice that while best.pt is "
             f"replaced){'' if free is None else f'; {mib(free)} are free'}. Largest files under {dataset_dir}: "
             f"{', '.join(f'{p.relative_to(dataset_dir)} ({mib(size)})' for p, size in largest) or 'none'}. Free space "
-            "(on Drive: empty the trash, delete old runs' checkpoints/ folders) or lower --keep_last (on Drive not below 2: "
-            "docs/checkpoints.md).")
+            "(on Drive: empty the trash, delete old runs' checkpoints/ folders) or lower --keep_last (on Drive not "
+            "below 2: docs/checkpoints.md).")
 
 
 def _largest_files(folder: Path, count: int = 5) -> list[tuple[Path, int]]:

@@ -41,8 +41,8 @@ class ModelConfig(Checked):
 
     model_type: str = setting("lstm", "model architecture", choices=MODEL_TYPES, cli=False)
     vocab_size: int = setting(0, "tokens in the vocabulary (from the dataset)", ge=0, cli=False)
-    context_length: int = setting(100, "tokens the model sees at once (the original project's seq_length)", group="model", gt=0,
-                                  none="the dataset's seq_length")
+    context_length: int = setting(100, "tokens the model sees at once (the original project's seq_length)",
+                                  group="model", gt=0, none="the dataset's seq_length")
     dropout: float = setting(0.2, "dropout probability", group="model", ge=0.0, lt=1.0)
     embed_size: int = setting(128, "token embedding size", group="model", gt=0, model_types=RNN_TYPES)
     hidden_size: int = setting(256, "hidden state size per layer", group="model", gt=0, model_types=RNN_TYPES)
@@ -53,9 +53,9 @@ class ModelConfig(Checked):
     # rope by default: 37% lower held-out loss per note than learned at equal tokens (bench/results/quality_cpu.md);
     # configs saved without this field (midikit 0.1) load as "learned" (LEGACY_VALUES).
     positions: str = setting("rope", "how the Transformer knows where a token is: rope (rotary, relative; generation "
-                             "rolls its window on without re-priming) or learned (absolute, the original project's; generation "
-                             "re-primes its window past the context)", group="model", choices=POSITION_ENCODINGS,
-                             model_types=("transformer",), none="rope")
+                             "rolls its window on without re-priming) or learned (absolute, the original project's; "
+                             "generation re-primes its window past the context)", group="model",
+                             choices=POSITION_ENCODINGS, model_types=("transformer",), none="rope")
     song_clock: bool = setting(False, "the model also sees how far into the piece each token is (tokens since the "
                                "piece's start, in buckets about 6% wide), so it learns where a tune ends",
                                group="model", flag="--song_clock")
@@ -65,15 +65,17 @@ class ModelConfig(Checked):
 
     def check(self) -> None:
         if self.vocab_size <= 0:
-            raise ConfigError(f"vocab_size must be a positive integer, got {self.vocab_size!r} (it comes from the preprocessed dataset).")
+            raise ConfigError(f"vocab_size must be a positive integer, got {self.vocab_size!r} "
+                              "(it comes from the preprocessed dataset).")
         if self.model_type == "transformer" and self.d_model % self.nhead:
             divisors = [h for h in range(1, min(self.d_model, 64) + 1) if self.d_model % h == 0]
             raise ConfigError(f"nhead={self.nhead} does not divide d_model={self.d_model}; choose nhead from "
                               f"{divisors[-6:]} or change d_model.")
         head_dim = self.d_model // self.nhead
         if self.model_type == "transformer" and self.positions == "rope" and head_dim % 2:
-            raise ConfigError(f"positions='rope' rotates pairs of features, but d_model/nhead = {self.d_model}/{self.nhead} "
-                              f"= {head_dim} is odd; choose d_model and nhead with an even quotient, or positions='learned'.")
+            raise ConfigError(f"positions='rope' rotates pairs of features, but d_model/nhead = "
+                              f"{self.d_model}/{self.nhead} = {head_dim} is odd; choose d_model and nhead with an even "
+                              "quotient, or positions='learned'.")
         if self.model_type in RNN_TYPES and self.tie_embeddings and self.embed_size != self.hidden_size:
             raise ConfigError(f"tie_embeddings needs embed_size == hidden_size for an RNN (got {self.embed_size} and "
                               f"{self.hidden_size}): set both to the same size, or tie_embeddings=False.")
@@ -89,7 +91,8 @@ class ModelConfig(Checked):
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise ConfigError(f"Unknown model config keys {sorted(unknown)}; this checkpoint may come from a newer midikit.")
+            raise ConfigError(f"Unknown model config keys {sorted(unknown)}; "
+                              "this checkpoint may come from a newer midikit.")
         return cls(**{**cls.LEGACY_VALUES, **data}).validate()
 
 
@@ -114,50 +117,65 @@ class TrainConfig(Checked):
 
     dataset: str = setting("nottingham", "preprocessed dataset name", group="data", kept_on_resume=False)
     checkpoint_dir: str | None = setting(None, ROOT_HELP, group="data", none=ROOT_DEFAULT, kept_on_resume=False)
-    val_split: float | None = setting(None, "only checked against the dataset's split (the split is made by `midikit preprocess`)",
-                                      group="data", gt=0.0, lt=1.0, none="the dataset's", kept_on_resume=False)
-    subsample_ratio: float = setting(1.0, "share of the training tokens one epoch covers", group="data", gt=0.0, le=1.0, kept_on_resume=True)
+    val_split: float | None = setting(None, "only checked against the dataset's split (the split is made by "
+                                      "`midikit preprocess`)", group="data", gt=0.0, lt=1.0, none="the dataset's",
+                                      kept_on_resume=False)
+    subsample_ratio: float = setting(1.0, "share of the training tokens one epoch covers", group="data", gt=0.0, le=1.0,
+                                     kept_on_resume=True)
     model_type: str = setting("lstm", "model architecture", group="model", choices=MODEL_TYPES, kept_on_resume=True)
     preset: str | None = setting(None, "model sizes, batch size and learning rate", group="model", choices=PRESET_NAMES,
                                  none="chosen for this hardware", kept_on_resume=True)
-    epochs: int = setting(20, "passes over the training tokens", group="training", label="epochs", gt=0, kept_on_resume=True)
-    batch_size: int | None = setting(None, "windows per step", group="training", gt=0, none="the preset's", kept_on_resume=True)
-    lr: float | None = setting(None, "peak learning rate", group="training", gt=0.0, none="the preset's", kept_on_resume=True)
-    weight_decay: float = setting(0.01, "AdamW weight decay (matrices and embeddings only)", group="training", ge=0.0, kept_on_resume=True)
+    epochs: int = setting(20, "passes over the training tokens", group="training", label="epochs", gt=0,
+                          kept_on_resume=True)
+    batch_size: int | None = setting(None, "windows per step", group="training", gt=0, none="the preset's",
+                                     kept_on_resume=True)
+    lr: float | None = setting(None, "peak learning rate", group="training", gt=0.0, none="the preset's",
+                               kept_on_resume=True)
+    weight_decay: float = setting(0.01, "AdamW weight decay (matrices and embeddings only)", group="training", ge=0.0,
+                                  kept_on_resume=True)
     warmup_steps: int | None = setting(None, "linear warm-up steps before the cosine decay", group="training", ge=0,
                                        none="5% of the run, at most 200", kept_on_resume=True)
     max_steps: int | None = setting(None, "stop after this many optimizer steps", group="training", gt=0,
                                     label="max_steps", none="no limit", kept_on_resume=True)
-    max_minutes: float | None = setting(None, "minutes this command trains (not the run's total): at the budget the run "
-                                        "saves and ends resumable, and the same command continues it for another budget",
-                                        group="training", gt=0.0, label="max_minutes (this session)", none="no limit", kept_on_resume=False)
-    max_batches: int | None = setting(None, "cap on steps per epoch", group="training", gt=0, none="no cap", kept_on_resume=True)
+    max_minutes: float | None = setting(None, "minutes this command trains (not the run's total): at the budget the "
+                                        "run saves and ends resumable, and the same command continues it for another "
+                                        "budget", group="training", gt=0.0, label="max_minutes (this session)",
+                                        none="no limit", kept_on_resume=False)
+    max_batches: int | None = setting(None, "cap on steps per epoch", group="training", gt=0, none="no cap",
+                                      kept_on_resume=True)
     grad_clip: float = setting(1.0, "gradient norm clipping (0: off)", group="training", ge=0.0, kept_on_resume=True)
-    seed: int = setting(42, "random seed of weights, batches and dropout", group="training", ge=0, lt=2**32, kept_on_resume=True)
-    patience: int = setting(5, "evaluations without a new best before stopping (0: never stop early)", group="evaluation",
-                            label="patience (evaluations)", ge=0, kept_on_resume=False)
+    seed: int = setting(42, "random seed of weights, batches and dropout", group="training", ge=0, lt=2**32,
+                        kept_on_resume=True)
+    patience: int = setting(5, "evaluations without a new best before stopping (0: never stop early)",
+                            group="evaluation", label="patience (evaluations)", ge=0, kept_on_resume=False)
     eval_every: int | None = setting(None, "steps between evaluations", group="evaluation", gt=0, label="eval_every",
                                      none="once per epoch", kept_on_resume=True)
-    eval_windows: int = setting(256, "validation windows per evaluation, spread over the whole split", group="evaluation",
-                                label="validation windows", gt=0, kept_on_resume=True)
+    eval_windows: int = setting(256, "validation windows per evaluation, spread over the whole split",
+                                group="evaluation", label="validation windows", gt=0, kept_on_resume=True)
     device: str = setting("auto", "auto, cpu, cuda or cuda:N", group="hardware", kept_on_resume=False)
     precision: str = setting("auto", "auto: bf16 on GPUs that have it, fp16 on older ones, fp32 on the CPU",
                              group="hardware", choices=PRECISIONS, kept_on_resume=False)
-    compile: str = setting("auto", "torch.compile (auto: the Transformer on CUDA)", group="hardware", choices=COMPILE_MODES, kept_on_resume=False)
+    compile: str = setting("auto", "torch.compile (auto: the Transformer on CUDA)", group="hardware",
+                           choices=COMPILE_MODES, kept_on_resume=False)
     checkpoint_every_minutes: float = setting(10.0, "minutes between checkpoints (0: off)", group="checkpoints",
                                               label="checkpoint every (minutes)", ge=0.0, kept_on_resume=False)
-    checkpoint_every_steps: int = setting(0, "steps between checkpoints (0: off)", group="checkpoints", ge=0, kept_on_resume=False)
-    keep_last: int = setting(2, "step checkpoints kept (best.pt is kept besides)", group="checkpoints", ge=1, kept_on_resume=False)
-    final_wait_minutes: float = setting(10.0, "how long the end of a run waits for its last checkpoint to reach the disk, "
-                                        "then says what was and was not saved", group="checkpoints", ge=0.0, kept_on_resume=False)
+    checkpoint_every_steps: int = setting(0, "steps between checkpoints (0: off)", group="checkpoints", ge=0,
+                                          kept_on_resume=False)
+    keep_last: int = setting(2, "step checkpoints kept (best.pt is kept besides)", group="checkpoints", ge=1,
+                             kept_on_resume=False)
+    final_wait_minutes: float = setting(10.0, "how long the end of a run waits for its last checkpoint to reach the "
+                                        "disk, then says what was and was not saved", group="checkpoints", ge=0.0,
+                                        kept_on_resume=False)
     resume: str = setting("auto", "auto: continue the newest unfinished run of this model type; never; or a checkpoint "
                           "file or run folder", group="checkpoints", kept_on_resume=False)
     takeover: bool = setting(False, "continue a run even though another runtime's heartbeat says it is still "
                              "training it (that runtime then stops writing)", group="checkpoints", kept_on_resume=False)
     extend: bool = setting(False, "continue a run past the horizon it was planned with (new --max_steps/--epochs): the "
-                           "learning rate goes on from where it is and decays over the new horizon; with --resume auto and "
-                           "nothing unfinished, the newest finished run goes on", group="checkpoints", kept_on_resume=False)
-    progress: bool = setting(True, "no progress bar (log lines only)", group="hardware", flag="--no_progress", kept_on_resume=False)
+                           "learning rate goes on from where it is and decays over the new horizon; with --resume auto "
+                           "and nothing unfinished, the newest finished run goes on", group="checkpoints",
+                           kept_on_resume=False)
+    progress: bool = setting(True, "no progress bar (log lines only)", group="hardware", flag="--no_progress",
+                             kept_on_resume=False)
 
     def check(self) -> None:
         if not self.resume:
@@ -183,18 +201,19 @@ class SampleConfig(Checked):
     draws from the model's own distribution. `num_tokens` is the most new tokens per sample (a
     sample ends earlier when the model ends the piece); `bars`, if set, replaces it."""
 
-    strategy: str = setting("top_p", "how the next token is chosen (the original project's default was greedy)", group="sampling",
-                            choices=STRATEGIES)
+    strategy: str = setting("top_p", "how the next token is chosen (the original project's default was greedy)",
+                            group="sampling", choices=STRATEGIES)
     k: int = setting(8, "top_k: tokens to keep", group="sampling", label="k (top_k)", ge=1)
     p: float = setting(0.9, "top_p: probability mass to keep", group="sampling", label="p (top_p)", gt=0.0, le=1.0,
                        hint="Try 0.9.")
     temperature: float = setting(1.0, "below 1 is safer, above 1 wilder", group="sampling", gt=0.0,
-                                 hint="1.0 samples the model as trained; --strategy greedy takes the most likely tokens.")
+                                 hint="1.0 samples the model as trained; "
+                                      "--strategy greedy takes the most likely tokens.")
     keep_end: bool = setting(True, "let top_k/top_p cut the end-of-piece token like any other (by default it is never "
-                             "cut: a piece ends when the model ends it, with the model's own probability)", group="sampling",
-                             flag="--cut_end")
-    num_tokens: int = setting(512, "most tokens to generate per piece", group="sampling", label="tokens to generate", ge=1,
-                              seed_flags=("generate_length",))
+                             "cut: a piece ends when the model ends it, with the model's own probability)",
+                             group="sampling", flag="--cut_end")
+    num_tokens: int = setting(512, "most tokens to generate per piece", group="sampling", label="tokens to generate",
+                              ge=1, seed_flags=("generate_length",))
     bars: int | None = setting(None, "generate this many bars instead of num_tokens", group="sampling", ge=1,
                                label="bars", none="use num_tokens")
     num_samples: int = setting(1, "pieces, generated in one batch", group="sampling", label="variations", ge=1)
@@ -206,8 +225,9 @@ class SampleConfig(Checked):
 class RunChoice(Checked):
     """Which run a command works with, and where: `generate` and `evaluate` choose a run the same way."""
 
-    run: str = setting("latest", "'latest' (the newest run with best weights, finished or not), a run id, 'starter' (the "
-                       "model shipped with midikit), or a .pth, its .json sidecar, a training-state .pt or a run folder",
+    run: str = setting("latest", "'latest' (the newest run with best weights, finished or not), a run id, 'starter' "
+                       "(the model shipped with midikit), or a .pth, its .json sidecar, a training-state .pt or a run "
+                       "folder",
                        group="run", aliases=("model",), seed_flags=("model_path",))
     model_type: str | None = setting(None, "with --run latest: the newest run of this type", group="run",
                                      choices=MODEL_TYPES, none="any")
@@ -255,8 +275,9 @@ class QualityConfig(RunChoice):
 
     def sample_config(self) -> SampleConfig:
         """The sampling of the report's pieces."""
-        return SampleConfig(strategy=self.strategy, k=self.k, p=self.p, temperature=self.temperature, keep_end=self.keep_end,
-                            num_tokens=self.max_tokens, num_samples=self.pieces, seed=self.seed).validate()
+        return SampleConfig(strategy=self.strategy, k=self.k, p=self.p, temperature=self.temperature,
+                            keep_end=self.keep_end, num_tokens=self.max_tokens, num_samples=self.pieces,
+                            seed=self.seed).validate()
 
 
 # --------------------------------------------------------------------------- preprocessing
@@ -267,10 +288,10 @@ class PreprocessConfig(Checked):
     """Everything `python -m midikit preprocess` takes. `source` None means "folder" when
     `input_dir` is given, else "nottingham" (the original project's default, downloaded once)."""
 
-    input_dir: str | None = setting(None, "folder of .mid/.midi/.abc files, searched recursively", group="source (one of)",
-                                    label="folder of MIDI/ABC files", none="no folder")
-    source: str | None = setting(None, "nottingham: download the original project's dataset; corpus: music21's bundled folk tunes, "
-                                 "offline; folder: --input_dir", group="source (one of)", choices=SOURCES,
+    input_dir: str | None = setting(None, "folder of .mid/.midi/.abc files, searched recursively",
+                                    group="source (one of)", label="folder of MIDI/ABC files", none="no folder")
+    source: str | None = setting(None, "nottingham: download the original project's dataset; corpus: music21's bundled "
+                                 "folk tunes, offline; folder: --input_dir", group="source (one of)", choices=SOURCES,
                                  none="folder with --input_dir, else nottingham")
     dataset: str = setting("nottingham", "dataset name: the folder under the checkpoint root", group="dataset",
                            label="dataset name")
@@ -287,14 +308,15 @@ class PreprocessConfig(Checked):
     tokenizer: str = setting("REMI", "miditok tokenizer", group="tokens", choices=TOKENIZERS,
                              hint="Multi-vocabulary tokenizers such as CPWord or Octuple do not give one token stream.")
     tracks: str = setting("merged", "merged: one sequence per tune with Program tokens (melody and chords together); "
-                          "separate: one sequence per track, as the original project", group="tokens", choices=TRACK_MODES)
-    tokenizer_params: dict = setting(help="extra miditok TokenizerConfig options as JSON, e.g. '{\"use_time_signatures\": true}'",
-                                     group="tokens", default_factory=dict)
+                          "separate: one sequence per track, as the original project", group="tokens",
+                          choices=TRACK_MODES)
+    tokenizer_params: dict = setting(help="extra miditok TokenizerConfig options as JSON, e.g. "
+                                          "'{\"use_time_signatures\": true}'", group="tokens", default_factory=dict)
     seed: int = setting(42, "seed of the train/validation split", group="dataset", ge=0)
     workers: int | None = setting(None, "worker processes", group="dataset", gt=0, none="all CPU cores")
     bpe_vocab: int | None = setting(None, "learn miditok BPE merges on the training split up to this vocabulary size "
-                                    "(more music per context; bench/results/quality_cpu.md: 1000 with rotary positions and "
-                                    "context 256 was the best CPU model)", group="tokens", label="BPE vocabulary",
+                                    "(more music per context; bench/results/quality_cpu.md: 1000 with rotary positions "
+                                    "and context 256 was the best CPU model)", group="tokens", label="BPE vocabulary",
                                     gt=0, le=65536, none="none: plain tokens")
 
     def __post_init__(self):
@@ -312,7 +334,8 @@ class PreprocessConfig(Checked):
         from .storage import DatasetPaths
 
         if self.source == "folder" and not self.input_dir:
-            raise ConfigError("source='folder' needs input_dir: pass --input_dir DIR (a folder of .mid/.midi/.abc files).")
+            raise ConfigError("source='folder' needs input_dir: pass --input_dir DIR "
+                              "(a folder of .mid/.midi/.abc files).")
         if self.source != "folder" and self.input_dir:
             raise ConfigError(f"Pass either --input_dir or --source {self.source}, not both.")
         self.transpositions = tuple(sorted({_as_int("transpositions", k) for k in self.transpositions}))
@@ -332,7 +355,8 @@ class PreprocessConfig(Checked):
         defaults = PreprocessConfig()
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("source", "input_dir", "dataset", "checkpoint_dir", "workers") or value == getattr(defaults, f.name):
+            if (f.name in ("source", "input_dir", "dataset", "checkpoint_dir", "workers")
+                    or value == getattr(defaults, f.name)):
                 continue
             if f.name == "augment_validation":
                 args.append("--augment_validation")
@@ -347,7 +371,8 @@ def parse_transpositions(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in text.replace(" ", "").split(",") if part)
     except ValueError as exc:
-        raise ConfigError(f"transpositions must be comma-separated semitones such as -5,-3,-1,0,1,3,5, got {text!r}.") from exc
+        raise ConfigError("transpositions must be comma-separated semitones such as -5,-3,-1,0,1,3,5, "
+                          f"got {text!r}.") from exc
 
 
 def parse_json_object(name: str, text: str) -> dict:

@@ -59,9 +59,11 @@ BANDS = {
     "num_notes": Band(0.25, True, "shorter pieces (fewer notes)", "longer pieces (more notes)"),
     "duration": Band(0.25, True, "shorter pieces", "longer pieces"),
     "pitch_range": Band(0.10, True, "a narrower pitch range", "a wider pitch range (stray high or low notes)"),
-    "polyphony": Band(0.10, True, "fewer notes at once (thin or missing chords)", "more notes at once (crowded chords)"),
+    "polyphony": Band(0.10, True, "fewer notes at once (thin or missing chords)",
+                      "more notes at once (crowded chords)"),
     "note_density": Band(0.10, True, "fewer notes per second (sparse)", "more notes per second (busy)"),
-    "pitch_class_entropy": Band(0.10, True, "fewer pitch classes (repetitive)", "pitch classes more spread out (off-key notes)"),
+    "pitch_class_entropy": Band(0.10, True, "fewer pitch classes (repetitive)",
+                                "pitch classes more spread out (off-key notes)"),
     "scale_consistency": Band(0.03, True, "more notes outside the key", "more strictly in one key than the data"),
     "empty_beat_rate": Band(0.02, False, "fewer silent beats", "more silent beats (gaps in the music)"),
 }
@@ -139,7 +141,8 @@ def song_losses(model: torch.nn.Module, songs: list[np.ndarray], window: int | N
             starts = torch.tensor([start for _, start, _, _ in batch], device=device)
             clock = {"song_positions": starts[:, None] + torch.arange(length, device=device)}
         logits = (model(tokens[:, :-1], window=window, **clock) if rolling else model(tokens[:, :-1], **clock)).float()
-        nats = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(), reduction="none").view(len(batch), -1).cpu()
+        nats = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(),
+                               reduction="none").view(len(batch), -1).cpu()
         for row, (index, start, end, skip) in enumerate(batch):
             scored[index].append((start + skip, nats[row, skip : end - start].numpy()))
     model.train(was_training)
@@ -174,7 +177,8 @@ def _rolling(targets: int, window: int) -> list[tuple[int, int, int]]:
             for first in range(0, targets, step)]
 
 
-def heldout_loss(model: torch.nn.Module, dataset, max_songs: int | None = None, window: int | None | str = "auto") -> dict:
+def heldout_loss(model: torch.nn.Module, dataset, max_songs: int | None = None,
+                 window: int | None | str = "auto") -> dict:
     """Held-out loss of a model on a dataset's validation songs (`max_songs` of them, spread over
     the split, or all). window "auto": the model's own way (a Transformer's context, an RNN's whole song)."""
     from .data import tokens_to_score
@@ -243,7 +247,8 @@ def health_rows(pieces: list[dict]) -> list[dict]:
     checks = [
         ("pieces without notes", empty / count, f"{empty}/{count}", "none", empty == 0),
         ("token errors", errors, f"{errors:.2%}", f"below {MAX_TOKEN_ERRORS:.0%}", errors < MAX_TOKEN_ERRORS),
-        ("ended with EOS", ended / count, f"{ended}/{count}", f"at least {MIN_EOS_SHARE:.0%}", ended / count >= MIN_EOS_SHARE),
+        ("ended with EOS", ended / count, f"{ended}/{count}", f"at least {MIN_EOS_SHARE:.0%}",
+         ended / count >= MIN_EOS_SHARE),
     ]
     return [{"check": name, "value": value, "shown": shown, "target": target, "ok": ok,
              "verdict": ("✓ " if ok else "✗ ") + shown + ("" if ok else f" (target: {target})")}
@@ -274,8 +279,10 @@ def build_report(run: LoadedRun, config: QualityConfig) -> QualityReport:
         generated_at = time.perf_counter()
         result = generate(run, config.sample_config(), save=False, progress=False)
     measured_at = time.perf_counter()
-    pieces = [{"tokens": len(tokens), "ended": bool(ended), "notes": int(score.note_num()), "token_errors": float(errors)}
-              for tokens, ended, score, errors in zip(result.tokens, result.ended, result.scores, result.invalid_token_share)]
+    pieces = [{"tokens": len(tokens), "ended": bool(ended), "notes": int(score.note_num()),
+               "token_errors": float(errors)}
+              for tokens, ended, score, errors in zip(result.tokens, result.ended, result.scores,
+                                                      result.invalid_token_share)]
     generated = summarize_metrics([midi_metrics(score) for score in result.scores])
     data = dataset_metrics(run.dataset, max_files=config.data_pieces)
     finished = time.perf_counter()
@@ -367,14 +374,16 @@ def plot_report(report: QualityReport, fig=None):
                 ax.plot([values.mean()] * 2, [y - 0.3, y + 0.3], color="black", lw=2)
         tolerance = BANDS[metric].tolerance * (abs(row["data"]) if row["relative"] else 1.0)
         upper = 1.0 if metric in ("scale_consistency", "empty_beat_rate") else math.inf  # shares
-        ax.axvspan(max(0.0, row["data"] - tolerance), min(upper, row["data"] + tolerance), color="#2da44e", alpha=0.15, lw=0)
+        ax.axvspan(max(0.0, row["data"] - tolerance), min(upper, row["data"] + tolerance), color="#2da44e",
+                   alpha=0.15, lw=0)
         ax.set_yticks([0, 1], ["generated", "data"])
         ax.set_ylim(-0.6, 1.6)
         ax.set_title(f"{'✓' if row['ok'] else '✗'} {metric}", color="#1a7f37" if row["ok"] else "#cf222e", fontsize=10)
     h = report.heldout
     ended = sum(piece["ended"] for piece in report.pieces)
     fig.suptitle(f"{report.run_id}: {len(report.pieces)} pieces vs {report.data['count']} training pieces · held-out "
-                 f"{h['nats_per_token']:.3f} nats/token, {h['nats_per_note']:.2f} nats/note · {ended}/{len(report.pieces)} "
-                 "ended with EOS\n(dots: pieces; bars: means; green: the band around the data's mean)", fontsize=10)
+                 f"{h['nats_per_token']:.3f} nats/token, {h['nats_per_note']:.2f} nats/note · "
+                 f"{ended}/{len(report.pieces)} ended with EOS\n(dots: pieces; bars: means; green: the band around "
+                 "the data's mean)", fontsize=10)
     fig.tight_layout()
     return fig

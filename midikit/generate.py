@@ -107,11 +107,13 @@ class _Decoding:
         self.bars_seen = torch.zeros(batch, dtype=torch.long, device=device)
         self.state = model.init_state(batch)
         uses_noise = isinstance(pick, Sampler) and pick.needs_noise
-        self.noise = torch.empty(FINISHED_CHECK_EVERY, batch, model.config.vocab_size, device=device) if uses_noise else None
+        self.noise = (torch.empty(FINISHED_CHECK_EVERY, batch, model.config.vocab_size, device=device)
+                      if uses_noise else None)
 
     def device_tensors(self) -> list[torch.Tensor]:
         """What a step reads and writes in place (for CUDA graphs: addresses that never change)."""
-        held = [self.last, self.length, self.finished, self.bars_seen, *([self.noise] if self.noise is not None else [])]
+        held = [self.last, self.length, self.finished, self.bars_seen,
+                *([self.noise] if self.noise is not None else [])]
         return held + (self.state.tensors() if hasattr(self.state, "tensors") else [])
 
     def draw_noise(self) -> None:
@@ -181,7 +183,8 @@ def decode(model, prime: torch.Tensor, max_new_tokens: int, pick, *, stop_ids=()
     keep = max(1, int(context * SLIDE_KEEP))
     if compile_step is not None and config.model_type != "transformer":
         raise ConfigError(f"compile_step is for the Transformer's fixed-shape step; a {config.model_type} already runs "
-                          "as one fused RNN kernel per token and torch.compile cannot trace it: pass compile_step=None.")
+                          "as one fused RNN kernel per token and torch.compile cannot trace it: "
+                          "pass compile_step=None.")
     decoding = _Decoding(model, prime, pick, stop_ids, banned_ids, fill_id, bar_ids, max_bars)
     out = torch.empty(prime.shape[0], length + max_new_tokens, dtype=torch.long, device=prime.device)
     out[:, :length] = prime
@@ -234,9 +237,11 @@ def generate(run: LoadedRun, sample: SampleConfig, seed_midi: Path | None = None
     tokenizer, special = run.tokenizer, run.dataset  # special: bos_id, eos_id, pad_id
     bar_ids = [i for token, i in tokenizer.vocab.items() if token.startswith("Bar_")]
     if sample.bars is not None and tokenizer.is_trained:
-        raise ConfigError("--bars counts Bar tokens, which this run's BPE tokenizer merges into others; use --num_tokens.")
+        raise ConfigError("--bars counts Bar tokens, which this run's BPE tokenizer merges into others; "
+                          "use --num_tokens.")
     if sample.bars is not None and not bar_ids:
-        raise ConfigError("--bars needs a tokenizer with bar tokens (e.g. REMI); this run's has none. Use --num_tokens.")
+        raise ConfigError("--bars needs a tokenizer with bar tokens (e.g. REMI); this run's has none. "
+                          "Use --num_tokens.")
     seed_ids = _tokenize_seed(tokenizer, Path(seed_midi), seed_bars) if seed_midi is not None else []
     prime = torch.tensor([[special.bos_id] + seed_ids] * sample.num_samples, device=run.device)
 
@@ -270,8 +275,8 @@ def generate(run: LoadedRun, sample: SampleConfig, seed_midi: Path | None = None
             path = run.paths.generated_midi(run.run_id, sample.strategy, i, tag=tag)
             atomic_write_bytes(path, score.dumps_midi())
             midi_paths.append(path)
-    return GenerationResult(tokens, midi_paths, scores, invalid, seconds, sum(new_tokens) / max(seconds, 1e-9), seed, new_tokens,
-                            ended)
+    return GenerationResult(tokens, midi_paths, scores, invalid, seconds, sum(new_tokens) / max(seconds, 1e-9), seed,
+                            new_tokens, ended)
 
 
 def _invalid_share(tokenizer, ids: list[int]) -> float:
@@ -289,11 +294,13 @@ def _tokenize_seed(tokenizer, path: Path, bars: int | None = None) -> list[int]:
     try:
         score = read_score(path)
     except Exception as exc:  # symusic raises RuntimeError/ValueError for unreadable files
-        raise GenerationError(f"Cannot read the seed MIDI {path}: {describe_error(exc, path)}. Pass a valid .mid file.") from exc
+        raise GenerationError(f"Cannot read the seed MIDI {path}: {describe_error(exc, path)}. "
+                              "Pass a valid .mid file.") from exc
     if bars is not None:
         score = keep_bars(score, bars)
     if score.note_num() == 0:
-        raise GenerationError(f"The seed MIDI {path} has no notes to continue{f' in its first {bars} bars' if bars else ''}; "
+        raise GenerationError(f"The seed MIDI {path} has no notes to continue"
+                              f"{f' in its first {bars} bars' if bars else ''}; "
                               "pass a MIDI file with notes (or keep more bars).")
     if tokenizer.one_token_stream:
         sequences = [tokenizer.encode(separate_programs(score))]
@@ -301,5 +308,6 @@ def _tokenize_seed(tokenizer, path: Path, bars: int | None = None) -> list[int]:
         sequences = tokenizer.encode(score)
     ids = next((list(seq.ids) for seq in sequences if len(seq.ids)), None)
     if not ids:
-        raise GenerationError(f"The seed MIDI {path} gives no tokens with this run's tokenizer (notes outside its pitch range?); pass another file.")
+        raise GenerationError(f"The seed MIDI {path} gives no tokens with this run's tokenizer "
+                              "(notes outside its pitch range?); pass another file.")
     return ids

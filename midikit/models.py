@@ -24,7 +24,8 @@ from .configs import MODEL_TYPES, ModelConfig
 from .errors import ConfigError
 from .rnn_cores import GRUCore, LSTMCore
 
-__all__ = ["MODEL_TYPES", "ConfigError", "ModelConfig", "build_model", "count_parameters", "flops_per_token", "resolve_device"]
+__all__ = ["MODEL_TYPES", "ConfigError", "ModelConfig", "build_model", "count_parameters", "flops_per_token",
+           "resolve_device"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -63,7 +64,8 @@ SONG_BUCKETS, SONG_LINEAR, SONG_SPAN = 128, 16, 16384
 def song_clock_edges() -> torch.Tensor:
     """The first position of each bucket after the first (integers: the same buckets on any device)."""
     ratio = (SONG_SPAN / SONG_LINEAR) ** (1 / (SONG_BUCKETS - SONG_LINEAR))
-    return torch.tensor(list(range(1, SONG_LINEAR)) + [round(SONG_LINEAR * ratio**i) for i in range(SONG_BUCKETS - SONG_LINEAR)])
+    return torch.tensor(list(range(1, SONG_LINEAR))
+                        + [round(SONG_LINEAR * ratio**i) for i in range(SONG_BUCKETS - SONG_LINEAR)])
 
 
 class SongClock(nn.Module):
@@ -123,7 +125,8 @@ class RNNGenerator(nn.Module):
     def _embed(self, idx: torch.Tensor, song_positions: torch.Tensor | None) -> torch.Tensor:
         x = self.embedding(idx)
         if self.clock is not None:
-            x = x + self.clock(torch.arange(idx.shape[1], device=idx.device) if song_positions is None else song_positions)
+            x = x + self.clock(torch.arange(idx.shape[1], device=idx.device)
+                               if song_positions is None else song_positions)
         return x
 
     def forward(self, idx: torch.Tensor, song_positions: torch.Tensor | None = None) -> torch.Tensor:
@@ -291,7 +294,8 @@ class TransformerGenerator(nn.Module):
         if self.rope:
             head_dim = config.d_model // config.nhead
             # Not saved in checkpoints: a function of the config.
-            self.register_buffer("inv_freq", 10000.0 ** -(torch.arange(0, head_dim, 2).float() / head_dim), persistent=False)
+            self.register_buffer("inv_freq", 10000.0 ** -(torch.arange(0, head_dim, 2).float() / head_dim),
+                                 persistent=False)
         else:
             self.pos_emb = nn.Embedding(config.context_length, config.d_model)
         self.clock = SongClock(config.d_model) if config.song_clock else None
@@ -321,7 +325,8 @@ class TransformerGenerator(nn.Module):
         # (never looked up, and their logits are cut off).
         for name in ("token_emb.weight", "head.weight"):
             weight = state_dict.get(prefix + name)
-            if weight is not None and weight.dim() == 2 and weight.shape[0] == self.config.vocab_size < self.padded_vocab:
+            if (weight is not None and weight.dim() == 2
+                    and weight.shape[0] == self.config.vocab_size < self.padded_vocab):
                 state_dict[prefix + name] = F.pad(weight, (0, 0, 0, self.padded_vocab - weight.shape[0]))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
@@ -356,7 +361,8 @@ class TransformerGenerator(nn.Module):
             cache.position.add_(T)
         return self.head(self.ln_f(x))[..., : self.config.vocab_size]
 
-    def forward(self, idx: torch.Tensor, window: int | None = None, song_positions: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, window: int | None = None,
+                song_positions: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, T, vocab_size) for every position, positions counted from 0. With `window`,
         each position sees only the last `window` tokens up to itself: what decoding with a
         rolling cache of `window` slots computes (RoPE), a reference for it. `song_positions` (B, T):

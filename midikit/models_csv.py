@@ -43,8 +43,8 @@ def csv_row(record: RunRecord, weights_path: Path) -> dict:
     model, train = data.get("model_config") or {}, data.get("train_config") or {}
     row = {name: model.get(name, "") for name in CSV_FIELDS if name in model and name != "model_type"}
     row.update({name: "" for name in row if not applies_to(name, record.model_type)})  # unused columns stay empty
-    row.update({name: train.get(name, "") for name in ("epochs", "batch_size", "lr", "weight_decay", "max_steps", "seed",
-                                                        "device", "precision", "preset")})
+    row.update({name: train.get(name, "") for name in ("epochs", "batch_size", "lr", "weight_decay", "max_steps",
+                                                        "seed", "device", "precision", "preset")})
     row.update(run_id=record.run_id, model_type=record.model_type, status=record.status,
                dataset=(data.get("dataset") or {}).get("name", ""), parameters=data.get("parameters"),
                steps=data.get("step"), epochs_done=data.get("epoch"), tokens_seen=data.get("tokens_seen"),

@@ -33,7 +33,8 @@ def claim(run_dir: Path, record: dict, takeover: bool = False, log=print) -> Own
     runtime, is still training it; with `takeover` the newer claim wins and that owner stops writing."""
     current = read_record(run_dir)
     previous = current.owner if current is not None else None
-    if previous is not None and previous.writer and previous.state() == "live" and not _left_by_this_process(run_dir, previous):
+    if (previous is not None and previous.writer and previous.state() == "live"
+            and not _left_by_this_process(run_dir, previous)):
         if not takeover:
             raise RunOwnedError(_held_message(run_dir.name, previous))
         log(f"Taking over {run_dir.name} from {previous.describe()}: that runtime stops writing at its next "
@@ -141,7 +142,8 @@ class RecordKeeper:
         for done in waiting:
             done.set_result(True)
 
-    def _write_last(self, updates: list[dict], waiting: list[Future], release: bool, deadline: float, retry_wait_s: float) -> None:
+    def _write_last(self, updates: list[dict], waiting: list[Future], release: bool, deadline: float,
+                    retry_wait_s: float) -> None:
         """The last write (the release): retried while Drive fails, until `deadline`."""
         retry = Retry(self.log, retry_wait_s, give_up_after_s=max(0.0, deadline - time.monotonic()), probe=self.run_dir)
         self._write(updates, waiting, release, retry)

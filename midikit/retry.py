@@ -45,7 +45,8 @@ def is_transient(exc: BaseException) -> bool:
     cause = os_error_in(exc)
     if cause is not None and cause.errno is not None:
         return cause.errno in TRANSIENT_ERRNOS
-    return isinstance(exc, StorageError) and (getattr(exc, "transient", False) or getattr(exc, "errno", None) in TRANSIENT_ERRNOS)
+    return isinstance(exc, StorageError) and (getattr(exc, "transient", False)
+                                              or getattr(exc, "errno", None) in TRANSIENT_ERRNOS)
 
 
 def explain(exc: BaseException, where: Path | None = None) -> str:
@@ -71,14 +72,14 @@ def mount_problem(where: Path | None, code: int | None = None) -> str | None:
     if state is None:
         return None
     if state == HUNG:
-        return (f"Google Drive's mount at {storage.DRIVE_MOUNT_POINT} does not answer (it hung). If it does not come back "
-                "within minutes, remount with `midikit.storage.mount_drive(force_remount=True)`.")
+        return (f"Google Drive's mount at {storage.DRIVE_MOUNT_POINT} does not answer (it hung). If it does not come "
+                "back within minutes, remount with `midikit.storage.mount_drive(force_remount=True)`.")
     if state == storage.MOUNTED or (state == storage.DROPPED and code == errno.ENOTCONN):
         return None
     if state == storage.DROPPED:
-        return (f"Google Drive's mount at {storage.DRIVE_MOUNT_POINT} dropped (Transport endpoint is not connected). If it "
-                "does not come back by itself, remount with `midikit.storage.mount_drive(force_remount=True)`; nothing "
-                "already on Drive is lost.")
+        return (f"Google Drive's mount at {storage.DRIVE_MOUNT_POINT} dropped (Transport endpoint is not connected). "
+                "If it does not come back by itself, remount with `midikit.storage.mount_drive(force_remount=True)`; "
+                "nothing already on Drive is lost.")
     return str(storage.drive_problem(Path(where)))
 
 

@@ -25,8 +25,10 @@ def cudnn_has_bf16_rnn(device_index: int, cudnn_enabled: bool) -> bool:
     device = torch.device("cuda", device_index)
     with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cuda", enabled=False):
         x = torch.zeros(1, 1, 8, device=device, dtype=torch.bfloat16, requires_grad=True)
-        weights = [torch.zeros(shape, device=device, dtype=torch.bfloat16) for shape in ((24, 8), (24, 8), (24,), (24,))]
-        out = torch.gru(x, torch.zeros(1, 1, 8, device=device, dtype=torch.bfloat16), weights, True, 1, 0.0, True, False, True)[0]
+        weights = [torch.zeros(shape, device=device, dtype=torch.bfloat16)
+                   for shape in ((24, 8), (24, 8), (24,), (24,))]
+        out = torch.gru(x, torch.zeros(1, 1, 8, device=device, dtype=torch.bfloat16), weights,
+                        True, 1, 0.0, True, False, True)[0]
     return ran_on_cudnn(out)
 
 
@@ -69,8 +71,9 @@ class LSTMCore(_Bf16Core, nn.LSTM):
         if hx is None:
             zeros = input.new_zeros(self.num_layers, input.shape[0], self.hidden_size, dtype=dtype)
             hx = (zeros, zeros)
-        out, h, c = torch.lstm(input.to(dtype), (hx[0].to(dtype), hx[1].to(dtype)), _flat_weights_as(self, dtype), self.bias,
-                               self.num_layers, float(self.dropout), self.training, self.bidirectional, self.batch_first)
+        out, h, c = torch.lstm(input.to(dtype), (hx[0].to(dtype), hx[1].to(dtype)), _flat_weights_as(self, dtype),
+                               self.bias, self.num_layers, float(self.dropout), self.training, self.bidirectional,
+                               self.batch_first)
         return out, (h, c)
 
 

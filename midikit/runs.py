@@ -177,9 +177,10 @@ def _upgrade_legacy(run_dir: Path, data: dict) -> dict:
     except (OSError, ValueError):
         return data
     metrics = side.get("metrics") or {}
-    merged = {key: metrics.get(key) for key in ("best_val_loss", "best_step", "tokens_seen", "elapsed_seconds", "parameters")}
-    merged.update(step=metrics.get("steps"), model_config=side.get("model_config"), train_config=side.get("train_config"),
-                  dataset=side.get("dataset"))
+    merged = {key: metrics.get(key)
+              for key in ("best_val_loss", "best_step", "tokens_seen", "elapsed_seconds", "parameters")}
+    merged.update(step=metrics.get("steps"), model_config=side.get("model_config"),
+                  train_config=side.get("train_config"), dataset=side.get("dataset"))
     return {**merged, **data}
 
 
@@ -187,7 +188,8 @@ def write_record(run_dir: str | os.PathLike, data: dict, create: bool = True) ->
     """Write run.json atomically, `updated` set to now. Without `create` a missing run folder is an
     error, never made again: under a dropped Drive mount it would be a local folder hiding the real one."""
     run_dir = Path(run_dir)
-    data = {**data, "format": RUN_FORMAT, "version": RUN_VERSION, "updated": datetime.now().isoformat(timespec="seconds")}
+    data = {**data, "format": RUN_FORMAT, "version": RUN_VERSION,
+            "updated": datetime.now().isoformat(timespec="seconds")}
     if create:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -215,7 +217,8 @@ def list_runs(paths: DatasetPaths, model_type: str | None = None, status=None) -
 
 def finished_runs(paths: DatasetPaths, model_type: str | None = None) -> list[RunRecord]:
     """Done runs whose best weights are on disk, newest first."""
-    return [record for record in list_runs(paths, model_type, status="done") if paths.best_weights(record.run_id).is_file()]
+    return [record for record in list_runs(paths, model_type, status="done")
+            if paths.best_weights(record.run_id).is_file()]
 
 
 def playable_runs(paths: DatasetPaths, model_type: str | None = None) -> list[RunRecord]:
@@ -225,7 +228,8 @@ def playable_runs(paths: DatasetPaths, model_type: str | None = None) -> list[Ru
 
 
 _ENDINGS = {"finished": "finished", "max_steps": "finished (max_steps)", "early_stopped": "stopped early",
-            "interrupted": "stopped", "failed": "failed", "time_budget": "paused (time budget)", "taken_over": "stopped"}
+            "interrupted": "stopped", "failed": "failed", "time_budget": "paused (time budget)",
+            "taken_over": "stopped"}
 
 
 def describe_progress(record: RunRecord) -> str:
@@ -264,7 +268,8 @@ def annotate(run_dir: str | os.PathLike, **fields) -> RunRecord:
     if record is None:
         raise StorageError(f"{run_dir} has no readable {RUN_FILE}: it is not a midikit run folder.")
     if not record.done:
-        raise StorageError(f"Run {record.run_id} is {record.status}, not finished: its numbers are added once it has ended.")
+        raise StorageError(f"Run {record.run_id} is {record.status}, not finished: "
+                           "its numbers are added once it has ended.")
     write_record(run_dir, {**record.data, **fields})
     return read_record(run_dir)
 

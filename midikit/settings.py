@@ -1,6 +1,6 @@
 """Field declarations for config dataclasses (`setting(...)`, a typed `Setting`), and what is generated
-from them: value checks, argparse flags and (in `midikit.widgets.fields`) widgets. One declaration per setting, so a flag, a form field and
-the check behind both can never disagree.
+from them: value checks, argparse flags and (in `midikit.widgets.fields`) widgets. One declaration per
+setting, so a flag, a form field and the check behind both can never disagree.
 
     epochs: int = setting(20, "passes over the training tokens", group="training", ge=1)
 
@@ -160,6 +160,10 @@ class Checked:
         """Checks that involve several fields; raise ConfigError naming the values and the fix."""
 
 
+def _escaped(help_text: str) -> str:
+    return help_text.replace("%", "%%")  # argparse %-formats help: a literal "5%" must reach it as "5%%"
+
+
 def describe_valid(f: Field) -> str:
     """What values a field takes, in words (for --help)."""
     return " and ".join(f"{sign} {limit}" for sign, limit in declared(f).bounds())
@@ -191,13 +195,13 @@ def _add_flag(group, cls, f: Field, default, optional_overrides: bool) -> None:
     aliases = [f"--{alias}" for alias in meta.aliases]
     seed_names = [f"--{alias}" for alias in meta.seed_flags]
     names = [meta.flag or f"--{f.name}"] + aliases + seed_names
-    also = ([f"also {', '.join(aliases)}"] if aliases else []) + ([f"the original project's {', '.join(seed_names)} works too"]
-                                                                  if seed_names else [])
+    also = (([f"also {', '.join(aliases)}"] if aliases else [])
+            + ([f"the original project's {', '.join(seed_names)} works too"] if seed_names else []))
     help_text = meta.help + (f" ({'; '.join(also)})" if also else "")
     if base is bool:
         action = "store_false" if (meta.flag or "").startswith("--no_") else "store_true"
-        group.add_argument(*names, dest=f.name, action=action, default=argparse.SUPPRESS if optional_overrides else default,
-                           help=help_text)
+        group.add_argument(*names, dest=f.name, action=action,
+                           default=argparse.SUPPRESS if optional_overrides else default, help=_escaped(help_text))
         return
     shown = meta.none if default is None and meta.none else default
     if isinstance(shown, tuple):
@@ -209,7 +213,7 @@ def _add_flag(group, cls, f: Field, default, optional_overrides: bool) -> None:
     valid = describe_valid(f)
     if valid:
         help_text += f"; {valid}"
-    kwargs = dict(dest=f.name, type=_parser_for(base, f.name), help=help_text.replace("%", "%%"),
+    kwargs = dict(dest=f.name, type=_parser_for(base, f.name), help=_escaped(help_text),
                   default=argparse.SUPPRESS if optional_overrides else default)
     if meta.choices:
         kwargs["choices"] = meta.choices

@@ -53,7 +53,8 @@ def to_cpu_snapshot(obj, reuse=None, _where: str = "state", non_blocking: bool =
         return copied
     if kind in (list, tuple):
         previous = reuse if type(reuse) is kind and len(reuse) == len(obj) else [None] * len(obj)
-        items = [to_cpu_snapshot(value, old, f"{_where}[{i}]", non_blocking, spares) for i, (value, old) in enumerate(zip(obj, previous))]
+        items = [to_cpu_snapshot(value, old, f"{_where}[{i}]", non_blocking, spares)
+                 for i, (value, old) in enumerate(zip(obj, previous))]
         return items if kind is list else tuple(items)
     if kind in _PLAIN:
         return obj

@@ -193,7 +193,8 @@ def check_writable(folder: Path) -> None:
 def explain_os_error(exc: OSError, path: Path) -> StorageError:
     """Translate a raw OSError on `path` into a StorageError that says what to do (its `errno` kept)."""
     if exc.errno == errno.ENOSPC:
-        error = StorageError(f"The disk holding {path} is full. Free some space (on Drive: empty the trash) or choose another folder.")
+        error = StorageError(f"The disk holding {path} is full. Free some space (on Drive: empty the trash) "
+                             "or choose another folder.")
     elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         error = StorageError(f"Cannot write to {path} ({exc.strerror}). Choose a folder you can write to.")
     elif exc.errno == errno.ENOTCONN:
@@ -202,11 +203,12 @@ def explain_os_error(exc: OSError, path: Path) -> StorageError:
             "If it does not come back by itself, remount with `midikit.storage.mount_drive(force_remount=True)`."
         )
     elif exc.errno == errno.ENOENT:
-        error = StorageError(f"{path.parent} is gone (No such file or directory): on Google Drive the mount dropped, or "
-                             "the folder was moved. Remount with `midikit.storage.mount_drive(force_remount=True)`.")
+        error = StorageError(f"{path.parent} is gone (No such file or directory): on Google Drive the mount dropped, "
+                             "or the folder was moved. Remount with `midikit.storage.mount_drive(force_remount=True)`.")
     elif exc.errno == errno.EIO:
         error = StorageError(f"The disk failed to read or write {path} (Input/output error): on Drive, a dropped or "
-                             "overloaded connection. If it persists, remount with `midikit.storage.mount_drive(force_remount=True)`.")
+                             "overloaded connection. If it persists, remount with "
+                             "`midikit.storage.mount_drive(force_remount=True)`.")
     else:
         error = StorageError(f"Cannot use {path}: {exc.strerror or exc}.")
     error.errno = exc.errno
@@ -314,7 +316,8 @@ def parse_run_id(run_id: str) -> tuple[str, str]:
     (possibly shared) folder name paths that midikit writes and deletes, so they are checked."""
     match = RUN_ID_PATTERN.match(str(run_id))
     if match is None:
-        raise StorageError(f"{run_id!r} is not a midikit run id (expected <model>_<YYYYmmdd_HHMMSS>, e.g. lstm_20261128_214500).")
+        raise StorageError(f"{run_id!r} is not a midikit run id "
+                           "(expected <model>_<YYYYmmdd_HHMMSS>, e.g. lstm_20261128_214500).")
     return match["model_type"], match["timestamp"]
 
 

@@ -50,14 +50,16 @@ def load_run(source: str | Path, paths: DatasetPaths | None = None, model_type: 
         from .starter import DATASET, load_starter
 
         # What it plays lands under the user's root, beside their datasets (never inside the package).
-        return load_starter(device=device, paths=DatasetPaths(paths.root, DATASET) if paths is not None else None, log=log)
+        return load_starter(device=device, paths=DatasetPaths(paths.root, DATASET) if paths is not None else None,
+                            log=log)
     path = resolve_run(source, paths, model_type, log)
     if path.is_dir() or path.suffix == ".pt":
         sidecar, state_dict = _read_training_state(path, log)
     elif path.suffix in (".pth", ".json"):
         sidecar, state_dict = _read_best_weights(path.with_suffix(".pth"), path.with_suffix(".json"))
     else:
-        raise GenerationError(f"Cannot load {path}: expected a .pth (best weights), its .json sidecar or a training-state .pt.")
+        raise GenerationError(f"Cannot load {path}: expected a .pth (best weights), its .json sidecar "
+                              "or a training-state .pt.")
     try:
         model_config = ModelConfig.from_dict(sidecar["model_config"])
     except (KeyError, TypeError) as exc:
@@ -69,8 +71,8 @@ def load_run(source: str | Path, paths: DatasetPaths | None = None, model_type: 
     except RuntimeError as exc:
         raise GenerationError(f"The weights in {path} do not fit the model config saved with them: {exc}") from exc
     model.to(resolve_device(device)).eval()
-    return LoadedRun(model, model_config, dataset.tokenizer, str(sidecar.get("run_id", path.stem)), dataset.paths, sidecar,
-                     dataset)
+    return LoadedRun(model, model_config, dataset.tokenizer, str(sidecar.get("run_id", path.stem)), dataset.paths,
+                     sidecar, dataset)
 
 
 STARTER = "starter"  # --run starter: the small model shipped inside the package (midikit.starter)
@@ -99,8 +101,8 @@ def resolve_run(source: str | Path, paths: DatasetPaths | None, model_type: str 
         return paths.best_weights(record.run_id)
     path = Path(source).expanduser()
     if not path.exists():
-        raise GenerationError(f"Model file {path} does not exist; pass --run latest, a run id, 'starter', or the path of a "
-                              ".pth, .json or .pt file.")
+        raise GenerationError(f"Model file {path} does not exist; pass --run latest, a run id, 'starter', or the path "
+                              "of a .pth, .json or .pt file.")
     return path
 
 
@@ -155,7 +157,8 @@ def _read_best_weights(weights: Path, sidecar_path: Path) -> tuple[dict, dict]:
     try:
         sidecar = json.loads(sidecar_path.read_text())
     except ValueError as exc:
-        raise GenerationError(f"The sidecar {sidecar_path} is not valid JSON ({exc}); it is corrupt or truncated.") from exc
+        raise GenerationError(f"The sidecar {sidecar_path} is not valid JSON ({exc}); "
+                              "it is corrupt or truncated.") from exc
     return sidecar, _torch_load(weights)
 
 
@@ -164,7 +167,8 @@ def _read_training_state(path: Path, log) -> tuple[dict, dict]:
         if path.is_dir():
             found = load_latest(path, log=log)
             if found is None:
-                raise GenerationError(f"No valid checkpoint in {path}; pass a .pth from the dataset's models/ folder instead.")
+                raise GenerationError(f"No valid checkpoint in {path}; "
+                                      "pass a .pth from the dataset's models/ folder instead.")
             path, state = found
         else:
             state = load_state(path)
@@ -178,7 +182,8 @@ def _read_training_state(path: Path, log) -> tuple[dict, dict]:
         "model_config": state["model_config"],
         "train_config": state.get("train_config"),
         "dataset": state.get("dataset"),
-        "metrics": {"best_val_loss": state.get("best_val_loss"), "steps": state.get("step"), "epochs": state.get("epoch")},
+        "metrics": {"best_val_loss": state.get("best_val_loss"), "steps": state.get("step"),
+                    "epochs": state.get("epoch")},
         "status": "finished" if state.get("finished") else "running",
         "checkpoint": str(path),
     }

@@ -47,12 +47,14 @@ MAX_BYTES = 5 * 2**20
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tokens", type=float, default=10e6, help="training tokens (default: 10M, the benchmark's budget)")
+    parser.add_argument("--tokens", type=float, default=10e6,
+                        help="training tokens (default: 10M, the benchmark's budget)")
     parser.add_argument("--work", default="/tmp/midikit_starter", help="folder for the dataset and the run")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (one is fastest on 2 busy cores)")
     parser.add_argument("--fp16", action="store_true", help="store the weights as fp16 (half the size)")
-    parser.add_argument("--out", default=str(starter_dir()), help="the package folder to write (default: midikit/starter)")
+    parser.add_argument("--out", default=str(starter_dir()),
+                        help="the package folder to write (default: midikit/starter)")
     args = parser.parse_args(argv)
     args.command = shlex.join(["python", "scripts/build_starter.py", *(sys.argv[1:] if argv is None else argv)])
     return args
@@ -84,8 +86,8 @@ def small_store(paths: DatasetPaths, out: Path) -> dict:
     config = dict(dataset.config, name=DATASET)
     config["splits"] = {split: {"files": len(songs), "sequences": len(songs), "tokens": int(sum(map(len, songs)))}
                         for split, songs in splits.items()}
-    config["shipped"] = (f"{TRAIN_PIECES} of the {dataset.num_sequences('train')} training sequences (untransposed copies) "
-                         "and every validation song; the model was trained on the whole training split")
+    config["shipped"] = (f"{TRAIN_PIECES} of the {dataset.num_sequences('train')} training sequences (untransposed "
+                         "copies) and every validation song; the model was trained on the whole training split")
     target = DatasetPaths(out.parent, out.name)
     write_store(target, splits, (paths.data / "tokenizer.json").read_text(), config)
     return config
@@ -103,7 +105,8 @@ def export(args, paths: DatasetPaths, run_id: str, report: evaluate.QualityRepor
     target = out / "models" / f"{run_id}.pth"
     torch.save(weights, target)
     if target.stat().st_size > MAX_BYTES:
-        raise SystemExit(f"The weights take {target.stat().st_size / 2**20:.1f} MB, more than 5 MB: use --fp16 or a smaller model.")
+        raise SystemExit(f"The weights take {target.stat().st_size / 2**20:.1f} MB, more than 5 MB: use "
+                         "--fp16 or a smaller model.")
     sidecar = json.loads(paths.weights_sidecar(run_id).read_text())
     sidecar["dataset"] = dict(sidecar["dataset"], name=DATASET)
     sidecar["starter"] = {"command": args.command, "weights_dtype": "float16" if args.fp16 else "float32",
@@ -126,7 +129,8 @@ def readme(args, sidecar: dict, report: evaluate.QualityReport, weights: Path) -
 
 Music to play before training a model of your own: `python -m midikit generate --run starter`, or
 notebook 07. A {mc['model_type']} of {report_parameters(sidecar)} parameters (the CPU preset's sizes,
-{mc['positions']} positions, context {mc['context_length']}, song clock {'on' if mc.get('song_clock') else 'off'}) on miditok BPE
+{mc['positions']} positions, context {mc['context_length']}, song clock {'on' if mc.get('song_clock') else 'off'}) \
+on miditok BPE
 tokens ({mc['vocab_size']}-token vocabulary), trained with midikit's CPU recipe
 (`bench/results/quality_cpu.md`) on {sidecar['metrics'].get('steps')} steps.
 
@@ -144,14 +148,17 @@ own licence (MIT) covers the files here.
 
 | file | what |
 |---|---|
-| `models/{weights.name}` | the best weights ({sidecar['starter']['weights_dtype']} storage, {weights.stat().st_size / 2**20:.2f} MB), a plain state_dict: `torch.load(..., weights_only=True)` |
+| `models/{weights.name}` | the best weights ({sidecar['starter']['weights_dtype']} storage, \
+{weights.stat().st_size / 2**20:.2f} MB), a plain state_dict: `torch.load(..., weights_only=True)` |
 | `models/{weights.with_suffix('.json').name}` | its sidecar: model config, training config, dataset |
-| `data/` | the tokenizer, special token ids and a small token store: the validation tunes and {TRAIN_PIECES} training tunes, untransposed, for `evaluate` |
+| `data/` | the tokenizer, special token ids and a small token store: the validation tunes and {TRAIN_PIECES} \
+training tunes, untransposed, for `evaluate` |
 | `quality.json` | the quality report below, in full |
 
 ## Quality (`midikit.evaluate`, as `python -m midikit evaluate` prints it)
 
-Held-out loss on {h['songs']} validation tunes: {h['nats_per_token']:.4f} nats/token, {h['nats_per_note']:.3f} nats/note.
+Held-out loss on {h['songs']} validation tunes: {h['nats_per_token']:.4f} nats/token, \
+{h['nats_per_note']:.3f} nats/note.
 {len(report.pieces)} pieces generated with the default sampling: **{ended}/{len(report.pieces)} ended with an EOS the
 model sampled itself**.
 
@@ -179,8 +186,8 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    result = preprocess(PreprocessConfig(source="corpus", dataset=f"folk_bpe{RECIPE['bpe_vocab']}", checkpoint_dir=args.work,
-                                         bpe_vocab=RECIPE["bpe_vocab"]), progress=False)
+    result = preprocess(PreprocessConfig(source="corpus", dataset=f"folk_bpe{RECIPE['bpe_vocab']}",
+                                         checkpoint_dir=args.work, bpe_vocab=RECIPE["bpe_vocab"]), progress=False)
     run_id = train_starter(args, result.paths)
     report = evaluate.run_report(QualityConfig(run=run_id, dataset=result.paths.dataset, checkpoint_dir=args.work,
                                               device=args.device, seed=0))

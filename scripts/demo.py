@@ -43,7 +43,8 @@ def main() -> None:
           f"Transformer for {args.max_steps} steps each (preset {preset}), then generate a MIDI file from each.\n"
           f"With the defaults this takes {MEASURED}. Everything goes to {root / args.dataset}.\n", flush=True)
 
-    prepared = preprocess(PreprocessConfig(source="corpus", dataset=args.dataset, checkpoint_dir=str(root), limit=args.limit))
+    prepared = preprocess(PreprocessConfig(source="corpus", dataset=args.dataset, checkpoint_dir=str(root),
+                                           limit=args.limit))
     dataset = load_dataset(prepared.paths)
     print(f"preset: {preset} | vocabulary: {dataset.vocab_size} tokens")
 
@@ -84,7 +85,8 @@ def main() -> None:
     print(f"  bash scripts/run.sh python -m midikit train --dataset {args.dataset}{folder} --model_type transformer "
           f"--preset cpu --max_steps 1000 --resume never")
     print(f"  bash scripts/run.sh python -m midikit evaluate --dataset {args.dataset}{folder}")
-    print("  the notebooks, in order: notebooks/01_setup.ipynb ... 07_generate.ipynb (jupyter lab, or Colab from the README)")
+    print("  the notebooks, in order: notebooks/01_setup.ipynb ... 07_generate.ipynb (jupyter lab, or "
+          "Colab from the README)")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,15 @@
 """Train LSTM, GRU and Transformer one after another, unattended (e.g. a Colab GPU left running).
 
 Run it again after a disconnect and it continues where it stopped: a model whose run already
-finished with these settings on this build of the dataset is skipped (its run.json says so), and an unfinished one is resumed from its newest checkpoint
-(`resume="auto"`). --again starts new runs regardless.
+finished with these settings on this build of the dataset is skipped (its run.json says so), and an
+unfinished one is resumed from its newest checkpoint (`resume="auto"`). --again starts new runs
+regardless.
 
     python scripts/train_all.py --dataset nottingham --source nottingham   # preprocesses first if needed
-    python scripts/train_all.py --preset cpu --epochs 1 --max_steps 50 --dataset folk --source corpus   # a dry run on a laptop
+    # a dry run on a laptop:
+    python scripts/train_all.py --preset cpu --epochs 1 --max_steps 50 --dataset folk --source corpus
     python scripts/train_all.py --dataset nottingham --max_minutes 60   # each model an hour now; again: the next hour
-    torchrun --nproc_per_node=4 scripts/train_all.py --dataset nottingham      # each model on 4 GPUs (docs/multi_gpu.md)
+    torchrun --nproc_per_node=4 scripts/train_all.py --dataset nottingham   # each model on 4 GPUs (docs/multi_gpu.md)
 
 Under torchrun every process runs this script; rank 0 alone preprocesses (the others wait for the
 dataset) and speaks.
@@ -27,7 +29,8 @@ from midikit.errors import ConfigError, DatasetError
 from midikit.settings import add_flags, from_args
 from midikit.train import train
 
-SHARED_SETTINGS = ("checkpoint_dir", "dataset", "preset", "epochs", "max_steps", "max_minutes", "checkpoint_every_minutes",
+SHARED_SETTINGS = ("checkpoint_dir", "dataset", "preset", "epochs", "max_steps", "max_minutes",
+                   "checkpoint_every_minutes",
                    "checkpoint_every_steps", "keep_last", "device", "precision", "compile", "takeover", "progress")
 
 
@@ -112,7 +115,8 @@ def main(argv=None) -> int:
             say(f"== {model_type}: paused at step {result.steps} (max_minutes); run this script again to continue it.")
             paused.append(model_type)
             continue
-        say(f"== {model_type}: {result.status}, best validation loss {result.best_val_loss}; weights {result.artifacts['weights']}")
+        say(f"== {model_type}: {result.status}, best validation loss {result.best_val_loss}; weights "
+            f"{result.artifacts['weights']}")
     if failures:
         say(f"Failed: {', '.join(failures)}", file=sys.stderr)
         return 1

@@ -34,15 +34,15 @@ EXAMPLES = {
     "limit": "120", "workers": "2", "transpositions": "-2,0,2", "tokenizer": "TSD", "tracks": "separate",
     "tokenizer_params": '{"use_tempos": true}', "subsample_ratio": "0.5", "model_type": "transformer", "preset": "t4",
     "context_length": "256", "dropout": "0.3", "embed_size": "256", "hidden_size": "512", "num_layers": "4",
-    "d_model": "512", "nhead": "8", "dim_feedforward": "2048", "positions": "learned", "epochs": "30", "batch_size": "128",
-    "lr": "0.0003", "weight_decay": "0.1", "warmup_steps": "200", "max_steps": "300", "max_batches": "5",
-    "grad_clip": "0.5", "patience": "10", "eval_every": "500", "eval_windows": "64", "device": "cuda",
-    "precision": "fp32", "compile": "off", "checkpoint_every_minutes": "5", "checkpoint_every_steps": "1000",
-    "keep_last": "3", "final_wait_minutes": "2", "resume": "never", "max_minutes": "60", "seed_bars": "8",
-    "seed_midi": "/content/opening.mid", "strategy": "greedy", "k": "5", "p": "0.95", "temperature": "0.8",
-    "num_tokens": "1024", "bars": "16", "num_samples": "4", "seed": "1234", "data_dir": f"{DRIVE}/nottingham",
-    "seed_file": "seeds.txt", "seed_length": "short", "seed_style": "folk", "run": RUN_ID, "pieces": "32",
-    "max_tokens": "1024", "data_pieces": "128", "val_songs": "20", "bpe_vocab": "1000",
+    "d_model": "512", "nhead": "8", "dim_feedforward": "2048", "positions": "learned", "epochs": "30",
+    "batch_size": "128", "lr": "0.0003", "weight_decay": "0.1", "warmup_steps": "200", "max_steps": "300",
+    "max_batches": "5", "grad_clip": "0.5", "patience": "10", "eval_every": "500", "eval_windows": "64",
+    "device": "cuda", "precision": "fp32", "compile": "off", "checkpoint_every_minutes": "5",
+    "checkpoint_every_steps": "1000", "keep_last": "3", "final_wait_minutes": "2", "resume": "never",
+    "max_minutes": "60", "seed_bars": "8", "seed_midi": "/content/opening.mid", "strategy": "greedy", "k": "5",
+    "p": "0.95", "temperature": "0.8", "num_tokens": "1024", "bars": "16", "num_samples": "4", "seed": "1234",
+    "data_dir": f"{DRIVE}/nottingham", "seed_file": "seeds.txt", "seed_length": "short", "seed_style": "folk",
+    "run": RUN_ID, "pieces": "32", "max_tokens": "1024", "data_pieces": "128", "val_songs": "20", "bpe_vocab": "1000",
 }
 COMMAND_EXAMPLES_BY_FLAG = {
     ("preprocess", "val_split"): "0.1", ("preprocess", "seq_length"): "256", ("train", "val_split"): "0.05",
@@ -57,24 +57,29 @@ COMMAND_EXAMPLES = {
         ("any folder of .mid/.midi/.abc files on Drive", "--input_dir /content/drive/MyDrive/my_midis --dataset mine"),
     ],
     "train": [
-        ("a first run on the CPU in a few minutes", "--dataset folk --model_type transformer --preset cpu --max_steps 300"),
+        ("a first run on the CPU in a few minutes", "--dataset folk --model_type transformer "
+                                                    "--preset cpu --max_steps 300"),
         ("the same command after a disconnect or Ctrl-C: resumes the run", "--dataset folk --model_type transformer"),
         ("an hour of training in this session; run it again to continue for another hour",
          "--dataset nottingham --model_type transformer --max_minutes 60"),
         ("train a finished run further: a new horizon, the learning rate going on from where it was",
          "--dataset folk --model_type transformer --max_steps 3000 --extend"),
-        ("the original project's large Transformer on an A100-class GPU (where `large` is also what the preset defaults to)",
+        ("the original project's large Transformer on an A100-class GPU (where `large` is also what "
+         "the preset defaults to)",
          "--dataset nottingham --model_type transformer --preset large"),
-        ("the original project's README quick run", "--dataset nottingham --model_type lstm --epochs 4 --max_batches 5"),
+        ("the original project's README quick run", "--dataset nottingham --model_type lstm "
+                                                    "--epochs 4 --max_batches 5"),
     ],
     "generate": [
         ("four pieces from the newest run with best weights, midikit's default sampling (top-p 0.9)",
          "--dataset folk --run latest --num_samples 4"),
-        ("continue a tune of your own: its first 8 bars, then the model", "--dataset folk --seed_midi /content/opening.mid "
-         "--seed_bars 8"),
+        ("continue a tune of your own: its first 8 bars, then the model", "--dataset folk --seed_midi "
+         "/content/opening.mid --seed_bars 8"),
         ("the starter model shipped with midikit, before any training", "--run starter"),
-        ("the original project's default: greedy decoding of the newest Transformer", "--dataset folk --model_type transformer --strategy greedy"),
-        ("the original project's spelling: a .pth and its data folder", f"--model_path {DRIVE}/nottingham/models/{RUN_ID}.pth "
+        ("the original project's default: greedy decoding of the newest Transformer",
+         "--dataset folk --model_type transformer --strategy greedy"),
+        ("the original project's spelling: a .pth and its data folder",
+         f"--model_path {DRIVE}/nottingham/models/{RUN_ID}.pth "
          f"--data_dir {DRIVE}/nottingham --strategy top_k --k 5"),
     ],
     "evaluate": [
@@ -86,25 +91,26 @@ COMMAND_EXAMPLES = {
 # Where midikit's default is not the original project's (from the original project's README, train_generator.py and
 # generate.py: /work/shared/SEED_COMMANDS.md and SEED_BASELINE.md).
 SEED_DEFAULTS = {
-    ("preprocess", "tracks"): "the original project made one sequence per track (`--tracks separate`); midikit keeps melody and chords "
-                              "of a tune in one sequence",
-    ("preprocess", "val_split"): "the same share, 0.05; the original project split the already transposed sequences, midikit splits "
-                                 "the files before transposing (no transposed copy of a validation tune is trained on)",
-    ("train", "val_split"): "the original project split the data when training; midikit splits when preprocessing, so here it is "
-                            "only checked against the dataset's split",
-    ("train", "preset"): "the original project's script defaults are the `small` preset; midikit picks `large` on a 40 GB-class GPU, "
-                         "`t4` on a smaller one, `cpu` without one",
-    ("train", "weight_decay"): "the original project used Adam with weight_decay 1e-4 on every parameter; midikit AdamW, 0.01, "
-                               "matrices and embeddings only",
+    ("preprocess", "tracks"): "the original project made one sequence per track (`--tracks separate`); midikit keeps "
+                              "melody and chords of a tune in one sequence",
+    ("preprocess", "val_split"): "the same share, 0.05; the original project split the already transposed sequences, "
+                                 "midikit splits the files before transposing (no transposed copy of a "
+                                 "validation tune is trained on)",
+    ("train", "val_split"): "the original project split the data when training; midikit splits when preprocessing, so "
+                            "here it is only checked against the dataset's split",
+    ("train", "preset"): "the original project's script defaults are the `small` preset; midikit picks `large` on a 40 "
+                         "GB-class GPU, `t4` on a smaller one, `cpu` without one",
+    ("train", "weight_decay"): "the original project used Adam with weight_decay 1e-4 on every parameter; midikit "
+                               "AdamW, 0.01, matrices and embeddings only",
     ("train", "grad_clip"): "the original project clipped at 1.0 only for datasets named `miditok`/`miditok_augmented`",
-    ("generate", "strategy"): "the original project decoded greedily by default; midikit samples with top-p (p 0.9): pass "
-                              "`--strategy greedy` for the original project's behaviour",
-    ("generate", "num_tokens"): "the original project's `--generate_length` defaulted to 100 tokens; midikit's to 512 (a piece "
-                                "ends earlier when the model ends it)",
-    ("generate", "run"): "the original project's `--model_path` was required; midikit defaults to the newest run with best "
-                         "weights (finished or not)",
-    ("generate", "seq_length"): "the original project's input length (\"must match training\"); midikit reads it from the run and "
-                                "only checks it",
+    ("generate", "strategy"): "the original project decoded greedily by default; midikit samples with top-p (p 0.9): "
+                              "pass `--strategy greedy` for the original project's behaviour",
+    ("generate", "num_tokens"): "the original project's `--generate_length` defaulted to 100 tokens; midikit's to 512 "
+                                "(a piece ends earlier when the model ends it)",
+    ("generate", "run"): "the original project's `--model_path` was required; midikit defaults to the newest run with "
+                         "best weights (finished or not)",
+    ("generate", "seq_length"): "the original project's input length (\"must match training\"); midikit reads it from "
+                                "the run and only checks it",
 }
 
 
@@ -141,7 +147,7 @@ def check_parses(parser: argparse.ArgumentParser, command: str, args: list[str],
         got = getattr(parsed, dest)
         want = parser._subparsers._group_actions[0].choices[command]._option_string_actions[args[0].split("=")[0]]
         if value is None:
-            assert got == (not want.default), (command, args, got)
+            assert got == want.const, (command, args, got)  # store_true/store_false: what the flag stores
         else:
             assert str(got) == value or got == want.type(value), (command, args, got)
 
@@ -167,7 +173,8 @@ def original_spellings() -> set[str]:
 def flag_cell(action: argparse.Action) -> str:
     original = original_spellings()
     names = [f"`{action.option_strings[0]}`"]
-    names += [f"`{alias}` ({'the original project' if alias in original else 'also'})" for alias in action.option_strings[1:]]
+    names += [f"`{alias}` ({'the original project' if alias in original else 'also'})"
+              for alias in action.option_strings[1:]]
     return "<br>".join(names)
 
 
@@ -218,7 +225,8 @@ def render() -> str:
         "Commands: " + ", ".join(f"[`{name}`](#{name})" for name in names) + ". midikit grew out of the original",
         "csce585-midi project; its spellings",
         "(`--model_path`, `--data_dir`, `--generate_length`, `--seed_midi_file`, `--transformer_layers`, ...) work",
-        "as aliases; `tests/test_seed_commands.py` runs every command line of the original project's README and A100 script.",
+        "as aliases; `tests/test_seed_commands.py` runs every command line of the original project's "
+        "README and A100 script.",
         "",
         "## Where midikit's defaults differ from the original project's",
         "",
@@ -240,7 +248,8 @@ def main() -> int:
     text = render()
     if args.check:
         if not DOC.is_file() or DOC.read_text() != text:
-            print(f"{DOC.relative_to(REPO)} is out of date: run `python scripts/write_commands_doc.py`.", file=sys.stderr)
+            print(f"{DOC.relative_to(REPO)} is out of date: run `python scripts/write_commands_doc.py`.",
+                  file=sys.stderr)
             return 1
         print(f"{DOC.relative_to(REPO)} is up to date.")
         return 0

@@ -55,16 +55,17 @@ def set_up(imports: str) -> list:
             code(install), code(imports), code("widgets.show_hardware()"), code("widgets.mount_drive()")]
 
 
-DATASET_FORM = [code("data = widgets.DatasetForm()\ndata"), code("paths = data.value\ndataset = widgets.require_dataset(paths)")]
+DATASET_FORM = [code("data = widgets.DatasetForm()\ndata"),
+                code("paths = data.value\ndataset = widgets.require_dataset(paths)")]
 
 
 def setup_notebook() -> list:
     return [
         *header("01_setup.ipynb", "Set-up: GPU, Google Drive and the checkpoint folder",
-                "Run this first. It installs midikit (in Colab), shows the GPU, mounts Google Drive and lets you choose "
-                "the checkpoint folder: every notebook reads and writes its datasets, checkpoints, weights, logs and "
-                "plots there, so they survive the end of a Colab session. Outside Colab nothing is mounted and the "
-                "folder is local (`$MIDIKIT_ROOT`, or `./midikit_data`)."),
+                "Run this first. It installs midikit (in Colab), shows the GPU, mounts Google Drive and lets you "
+                "choose the checkpoint folder: every notebook reads and writes its datasets, checkpoints, weights, "
+                "logs and plots there, so they survive the end of a Colab session. Outside Colab nothing is mounted "
+                "and the folder is local (`$MIDIKIT_ROOT`, or `./midikit_data`)."),
         *set_up("from midikit import widgets"),
         md("## Checkpoint folder\nThe default is `MyDrive/midikit_checkpoints` in Colab. Type another folder if you "
            "like: the cell after the form remembers it (on Drive, so a new runtime finds it too), and notebooks 02-07 "
@@ -80,14 +81,15 @@ def setup_notebook() -> list:
 def preprocess_notebook() -> list:
     return [
         *header("02_preprocess.ipynb", "Preprocess a MIDI dataset",
-                "Turns MIDI/ABC files into tokens the models train on: the Nottingham folk tunes (downloaded), music21's "
-                "offline folk corpus, or a folder of your own files on Drive. Tokenizes with miditok, splits "
+                "Turns MIDI/ABC files into tokens the models train on: the Nottingham folk tunes (downloaded), "
+                "music21's offline folk corpus, or a folder of your own files on Drive. Tokenizes with miditok, splits "
                 "train/validation by file, transposes the training tunes, learns BPE merges, and stores the result in "
                 "the checkpoint folder. Running it again with the same settings reuses the stored result."),
         *set_up("from midikit import widgets\nfrom midikit.data import preprocess"),
         md("## Settings\nThe defaults are the recipe that made the best model in midikit's quality benchmark: BPE "
-           "merges up to 1,000 tokens and a context of 256 of them (`bench/results/quality_cpu.md`). Outside Colab they "
-           "use the offline corpus with a `limit`, so the notebook runs in seconds; set `limit` to 0 to use every file."),
+           "merges up to 1,000 tokens and a context of 256 of them (`bench/results/quality_cpu.md`). Outside Colab "
+           "they use the offline corpus with a `limit`, so the notebook runs in seconds; set `limit` to "
+           "0 to use every file."),
         code("form = widgets.PreprocessForm()\nform"),
         md("## Preprocess"),
         code("result = preprocess(form.value)"),
@@ -124,9 +126,8 @@ def training_notebook(name: str) -> list:
            "- **resume**: an unfinished run of this model type is continued with its own model (greyed out), even on "
            "another GPU; `never` starts a new run with the form's settings."),
         code(f'form = widgets.TrainForm("{model_type}", paths)\nform'),
-        code("train_config, model_config = form.value\n"
-             'print(f"{model_config.model_type}, preset {train_config.preset}: '
-             '{count_parameters(build_model(model_config)):,} parameters")'),
+        code("train_config, model_config = form.value\nparameters = count_parameters(build_model(model_config))\n"
+             'print(f"{model_config.model_type}, preset {train_config.preset}: {parameters:,} parameters")'),
         md("## Resume or start"),
         code("widgets.show_resumable(train_config, form)"),
         md("## Train\nA live loss plot and a progress bar. Colab's stop button saves a checkpoint and stops cleanly "
@@ -137,7 +138,8 @@ def training_notebook(name: str) -> list:
         code("widgets.show_artifacts(result)"),
         md("## Before you close the tab\nColab uploads to Drive in the background: this cell pushes everything still "
            "pending and unmounts Drive (`drive.flush_and_unmount()`), so nothing is lost when the runtime ends. "
-           "Mount again (the set-up cell) before training more in this runtime. Outside Colab there is nothing to flush."),
+           "Mount again (the set-up cell) before training more in this runtime. Outside Colab there "
+           "is nothing to flush."),
         code("widgets.flush_drive()"),
     ]
 
@@ -147,10 +149,10 @@ def verify_notebook() -> list:
         *header("06_verify_checkpoints.ipynb", "Verify checkpoints",
                 "Browses the checkpoint folder: the runs in `models.csv`, every training-state checkpoint with its "
                 "size, age and checksum status, a run's loss curve and summary, its best weights loaded back with "
-                "`torch.load(weights_only=True)` and its loss arrays. Nothing here trains; its last cell saves the run's quality "
-                "report beside it (`outputs/quality/`)."),
-        *set_up("import json\n\nimport torch\nfrom IPython.display import Image, display\n\nfrom midikit import widgets\n"
-                "from midikit.models import ModelConfig, build_model"),
+                "`torch.load(weights_only=True)` and its loss arrays. Nothing here trains; its last cell saves the "
+                "run's quality report beside it (`outputs/quality/`)."),
+        *set_up("import json\n\nimport torch\nfrom IPython.display import Image, display\n\nfrom midikit import "
+                "widgets\nfrom midikit.models import ModelConfig, build_model"),
         md("## Checkpoint folder and dataset\nThe next cell lists the dataset's runs that have best weights: finished, "
            "stopped (the stop button, a disconnect) or paused by their time budget, each with how far it got. With "
            "none yet it says so: train one first (notebooks 03-05). Nothing here trains or preprocesses."),
@@ -158,8 +160,8 @@ def verify_notebook() -> list:
         code("paths = data.value\nruns = widgets.require_playable_run(paths)"),
         md("## Runs (`logs/models.csv`)"),
         code("widgets.show_models_csv(paths)"),
-        md("## Training-state checkpoints\n`valid`: the checksum matches; `corrupt`: it does not (training falls back to "
-           "an older one); `unverified`: no checksum file."),
+        md("## Training-state checkpoints\n`valid`: the checksum matches; `corrupt`: it does not (training falls back "
+           "to an older one); `unverified`: no checksum file."),
         code("widgets.show_checkpoints(paths)"),
         md("## One run"),
         code("run = widgets.RunForm(paths)\nrun"),
@@ -168,12 +170,15 @@ def verify_notebook() -> list:
         md("## Load the best weights and count the parameters\nThe original csce585-midi project's snippet, with "
            "`weights_only=True`: the `.pth` is a plain state_dict."),
         code("state_dict = torch.load(paths.best_weights(run_id), map_location=\"cpu\", weights_only=True)\n"
-             "parameters = sum(p.numel() for p in state_dict.values())\nprint(f\"{run_id}: {parameters:,} parameters\")"),
+             "parameters = sum(p.numel() for p in state_dict.values())\nprint(f\"{run_id}: "
+             "{parameters:,} parameters\")"),
         code("sidecar = json.loads(paths.weights_sidecar(run_id).read_text())\n"
-             "assert parameters == sidecar[\"metrics\"][\"parameters\"], \"the .pth does not match its sidecar: the run's "
-             "files are inconsistent\"\nprint(f\"{parameters:,} parameters, as the sidecar says\")"),
+             "assert parameters == sidecar[\"metrics\"][\"parameters\"], (\n"
+             "    \"the .pth does not match its sidecar: the run's files are inconsistent\")\n"
+             "print(f\"{parameters:,} parameters, as the sidecar says\")"),
         md("The sidecar's model config rebuilds the model with no other input:"),
-        code("model = build_model(ModelConfig.from_dict(sidecar[\"model_config\"]))\nmodel.load_state_dict(state_dict)"),
+        code("model = "
+             "build_model(ModelConfig.from_dict(sidecar[\"model_config\"]))\nmodel.load_state_dict(state_dict)"),
         md("## Loss arrays"),
         code("widgets.show_loss_arrays(paths, run_id)"),
         md(QUALITY_TEXT),
@@ -212,23 +217,26 @@ def generate_notebook() -> list:
         code("form = widgets.GenerateForm(paths)\nform"),
         code("where, sample = form.value\nrun = generate.load_run(where.run, paths)\n"
              "result = generate.generate(run, sample, seed_midi=where.seed_midi, seed_bars=where.seed_bars)\n"
-             'print(f"{len(result.midi_paths)} piece(s), {sum(result.new_tokens)} new tokens in {result.seconds:.1f} s")'),
-        md("## Optional: instrument sounds\nThe audio preview plays plain sine tones unless FluidSynth is installed; with "
-           "it, each track sounds as its General MIDI instrument (piano, strings, ...), from the soundfont that "
-           "pretty_midi ships. In Colab the next cell installs it (`apt-get update`, then `apt-get install -y fluidsynth`; "
-           "apt's errors are shown); set `INSTRUMENTS = False` to skip it. Elsewhere run `sudo apt-get install -y "
-           "fluidsynth` yourself (`pip install pyfluidsynth` adds the Python binding, which midikit then uses instead "
-           "of the program: the same synthesizer)."),
-        code("INSTRUMENTS = True  # False: keep the plain sine tones (nothing is installed)\n"
-             'if INSTRUMENTS and "google.colab" in sys.modules:\n    !apt-get update -qq && apt-get install -y -qq fluidsynth\n'
-             "from midikit import evaluate\n\nprint(evaluate.audio_synthesizer().line)"),
+             'print(f"{len(result.midi_paths)} piece(s), {sum(result.new_tokens)} new tokens in '
+             '{result.seconds:.1f} s")'),
+        md("## Optional: instrument sounds\nThe audio preview plays plain sine tones unless FluidSynth is installed; "
+           "with it, each track sounds as its General MIDI instrument (piano, strings, ...), from the soundfont that "
+           "pretty_midi ships. In Colab the next cell installs it (`apt-get update`, then `apt-get install -y "
+           "fluidsynth`; apt's errors are shown); set `INSTRUMENTS = False` to skip it. Elsewhere run `sudo apt-get "
+           "install -y fluidsynth` yourself (`pip install pyfluidsynth` adds the Python binding, which midikit then "
+           "uses instead of the program: the same synthesizer)."),
+        code("from midikit import audio\n\n"
+             "INSTRUMENTS = True  # False: keep the plain sine tones (nothing is installed)\n"
+             'if INSTRUMENTS and "google.colab" in sys.modules:\n    !apt-get update -qq && apt-get '
+             'install -y -qq fluidsynth\n'
+             "print(audio.audio_synthesizer().line)"),
         md("## Look and listen\nA piano roll and an audio preview per piece, then the metrics against the dataset."),
         code("widgets.show_generation(result, run.paths)"),
         md("## Download\nAll the pieces as one zip (Colab's download; a link elsewhere)."),
         code("zip_path = widgets.download_all(result.midi_paths)  # kept, not shown: the cell prints where it is"),
         md(QUALITY_TEXT.replace("The run's quality report", "The chosen run's quality report")),
-        code("from midikit import evaluate\n\nreport = evaluate.run_report(widgets.quality_config(paths, where.run), run=run)\n"
-             "widgets.show_quality(report)"),
+        code("from midikit import evaluate\n\nreport = evaluate.run_report(widgets.quality_config(paths, where.run), "
+             "run=run)\nwidgets.show_quality(report)"),
     ]
 
 

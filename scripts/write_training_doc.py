@@ -70,7 +70,8 @@ def parameters_of(model_type: str, preset: str, vocab_size: int, context_length:
     from midikit.presets import get_preset
 
     with torch.device("meta"):
-        return count_parameters(build_model(get_preset(model_type, preset).model_config(model_type, vocab_size, context_length)))
+        config = get_preset(model_type, preset).model_config(model_type, vocab_size, context_length)
+        return count_parameters(build_model(config))
 
 
 def prepare_dataset(root: Path, nottingham: Path | None) -> dict:
@@ -110,7 +111,8 @@ def measure_run(paths, model_type: str, preset: str) -> dict:
     best = run_dir / "best.pt"
     assert steps and best.is_file(), sorted(p.name for p in run_dir.iterdir())
     row = {"model_type": model_type, "preset": preset, "parameters": sidecar["metrics"]["parameters"],
-           "state_bytes": steps[-1].stat().st_size, "best_bytes": best.stat().st_size, "pth_bytes": weights.stat().st_size,
+           "state_bytes": steps[-1].stat().st_size, "best_bytes": best.stat().st_size,
+           "pth_bytes": weights.stat().st_size,
            "other_bytes": sum(p.stat().st_size for p in (run_dir / "run.json", weights.with_suffix(".json"))),
            "model_config": sidecar["model_config"], "train_config": sidecar["train_config"],
            "seconds": time.perf_counter() - started}
@@ -156,7 +158,8 @@ def mb(n: float) -> str:
 def sizes_text(mc: dict) -> str:
     if mc["model_type"] == "transformer":
         return f"d_model {mc['d_model']}, {mc['nhead']} heads, {mc['num_layers']} layers, ff {mc['dim_feedforward']}"
-    return f"embed {mc['embed_size']}, hidden {mc['hidden_size']}, {mc['num_layers']} layer{'s' * (mc['num_layers'] > 1)}"
+    return (f"embed {mc['embed_size']}, hidden {mc['hidden_size']}, {mc['num_layers']} "
+            f"layer{'s' * (mc['num_layers'] > 1)}")
 
 
 def presets_section(rows: list[dict], data: dict, speeds: dict, where: str) -> str:
@@ -167,7 +170,8 @@ def presets_section(rows: list[dict], data: dict, speeds: dict, where: str) -> s
              f"`train()` run on the CPU with the dataset's vocabulary ({data['vocab_size']} tokens) and context "
              f"({data['seq_length']} tokens); the sizes are of the files that run wrote. A GPU run writes the same "
              "sizes (weights and AdamW moments stay fp32 under bf16 autocast).", "",
-             "| model | preset | sizes | batch, lr | parameters | checkpoint (`step_*.pt`, `best.pt`) | weights `.pth` | tokens/s |",
+             "| model | preset | sizes | batch, lr | parameters | checkpoint (`step_*.pt`, `best.pt`) | "
+             "weights `.pth` | tokens/s |",
              "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         measured = speeds.get((row["model_type"], row["preset"]), [])
@@ -176,9 +180,9 @@ def presets_section(rows: list[dict], data: dict, speeds: dict, where: str) -> s
             number = notes.setdefault(label, len(notes) + 1)
             cells.append(f"{value:,} [{number}]")
         preset = get_preset(row["model_type"], row["preset"])  # the measuring run used batch 1
-        lines.append(f"| {row['model_type']} | `{row['preset']}` | {sizes_text(row['model_config'])} | {preset.batch_size}, "
-                     f"{preset.lr:g} | {row['parameters'] / 1e6:,.2f}M | {mb(row['state_bytes'])} | {mb(row['pth_bytes'])} | "
-                     f"{', '.join(cells) or 'not measured'} |")
+        lines.append(f"| {row['model_type']} | `{row['preset']}` | {sizes_text(row['model_config'])} | "
+                     f"{preset.batch_size}, {preset.lr:g} | {row['parameters'] / 1e6:,.2f}M | {mb(row['state_bytes'])} "
+                     f"| {mb(row['pth_bytes'])} | {', '.join(cells) or 'not measured'} |")
     lines.append("")
     for label, number in notes.items():
         lines.append(f"[{number}] {label}  ")
@@ -195,7 +199,8 @@ def storage_section(rows: list[dict], data: dict, where: str) -> str:
              "three times the weights), plus the best weights in `models/<run_id>.pth`. While a checkpoint is "
              "written the folder briefly holds up to two more states (the new step file, then a new `best.pt` "
              "beside the old one); the oldest step file goes once they are in place.", "",
-             "| model (`large`) | one state | `.pth` | kept per run: 3 states + `.pth` | peak while saving: 5 states + `.pth` |",
+             "| model (`large`) | one state | `.pth` | kept per run: 3 states + `.pth` | peak while "
+             "saving: 5 states + `.pth` |",
              "|---|---|---|---|---|"]
     total_rest, peaks = 0, []
     for model_type in MODEL_TYPES:
@@ -206,7 +211,8 @@ def storage_section(rows: list[dict], data: dict, where: str) -> str:
         peaks.append(peak - rest)
         lines.append(f"| {model_type} | {mb(row['state_bytes'])} | {mb(row['pth_bytes'])} | {mb(rest)} | {mb(peak)} |")
     dataset = "the whole Nottingham dataset" if data["full"] else "the dataset"
-    lines += [f"| **the three, one after another** | | | **{mb(total_rest)}** | **{mb(total_rest + max(peaks))}** |", "",
+    lines += [f"| **the three, one after another** | | | **{mb(total_rest)}** | **{mb(total_rest + max(peaks))}** |",
+              "",
               f"Add {mb(data['data_bytes'])} for {dataset}'s tokens (`data/`), and a few hundred kB of logs, plots "
               "and MIDI. The same budget for the smaller presets (three models, kept / peak):"]
     for preset in PRESETS[1:]:
@@ -224,7 +230,8 @@ def estimates_section(rows: list[dict], data: dict, speeds: dict) -> str:
     lines = [f"One epoch is one pass over the training tokens: {tokens:,} for {what} with the default "
              "preprocessing (7 transpositions). Time = tokens ÷ tokens/s; a run is 20 epochs (`--epochs`) unless early "
              "stopping ends it sooner. Every figure says where its speed comes from.", "",
-             "| model, preset | where the speed comes from | tokens/s | one epoch | 20 epochs |", "|---|---|---|---|---|"]
+             "| model, preset | where the speed comes from | tokens/s | one epoch | 20 epochs |",
+             "|---|---|---|---|---|"]
 
     def duration(seconds: float) -> str:
         if seconds < 60:
@@ -235,20 +242,21 @@ def estimates_section(rows: list[dict], data: dict, speeds: dict) -> str:
 
     for model_type in MODEL_TYPES:
         for value, label in speeds.get((model_type, "cpu"), []):
-            if not label.startswith("Real data") and any(other.startswith("Real data") for _, other in speeds[model_type, "cpu"]):
+            if not label.startswith("Real data") and any(other.startswith("Real data")
+                                                         for _, other in speeds[model_type, "cpu"]):
                 continue  # the real-data figure where there is one
-            lines.append(f"| {model_type}, `cpu` | midikit, measured on 2 shared CPU cores: {label} | {value:,} | {duration(tokens / value)} | "
-                         f"{duration(20 * tokens / value)} |")
+            lines.append(f"| {model_type}, `cpu` | midikit, measured on 2 shared CPU cores: {label} | {value:,} | "
+                         f"{duration(tokens / value)} | {duration(20 * tokens / value)} |")
     for model_type in MODEL_TYPES:
         value = SEED_H200_TOKENS_PER_S[model_type]
         lines.append(f"| {model_type}, `large` | **not midikit's**: {SEED_H200_SOURCE} | {value:,} | "
                      f"{duration(tokens / value)} | {duration(20 * tokens / value)} |")
-    lines += ["", "midikit has not been measured on a GPU yet, so the `large` rows use the speed of the original project's loop "
-              "on an H200: what midikit would take on that GPU if it were no faster than the original project's loop (its bf16, "
-              "fused and compiled step is meant to be several times faster: the targets are in `bench/README.md`). "
-              "Colab's A100 is slower than an H200, so expect longer there. The `large` presets are not for a CPU: one step of the `large` "
-              f"Transformer at batch 1 took {by['transformer', 'large']['seconds']:.0f} s with set-up and saving, on the "
-              "machine above."]
+    lines += ["", "midikit has not been measured on a GPU yet, so the `large` rows use the speed of the original "
+              "project's loop on an H200: what midikit would take on that GPU if it were no faster than the original "
+              "project's loop (its bf16, fused and compiled step is meant to be several times faster: the targets are "
+              "in `bench/README.md`). Colab's A100 is slower than an H200, so expect longer there. The `large` presets "
+              "are not for a CPU: one step of the `large` Transformer at batch 1 took "
+              f"{by['transformer', 'large']['seconds']:.0f} s with set-up and saving, on the machine above."]
     return "\n".join(lines)
 
 
@@ -267,12 +275,12 @@ def first_run_section(speeds: dict) -> str:
 
     lines = [f"An estimate, not a measurement: midikit has not run on a GPU yet. A step costs about 6 FLOPs per "
              f"parameter per token; the FLOP rate comes from models of each family measured on one H200 (the `large` "
-             f"sizes: a decoder-only Transformer with SDPA, bf16 and torch.compile at 647k tokens/s, the LSTM and GRU under "
-             f"bf16 autocast at 1.75M and 1.79M tokens/s), scaled by each GPU's dense fp16/bf16 peak "
+             "sizes: a decoder-only Transformer with SDPA, bf16 and torch.compile at 647k tokens/s, the LSTM and GRU "
+             "under bf16 autocast at 1.75M and 1.79M tokens/s), scaled by each GPU's dense fp16/bf16 peak "
              f"({', '.join(f'{g} {p:g}' for g, p in estimates.GPU_PEAK_TFLOPS.items() if g in ('T4', 'A100', 'H200'))} "
              f"TFLOPS). Smaller models use less of a GPU, so real runs are slower: `max_minutes` "
-             f"({estimates.FIRST_RUN_GUARD_MINUTES:g}) ends the first run in any case, resumable. Dataset: notebook 02's "
-             f"defaults (BPE vocabulary {vocab}, context {context}).", "",
+             f"({estimates.FIRST_RUN_GUARD_MINUTES:g}) ends the first run in any case, resumable. Dataset: notebook "
+             f"02's defaults (BPE vocabulary {vocab}, context {context}).", "",
              "| GPU | model, preset | parameters | tokens per step | estimated tokens/s | first run: steps | about |",
              "|---|---|---|---|---|---|---|"]
     for gpu, preset in FIRST_RUN_GPUS:
@@ -286,7 +294,8 @@ def first_run_section(speeds: dict) -> str:
     cpu = [(model_type, speeds.get((model_type, "cpu"), [(None, "")])[-1]) for model_type in MODEL_TYPES]
     measured = ", ".join(f"{model_type} {value:,} tokens/s" for model_type, (value, _) in cpu if value)
     lines += ["", f"On a CPU the first run is {CPU_MAX_STEPS} steps of the `cpu` preset; measured there "
-              f"(one torch thread, 2 shared cores, context 100): {measured} ([train_cpu.md](../bench/results/train_cpu.md))."]
+              f"(one torch thread, 2 shared cores, context 100): {measured} "
+              "([train_cpu.md](../bench/results/train_cpu.md))."]
     return "\n".join(lines) + "\n"
 
 
@@ -300,11 +309,13 @@ def replace_section(text: str, name: str, body: str) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--nottingham", type=Path, default=NOTTINGHAM, help="folder of the Nottingham MIDI files")
-    parser.add_argument("--keep", type=Path, default=None, help="keep the measured dataset here instead of a temporary folder")
+    parser.add_argument("--keep", type=Path, default=None, help="keep the measured dataset here instead "
+                                                                "of a temporary folder")
     parser.add_argument("--measurements", type=Path, default=None,
                         help="a JSON file: written after measuring, and read instead of measuring when it exists "
                              "(to change the text without measuring again)")
-    parser.add_argument("--first_run", action="store_true", help="only the first-run estimates (a calculation: seconds)")
+    parser.add_argument("--first_run", action="store_true",
+                        help="only the first-run estimates (a calculation: seconds)")
     args = parser.parse_args()
     if args.first_run:
         DOC.write_text(replace_section(DOC.read_text(), "first_run", first_run_section(bench_tokens_per_second())))
@@ -327,8 +338,8 @@ def main() -> int:
                 row = measure_run(data["paths"], model_type, preset)
                 expected = parameters_of(model_type, preset, data["vocab_size"], data["seq_length"])
                 assert row["parameters"] == expected, (row["parameters"], expected)
-                print(f"{model_type:<11} {preset:<5} {row['parameters']:>12,} parameters  state {mb(row['state_bytes'])}  "
-                      f".pth {mb(row['pth_bytes'])}  ({row['seconds']:.0f} s)")
+                print(f"{model_type:<11} {preset:<5} {row['parameters']:>12,} parameters  state "
+                      f"{mb(row['state_bytes'])}  .pth {mb(row['pth_bytes'])}  ({row['seconds']:.0f} s)")
                 rows.append(row)
     finally:
         if args.keep is None:

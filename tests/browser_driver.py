@@ -74,7 +74,8 @@ class JupyterLab:
     def start(self, wait_s: float = 120) -> None:
         command = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={self.port}", "--ip=127.0.0.1",
                    f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={self.work}",
-                   "--LabApp.extension_manager=readonly", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+                   "--LabApp.extension_manager=readonly",
+                   "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
         if hasattr(os, "geteuid") and os.geteuid() == 0:  # a container's root (CI machines)
             command.append("--allow-root")
         self.process = subprocess.Popen(command, env=self.env, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT,
@@ -199,7 +200,8 @@ class Notebook:
             self.page.keyboard.press("Escape")
             self.page.keyboard.press("Control+Enter")
             try:
-                self.page.wait_for_function("([el, before]) => el.textContent.includes('*') || el.textContent !== before",
+                self.page.wait_for_function("([el, before]) => el.textContent.includes('*') || "
+                                            "el.textContent !== before",
                                             arg=[prompt.element_handle(), before], timeout=5000)
                 break
             except PlaywrightTimeout:  # not started: press again
@@ -226,8 +228,9 @@ class Notebook:
             area = self.cells.nth(index).locator(".jp-OutputArea")
             text = area.inner_text() if area.count() else ""
             if TRACEBACK.search(text):
-                found.append(f"cell {index} ({self.cells.nth(index).locator('.jp-InputArea-editor').inner_text()[:60]!r}):"
-                             f" …{text[-600:]}")
+                found.append(f"cell {index} "
+                             f"({self.cells.nth(index).locator('.jp-InputArea-editor').inner_text()[:60]!r}): "
+                             f"…{text[-600:]}")
         return found
 
     def bare_results(self) -> list[str]:

@@ -50,6 +50,7 @@ def tiny_dataset(tmp_path_factory):
     else:
         source = dict(source="corpus")
     config = PreprocessConfig(
-        **source, dataset="tiny", checkpoint_dir=str(tmp_path_factory.mktemp("tiny_root")), limit=60, transpositions=(0, 2)
+        **source, dataset="tiny", checkpoint_dir=str(tmp_path_factory.mktemp("tiny_root")), limit=60,
+        transpositions=(0, 2)
     )
     return preprocess(config, progress=False, log=lambda message: None).paths

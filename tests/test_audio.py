@@ -72,22 +72,26 @@ def without_the_library(monkeypatch):
 @pytest.fixture
 def without_the_program(monkeypatch):
     which = shutil.which
-    monkeypatch.setattr(shutil, "which", lambda name, *args, **kwargs: None if name == "fluidsynth" else which(name, *args, **kwargs))
+    monkeypatch.setattr(shutil, "which", lambda name, *args, **kwargs: None if name == "fluidsynth"
+                        else which(name, *args, **kwargs))
 
 
 def test_without_fluidsynth_the_preview_is_sine_tones_and_says_why(without_pyfluidsynth, without_the_program):
     chosen = preview.audio_synthesizer()
     assert chosen.kind == "sine" and chosen.soundfont is None and "\n" not in chosen.line
-    assert "sine tones" in chosen.line and "FluidSynth is not installed" in chosen.line and "apt-get install -y fluidsynth" in chosen.line
+    assert ("sine tones" in chosen.line and "FluidSynth is not installed" in chosen.line
+            and "apt-get install -y fluidsynth" in chosen.line)
     audio, rate = preview.render_audio(one_note(), sample_rate=RATE)
     sine, _ = preview.render_audio(one_note(), sample_rate=RATE, synth="sine")
     assert rate == RATE and np.array_equal(audio, sine)
     assert harmonic_share(audio) < 0.01  # pure sine: nothing above the fundamental
 
 
-def test_without_the_fluidsynth_library_the_preview_is_sine_tones_and_says_why(without_the_library, without_the_program):
+def test_without_the_fluidsynth_library_the_preview_is_sine_tones_and_says_why(without_the_library,
+                                                                               without_the_program):
     chosen = preview.audio_synthesizer()
-    assert chosen.kind == "sine" and "FluidSynth cannot start" in chosen.line and "apt-get install -y fluidsynth" in chosen.line
+    assert (chosen.kind == "sine" and "FluidSynth cannot start" in chosen.line
+            and "apt-get install -y fluidsynth" in chosen.line)
     audio, _ = preview.render_audio(one_note(), sample_rate=RATE)
     assert np.array_equal(audio, preview.render_audio(one_note(), sample_rate=RATE, synth="sine")[0])
 
@@ -137,7 +141,8 @@ def test_fluidsynth_installed_after_pretty_midi_was_imported_is_used(monkeypatch
 
 
 @needs_program
-def test_the_fluidsynth_program_renders_a_tune_its_whole_length_without_a_silent_tail(nottingham_dir, without_pyfluidsynth):
+def test_the_fluidsynth_program_renders_a_tune_its_whole_length_without_a_silent_tail(nottingham_dir,
+                                                                                      without_pyfluidsynth):
     assert preview.audio_synthesizer().kind == "fluidsynth-program"
     audio, rate = preview.render_audio(nottingham_dir / "ashover1.mid", sample_rate=8000)
     assert 47 * rate <= len(audio) <= 49.5 * rate  # the tune lasts 47.5 s, plus the last note's release
@@ -152,7 +157,8 @@ def test_the_notebook_offers_fluidsynth_in_a_thin_cell():
     notebook = nbformat.read(Path(__file__).resolve().parents[1] / "notebooks" / "07_generate.ipynb", as_version=4)
     markdown = [cell for cell in notebook.cells if cell.cell_type == "markdown" and "apt-get install" in cell.source]
     code = [cell for cell in notebook.cells if cell.cell_type == "code" and "fluidsynth" in cell.source.lower()]
-    assert len(markdown) == 1 and "apt-get install -y fluidsynth" in markdown[0].source and "pyfluidsynth" in markdown[0].source
+    assert (len(markdown) == 1 and "apt-get install -y fluidsynth" in markdown[0].source
+            and "pyfluidsynth" in markdown[0].source)
     assert len(code) == 1 and "pip" not in code[0].source
     lines = [line for line in code[0].source.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     assert len(lines) <= 8 and not any(line.lstrip().startswith(("def ", "for ", "while ")) for line in lines)

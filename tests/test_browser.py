@@ -62,7 +62,10 @@ def hour(tmp_path):
            "TMPDIR": str(tmp_path / "tmp")}
     lab = JupyterLab(work, env, tmp_path / "jupyterlab.log")
     started = time.monotonic()
-    say = lambda text: print(f"[{time.monotonic() - started:6.1f} s] {text}", flush=True)
+
+    def say(text):
+        print(f"[{time.monotonic() - started:6.1f} s] {text}", flush=True)
+
     kept = Path(os.environ["CI_ARTIFACTS"]) / "browser" if os.environ.get("CI_ARTIFACTS") else tmp_path / "failure"
     try:
         lab.start()
@@ -270,7 +273,8 @@ def sounds(nb: Notebook, index: int, pieces: int) -> None:
             samples = np.frombuffer(wav.readframes(wav.getnframes()), dtype=np.int16) / 32768
         rms = float(np.sqrt(np.mean(samples**2)))
         assert rms > SILENCE_RMS, f"07: piece {number}'s audio is silence (RMS {rms:.4f})"
-        nb.say(f"07: piece {number} plays {len(samples) / wav.getframerate() / wav.getnchannels():.1f} s, RMS {rms:.3f}")
+        nb.say(f"07: piece {number} plays {len(samples) / wav.getframerate() / wav.getnchannels():.1f} s, RMS "
+               f"{rms:.3f}")
 
 
 def downloads(nb: Notebook, index: int, pieces: list[Path]) -> None:

@@ -27,7 +27,8 @@ from midikit.writer import BackgroundWriter
 
 VOCAB = 40
 CONFIG = dict(
-    model_type="transformer", vocab_size=VOCAB, context_length=16, dropout=0.1, d_model=32, nhead=4, num_layers=2, dim_feedforward=64
+    model_type="transformer", vocab_size=VOCAB, context_length=16, dropout=0.1, d_model=32, nhead=4, num_layers=2,
+    dim_feedforward=64
 )
 
 
@@ -223,7 +224,8 @@ def test_rotation_keeps_newest_and_best_and_empties_what_it_drops(tmp_path, monk
     monkeypatch.setattr(Path, "unlink", spy_unlink)
     replaced_best = None
     for step in range(1, 6):
-        checkpoints.write_checkpoint(tmp_path, to_cpu_snapshot(tiny_state(step)), step, best=step in (2, 4), keep_last=2)
+        checkpoints.write_checkpoint(tmp_path, to_cpu_snapshot(tiny_state(step)), step, best=step in (2, 4),
+                                     keep_last=2)
         if step == 2:  # a second name for the inode of best.pt at step 2: shows what happens to the replaced file
             replaced_best = tmp_path / "replaced_best"
             os.link(tmp_path / "best.pt", replaced_best)
@@ -344,10 +346,12 @@ def test_inspect_run_reports_each_file(tmp_path):
     checkpoints.checksum_path(run_dir / "step_00000003.pt").unlink()
     with open(run_dir / "step_00000002.pt", "r+b") as handle:
         handle.truncate(10)
-    checkpoints._copy_checkpoint(run_dir / "step_00000001.pt", run_dir / "best.pt", checkpoints._sha256_of(run_dir / "step_00000001.pt"))
+    checkpoints._copy_checkpoint(run_dir / "step_00000001.pt", run_dir / "best.pt",
+                                 checkpoints._sha256_of(run_dir / "step_00000001.pt"))
     files = inspect_run(run_dir)
     assert [(f["name"], f["step"], f["status"]) for f in files] == [
-        ("step_00000003.pt", 3, "unverified"), ("step_00000002.pt", 2, "corrupt"), ("step_00000001.pt", 1, "valid"), ("best.pt", 1, "valid"),
+        ("step_00000003.pt", 3, "unverified"), ("step_00000002.pt", 2, "corrupt"), ("step_00000001.pt", 1, "valid"),
+        ("best.pt", 1, "valid"),
     ]
     assert files[1]["size_bytes"] == 10 and files[0]["age_s"] >= 0
 
@@ -385,7 +389,8 @@ def test_sigkill_during_writes_never_leaves_a_corrupt_latest(tmp_path):
     rng = random.Random(0)
     run_dir = tmp_path / "lstm_20260101_000000"
     steps_seen = []
-    writers = subprocess.Popen([sys.executable, "-c", WRITERS, str(run_dir)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    writers = subprocess.Popen([sys.executable, "-c", WRITERS, str(run_dir)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
     try:
         for _ in range(6):
             writers.stdin.write("go\n")

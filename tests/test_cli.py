@@ -22,7 +22,8 @@ def flags_of(command: str) -> set[str]:
 
 
 @pytest.mark.parametrize("command, configs", [
-    ("train", (TrainConfig, ModelConfig)), ("generate", (GenerateConfig, SampleConfig)), ("preprocess", (PreprocessConfig,)),
+    ("train", (TrainConfig, ModelConfig)), ("generate", (GenerateConfig, SampleConfig)),
+    ("preprocess", (PreprocessConfig,)),
 ])
 def test_every_setting_has_its_flag(command, configs):
     flags = flags_of(command)
@@ -36,7 +37,8 @@ def test_the_seeds_spellings_reach_the_same_fields():
     parser = build_parser()
     args = parser.parse_args(["train", "--model_type", "transformer", "--transformer_layers", "8", "--epochs", "20"])
     assert from_args(TrainConfig, args).epochs == 20 and given(ModelConfig, args) == {"num_layers": 8}
-    args = parser.parse_args(["generate", "--model_path", "m.pth", "--generate_length", "100", "--seed_midi_file", "a.mid"])
+    args = parser.parse_args(["generate", "--model_path", "m.pth", "--generate_length", "100", "--seed_midi_file",
+                              "a.mid"])
     assert (from_args(GenerateConfig, args).run, from_args(GenerateConfig, args).seed_midi) == ("m.pth", "a.mid")
     for command in ("generate", "evaluate"):  # one flag chooses a run in both; midikit's old --model still works
         for flag in ("--run", "--model", "--model_path"):
@@ -53,8 +55,8 @@ def test_model_sizes_override_only_when_given():
 
 
 def test_help_imports_neither_torch_nor_miditok():
-    probe = ("import sys\nfrom midikit.cli import main\ntry:\n    main(['train', '--help'])\nexcept SystemExit:\n    pass\n"
-             "print('torch' in sys.modules, 'miditok' in sys.modules, file=sys.stderr)")
+    probe = ("import sys\nfrom midikit.cli import main\ntry:\n    main(['train', '--help'])\nexcept SystemExit:\n    "
+             "pass\nprint('torch' in sys.modules, 'miditok' in sys.modules, file=sys.stderr)")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert done.stderr.strip().endswith("False False"), done.stderr
     assert "--eval_windows" in done.stdout and "--takeover" in done.stdout and "--transformer_layers" in done.stdout

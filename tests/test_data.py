@@ -109,7 +109,8 @@ def test_token_shift_equals_miditok_augmentation(nottingham_dir):
             a, b = fast((path, path.name, (-5, 0, 3))), reference((path, path.name, (-5, 0, 3)))
             assert a.sequences.keys() == b.sequences.keys() == {-5, 0, 3}
             for k in a.sequences:
-                assert len(a.sequences[k]) == len(b.sequences[k]) == (1 if tracks == "merged" else len(symusic.Score(path).tracks))
+                assert len(a.sequences[k]) == len(b.sequences[k]) == (1 if tracks == "merged"
+                                                                      else len(symusic.Score(path).tracks))
                 for x, y in zip(a.sequences[k], b.sequences[k]):
                     assert np.array_equal(x, y)
 
@@ -150,7 +151,8 @@ def test_bad_inputs_are_skipped_and_reported_per_file(nottingham_dir, tmp_path):
     (folder / "notes.txt").write_text("not a music file: ignored")
     expected = write_bad_inputs(folder, nottingham_dir / "ashover1.mid")
     logged = []
-    result = preprocess(PreprocessConfig(input_dir=str(folder), checkpoint_dir=str(tmp_path / "root"), transpositions="0"),
+    result = preprocess(PreprocessConfig(input_dir=str(folder), checkpoint_dir=str(tmp_path / "root"),
+                                         transpositions="0"),
                         progress=False, log=logged.append)
     config = result.config
     assert config["files_found"] == 10 and config["files_processed"] == 4
@@ -212,8 +214,8 @@ def test_out_of_range_transpositions_are_skipped_and_counted(tmp_path):
         score.tracks.append(track)
         score.dump_midi(folder / name)
     # REMI's pitch range ends at 108: +3 fits both files, +5 only mid.mid, -5 both.
-    result = run(tmp_path / "root", input_dir=str(folder), transpositions="-5,0,3,5", val_split=0.5, augment_validation=True,
-                 workers=1)  # the in-process path
+    result = run(tmp_path / "root", input_dir=str(folder), transpositions="-5,0,3,5", val_split=0.5,
+                 augment_validation=True, workers=1)  # the in-process path
     augmentation = result.config["augmentation"]
     assert augmentation["skipped_out_of_range"] == 1 and augmentation["skipped_out_of_range_by_offset"] == {"5": 1}
     assert sum(s["sequences"] for s in result.config["splits"].values()) == 7
@@ -262,10 +264,13 @@ def test_cli_preprocess_end_to_end(nottingham_dir, tmp_path, capsys):
     assert "--limit 8" in data.config["command"] and "--transpositions=-2,0" in data.config["command"]
     assert cli.main(argv) == 0 and "Cache hit" in capsys.readouterr().out
 
-    assert cli.main(["preprocess", "--input_dir", str(nottingham_dir), "--checkpoint_dir", str(tmp_path), "--val_split", "1.5"]) == 2
+    assert cli.main(["preprocess", "--input_dir", str(nottingham_dir), "--checkpoint_dir", str(tmp_path), "--val_split",
+                     "1.5"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: val_split must be a number > 0.0 and < 1.0, got 1.5. The original project uses 0.05.") and "Traceback" not in err
-    assert cli.main(["preprocess", "--source", "corpus", "--checkpoint_dir", str(tmp_path), "--tokenizer_params", "{oops"]) == 2
+    assert err.startswith("error: val_split must be a number > 0.0 and < 1.0, got 1.5. The "
+                          "original project uses 0.05.") and "Traceback" not in err
+    assert cli.main(["preprocess", "--source", "corpus", "--checkpoint_dir", str(tmp_path), "--tokenizer_params",
+                     "{oops"]) == 2
     assert capsys.readouterr().err.startswith("error: tokenizer_params must be a JSON object")
 
 
@@ -325,10 +330,13 @@ def test_bpe_puts_more_music_in_fewer_tokens_and_decodes_to_the_same_notes(tiny_
     assert len(bpe.train_tokens) < 0.6 * len(base.train_tokens)  # several REMI tokens become one
     assert bpe.config["splits"]["train"]["sequences"] == base.config["splits"]["train"]["sequences"]
     for index in range(bpe.num_sequences("val")):
-        plain, merged = tokens_to_score(base.tokenizer, base.sequence("val", index)), tokens_to_score(bpe.tokenizer, bpe.sequence("val", index))
+        plain = tokens_to_score(base.tokenizer, base.sequence("val", index))
+        merged = tokens_to_score(bpe.tokenizer, bpe.sequence("val", index))
         assert merged.note_num() == plain.note_num() > 0
-        assert [list(t.notes.numpy()["pitch"]) for t in merged.tracks] == [list(t.notes.numpy()["pitch"]) for t in plain.tracks]
+        assert [list(t.notes.numpy()["pitch"]) for t in merged.tracks] == [list(t.notes.numpy()["pitch"])
+                                                                           for t in plain.tracks]
     assert "--bpe_vocab" in bpe.config["command"]
-    with pytest.raises(ConfigError, match=f"bpe_vocab=10 is not above the base vocabulary \\({base.vocab_size} tokens\\)"):
+    with pytest.raises(ConfigError, match="bpe_vocab=10 is not above the base vocabulary "
+                                          f"\\({base.vocab_size} tokens\\)"):
         preprocess(PreprocessConfig(source="corpus", bpe_vocab=10, checkpoint_dir=str(tmp_path)), progress=False)
     assert not (tmp_path / "nottingham").exists()  # refused before anything was read or written

@@ -19,17 +19,17 @@ from midikit.storage import DatasetPaths
 
 STEPS = 60
 ARGS = ["--model_type", "gru", "--preset", "cpu", "--device", "cpu", "--embed_size", "16", "--hidden_size", "32",
-        "--num_layers", "1", "--dropout", "0.1", "--context_length", "32", "--batch_size", "8", "--max_steps", str(STEPS),
-        "--eval_every", "15", "--eval_windows", "16", "--checkpoint_every_steps", "10", "--checkpoint_every_minutes", "0",
-        "--seed", "5", "--no_progress"]
+        "--num_layers", "1", "--dropout", "0.1", "--context_length", "32", "--batch_size", "8", "--max_steps",
+        str(STEPS), "--eval_every", "15", "--eval_windows", "16", "--checkpoint_every_steps", "10",
+        "--checkpoint_every_minutes", "0", "--seed", "5", "--no_progress"]
 
 
 
 def launch(paths: DatasetPaths, processes: int = 2, *extra: str) -> subprocess.Popen:
     train = ["-m", "midikit", "train", "--dataset", paths.dataset, "--checkpoint_dir", str(paths.root), *ARGS, *extra]
     runner = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"] if processes > 1 else []
-    return subprocess.Popen([sys.executable, *runner, *train], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"), start_new_session=True)
+    return subprocess.Popen([sys.executable, *runner, *train], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), start_new_session=True)
 
 
 def finish(process: subprocess.Popen, code: int = 0) -> str:
@@ -41,7 +41,8 @@ def finish(process: subprocess.Popen, code: int = 0) -> str:
 
 def workers(paths: DatasetPaths) -> list[int]:
     """The training processes torchrun started for this root (torchrun puts them in sessions of their own)."""
-    found = subprocess.run(["pgrep", "-f", "--", f"-m midikit train --dataset {paths.dataset} --checkpoint_dir {paths.root}"],
+    found = subprocess.run(["pgrep", "-f", "--", f"-m midikit train --dataset {paths.dataset} "
+                                                 f"--checkpoint_dir {paths.root}"],
                            capture_output=True, text=True).stdout.split()
     runners = subprocess.run(["pgrep", "-f", "torch.distributed.run"], capture_output=True, text=True).stdout.split()
     return [int(pid) for pid in found if pid not in runners]

@@ -44,12 +44,14 @@ def test_the_commands_doc_names_every_command_and_flag():
 
 
 def presets_table() -> list[dict]:
-    text = TRAINING_DOC.read_text().split("<!-- BEGIN generated: presets -->")[1].split("<!-- END generated: presets -->")[0]
+    text = TRAINING_DOC.read_text().split("<!-- BEGIN generated: presets -->")[1]
+    text = text.split("<!-- END generated: presets -->")[0]
     rows = []
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) == 8 and cells[1].startswith("`"):
-            rows.append(dict(model_type=cells[0], preset=cells[1].strip("`"), parameters=cells[4], state=cells[5], pth=cells[6]))
+            rows.append(dict(model_type=cells[0], preset=cells[1].strip("`"), parameters=cells[4], state=cells[5],
+                             pth=cells[6]))
     return rows
 
 
@@ -73,7 +75,8 @@ def test_the_training_doc_matches_the_presets_models():
     assert {(r["model_type"], r["preset"]) for r in rows} == {(m, p) for m in PRESETS for p in PRESETS[m]}
     for row in rows:
         with torch.device("meta"):
-            model = build_model(get_preset(row["model_type"], row["preset"]).model_config(row["model_type"], vocab, context))
+            preset = get_preset(row["model_type"], row["preset"])
+            model = build_model(preset.model_config(row["model_type"], vocab, context))
         parameters = count_parameters(model)
         assert row["parameters"] == f"{parameters / 1e6:,.2f}M", (row, parameters)
         weights = 4 * parameters  # fp32; the shown sizes are rounded (0.1 MB, 0.01 GB)

@@ -41,7 +41,8 @@ def strays(paths: DatasetPaths) -> list:
 
 
 def valid_steps(run_dir) -> list[int]:
-    return [checkpoints.step_of(p) for p in checkpoints.list_checkpoints(run_dir) if checkpoints.verify_checkpoint(p)[0] == "valid"]
+    return [checkpoints.step_of(p) for p in checkpoints.list_checkpoints(run_dir)
+            if checkpoints.verify_checkpoint(p)[0] == "valid"]
 
 
 @pytest.mark.parametrize("fault, explained", [
@@ -55,7 +56,8 @@ def test_a_failing_write_is_retried_explained_once_and_lands(fault, explained, t
     messages = []
     with FaultyFS(paths.root) as fs:
         (method, kwargs), = fault.items()
-        getattr(fs, method)(**kwargs, times=1, match="*step_*.pt*")  # the first state file's write fails, under torch.save
+        # the first state file's write fails, under torch.save
+        getattr(fs, method)(**kwargs, times=1, match="*step_*.pt*")
         result = train(config(paths), log=messages.append, model_overrides=TINY)
         assert [e for e in fs.events if e.kind == "fail"], "the fault never fired"
     assert result.status == "max_steps" and result.steps == 40
@@ -66,7 +68,8 @@ def test_a_failing_write_is_retried_explained_once_and_lands(fault, explained, t
 
 
 def test_a_full_disk_makes_room_and_every_checkpoint_lands(tiny_dataset, tmp_path):
-    pilot = train(config(own_root(tiny_dataset, tmp_path / "pilot"), max_steps=10), log=lambda m: None, model_overrides=TINY)
+    pilot = train(config(own_root(tiny_dataset, tmp_path / "pilot"), max_steps=10),
+                  log=lambda m: None, model_overrides=TINY)
     checkpoint = checkpoints.list_checkpoints(pilot.artifacts["checkpoints"])[0].stat().st_size
     paths = own_root(tiny_dataset, tmp_path)
     messages = []
@@ -135,14 +138,16 @@ def test_a_dropped_mount_waits_says_how_to_remount_and_lands_when_back(tiny_data
 def test_the_command_exits_on_the_first_ctrl_c_even_with_a_hung_drive(tiny_dataset, tmp_path):
     paths = own_root(tiny_dataset, tmp_path)
     spec = json.dumps([{"block_writes": {"match": "*step_*.pt*"}}])
-    args = ["train", "--dataset", paths.dataset, "--checkpoint_dir", str(paths.root), "--model_type", "gru", "--preset", "cpu",
-            "--device", "cpu", "--batch_size", "8", "--max_steps", "100000", "--eval_every", "100000", "--eval_windows", "8",
-            "--checkpoint_every_steps", "20", "--checkpoint_every_minutes", "0", "--final_wait_minutes", "0.02", "--no_progress",
-            *sum(([f"--{k}", str(v)] for k, v in TINY.items()), [])]
+    args = ["train", "--dataset", paths.dataset, "--checkpoint_dir", str(paths.root), "--model_type", "gru", "--preset",
+            "cpu", "--device", "cpu", "--batch_size", "8", "--max_steps", "100000", "--eval_every", "100000",
+            "--eval_windows", "8", "--checkpoint_every_steps", "20", "--checkpoint_every_minutes", "0",
+            "--final_wait_minutes", "0.02", "--no_progress", *sum(([f"--{k}", str(v)] for k, v in TINY.items()), [])]
     process = subprocess.Popen([sys.executable, "-m", "testsupport.pyfaults", "--spec", spec, "--", *args],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=dict(os.environ, OMP_NUM_THREADS="1"))
     deadline = time.monotonic() + 60
-    while not (paths.checkpoints.is_dir() and list(paths.checkpoints.rglob(".step_*"))):  # a write has started, and hangs
+    # a write has started, and hangs
+    while not (paths.checkpoints.is_dir() and list(paths.checkpoints.rglob(".step_*"))):
         assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
         time.sleep(0.05)
     time.sleep(1.0)
@@ -215,7 +220,8 @@ def test_the_first_failure_on_drive_says_what_is_wrong_with_the_mount(tmp_path, 
     run_dir = mount_point / "MyDrive" / "midikit_checkpoints" / "tiny" / "checkpoints" / "gru_20260101_000000"
 
     def explained_first_failure() -> str:
-        messages, failures = [], iter([FileNotFoundError(errno.ENOENT, "No such file or directory", str(run_dir / "run.json"))])
+        messages, failures = [], iter([FileNotFoundError(errno.ENOENT, "No such file or directory",
+                                                         str(run_dir / "run.json"))])
 
         def read_the_record():
             failure = next(failures, None)

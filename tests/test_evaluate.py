@@ -65,8 +65,9 @@ def test_the_loss_per_note_is_a_songs_summed_loss_over_its_notes(trained):
     assert (first["tokens"], first["notes"]) == (len(song) - 1, notes) and notes > 0
     assert first["nats"] == pytest.approx(nats, rel=1e-4)
     per_song = report.heldout["per_song"]
-    assert report.heldout["nats_per_note"] == pytest.approx(sum(s["nats"] for s in per_song) / sum(s["notes"] for s in per_song))
-    assert report.heldout["nats_per_token"] == pytest.approx(sum(s["nats"] for s in per_song) / sum(s["tokens"] for s in per_song))
+    total_nats = sum(s["nats"] for s in per_song)
+    assert report.heldout["nats_per_note"] == pytest.approx(total_nats / sum(s["notes"] for s in per_song))
+    assert report.heldout["nats_per_token"] == pytest.approx(total_nats / sum(s["tokens"] for s in per_song))
     assert report.heldout["perplexity"] == pytest.approx(np.exp(report.heldout["nats_per_token"]))
 
 
@@ -75,7 +76,8 @@ def test_a_transformer_is_scored_on_sliding_windows_of_its_context(trained):
         seen = []
         for start, end, skip in _windows(targets, CONTEXT):
             assert end - start <= CONTEXT
-            seen += [(target, target - start) for target in range(start + skip + 1, end + 1)]  # target t sees t - start tokens
+            # target t sees t - start tokens
+            seen += [(target, target - start) for target in range(start + skip + 1, end + 1)]
         assert [target for target, _ in seen] == list(range(1, targets + 1))  # every target once, in order
         assert all(context >= min(target, int(CONTEXT * SLIDE_KEEP)) for target, context in seen)
     run = load_run(trained.best_weights(registry.finished_runs(trained, "transformer")[0].run_id), device="cpu")

@@ -89,7 +89,8 @@ def test_torch_save_mid_stream_drop_raises_runtime_error_with_the_oserror_as_con
     assert original.strerror == NOT_CONNECTED and end == "end"
     assert (root / ".step_7.pt.tmp").stat().st_size == 200_000  # the bytes before the drop landed
     assert torch.load(outside / "step_7.pt", weights_only=True)["step"] == 7
-    assert [(event.kind, Path(event.path).name) for event in fs.events if event.kind == "fail"] == [("fail", ".step_7.pt.tmp")]
+    assert [(event.kind, Path(event.path).name) for event in fs.events
+            if event.kind == "fail"] == [("fail", ".step_7.pt.tmp")]
 
 
 def test_torch_save_when_the_mount_drops_for_good_fails_once_more_at_close(root, torch):
@@ -101,7 +102,8 @@ def test_torch_save_when_the_mount_drops_for_good_fails_once_more_at_close(root,
         assert not fs.mounted
     # close() meets the dropped mount too; each error hangs on the previous one as __context__.
     links = chain_of(caught.value)
-    assert [(type(exc), how) for exc, how in links] == [(OSError, "context"), (RuntimeError, "context"), (OSError, "end")]
+    assert [(type(exc), how) for exc, how in links] == [(OSError, "context"), (RuntimeError, "context"),
+                                                        (OSError, "end")]
     assert_errno(links[0][0], errno.ENOTCONN)
     assert links[0][0].filename == str(root / "step_7.pt")  # the close names its file, the write does not
     assert_errno(links[2][0], errno.ENOTCONN)
@@ -423,7 +425,8 @@ def test_command_line_faults_reach_a_real_midikit_run(root, tmp_path, torch):
     spec = json.dumps([{"fail_writes": {"errno": "ENOSPC", "times": 1}}])
     result = run_faulty_cli(  # no --root: the command's --checkpoint_dir is the faulty folder
         "--spec", spec, "--events-log", str(events_log), "--",
-        "preprocess", "--source", "corpus", "--dataset", "faulty", "--checkpoint_dir", str(root / "ck"), "--no_progress",
+        "preprocess", "--source", "corpus", "--dataset", "faulty", "--checkpoint_dir", str(root / "ck"),
+        "--no_progress",
     )  # fmt: skip
     # The checkpoint folder's write probe meets the full disk: midikit says so and exits 2.
     assert result.returncode == 2, result.stderr

@@ -37,16 +37,17 @@ if _WHY_NOT:
 STEPS = 200
 # A tiny GRU; evaluated only at the end (eval_every > STEPS), so the number of saves during training
 # follows --checkpoint_every_steps alone and a trigger's "the n-th save" is the same on every machine.
-ARGS = ["--dataset", "tiny", "--model_type", "gru", "--preset", "cpu", "--device", "cpu", "--batch_size", "8", "--lr", "3e-3",
-        "--max_steps", str(STEPS), "--eval_every", "500", "--eval_windows", "16", "--checkpoint_every_minutes", "0",
-        "--embed_size", "16", "--hidden_size", "32", "--num_layers", "1", "--context_length", "32", "--seed", "3",
+ARGS = ["--dataset", "tiny", "--model_type", "gru", "--preset", "cpu", "--device", "cpu", "--batch_size", "8", "--lr",
+        "3e-3", "--max_steps", str(STEPS), "--eval_every", "500", "--eval_windows", "16", "--checkpoint_every_minutes",
+        "0", "--embed_size", "16", "--hidden_size", "32", "--num_layers", "1", "--context_length", "32", "--seed", "3",
         "--no_progress"]
 SAVE_DONE = ".models.csv.lock"  # its removal is a save's last Drive call (run.json written, models.csv rebuilt)
 NOT_CONNECTED = "Transport endpoint is not connected"
 
 
 def run_cli(command: list[str], expect: int = 0, timeout: float = 240) -> str:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     done = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True, timeout=timeout, env=env)
     output = done.stdout + done.stderr
     assert done.returncode == expect, output
@@ -56,7 +57,8 @@ def run_cli(command: list[str], expect: int = 0, timeout: float = 240) -> str:
 def train_on(drive: FuseDrive, *flags: str, expect: int = 0) -> str:
     """`python -m midikit train` with the mount taken for Colab's Drive."""
     root = drive.mount_point / "MyDrive" / "midikit_checkpoints"
-    return run_cli(["testsupport.fusedrive", str(drive.mount_point), "--", "train", "--checkpoint_dir", str(root), *ARGS, *flags],
+    return run_cli(["testsupport.fusedrive", str(drive.mount_point), "--", "train", "--checkpoint_dir", str(root),
+                    *ARGS, *flags],
                    expect)
 
 
@@ -88,7 +90,8 @@ def run_dir_of(drive: FuseDrive) -> Path:
 
 
 def valid_steps(run_dir: Path) -> list[int]:
-    return [checkpoints.step_of(p) for p in checkpoints.list_checkpoints(run_dir) if checkpoints.verify_checkpoint(p)[0] == "valid"]
+    return [checkpoints.step_of(p) for p in checkpoints.list_checkpoints(run_dir)
+            if checkpoints.verify_checkpoint(p)[0] == "valid"]
 
 
 def assert_bit_identical(run_dir: Path, reference: dict) -> None:
@@ -141,7 +144,8 @@ def test_the_mount_down_when_a_save_starts_mid_run_is_waited_for_while_training_
     assert len(waited) == 1 and waited[0].startswith("Checkpoint step "), output
     met = int(waited[0].split()[2].rstrip(":"))  # the save that met the outage (step 30, unless one was skipped before)
     assert "NOT saved" not in output and f"Checkpoint step {met}: Drive answered after" in output
-    assert re.search(rf"checkpoint step \d+: skipped, the previous write \(checkpoint step {met}\) is still running", output)
+    assert re.search(rf"checkpoint step \d+: skipped, the previous write \(checkpoint step {met}\) is still running",
+                     output)
     run_dir = run_dir_of(drive)
     steps = valid_steps(run_dir)
     assert met in steps and met in saved_steps(output)  # the save that met the outage landed and verifies

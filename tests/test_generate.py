@@ -40,7 +40,8 @@ GREEDY = SampleConfig(strategy="greedy")
 TINY_MODELS = {
     "lstm": dict(embed_size=32, hidden_size=64, num_layers=1, dropout=0.0),
     "gru": dict(embed_size=32, hidden_size=64, num_layers=1, dropout=0.0),
-    # learned positions: the tests of runs saved before `positions` existed need one; rotary runs are tested on their own.
+    # learned positions: the tests of runs saved before `positions` existed need one; rotary runs are tested on their
+    # own.
     "transformer": dict(d_model=64, nhead=2, num_layers=2, dim_feedforward=128, dropout=0.0, positions="learned"),
 }
 
@@ -189,7 +190,10 @@ def test_sampler_draws_follow_its_seed_differ_per_row_and_leave_the_global_rng_a
     run = loaded[ROPE]
     prime = torch.tensor([[int(t) for t in run.dataset.val_tokens[:5]]] * 3)
     top_p = SampleConfig("top_p", p=0.95)
-    draw = lambda seed: decode(run.model, prime, 3 * FINISHED_CHECK_EVERY, Sampler(top_p, torch.Generator().manual_seed(seed)))
+
+    def draw(seed):
+        return decode(run.model, prime, 3 * FINISHED_CHECK_EVERY, Sampler(top_p, torch.Generator().manual_seed(seed)))
+
     first, again, other = draw(1), draw(1), draw(2)
     assert torch.equal(first, again) and not torch.equal(first, other)
     assert not torch.equal(first[0], first[1])  # rows get noise of their own
@@ -202,9 +206,13 @@ def test_sampling_strategies_respect_their_limits():
     torch.manual_seed(0)
     logits = torch.randn(4, 50)
     generator = torch.Generator().manual_seed(0)
-    draws = lambda sample: torch.stack([next_tokens(logits, sample, generator) for _ in range(200)], 1)
+
+    def draws(sample):
+        return torch.stack([next_tokens(logits, sample, generator) for _ in range(200)], 1)
+
     top3 = logits.topk(3).indices
-    assert all(set(row.tolist()) <= set(allowed.tolist()) for row, allowed in zip(draws(SampleConfig("top_k", k=3)), top3))
+    assert all(set(row.tolist()) <= set(allowed.tolist())
+               for row, allowed in zip(draws(SampleConfig("top_k", k=3)), top3))
     assert (draws(SampleConfig("top_p", p=1e-6)) == logits.argmax(-1, keepdim=True)).all()  # tiny p: only the best
     probs, order = logits.softmax(-1).sort(descending=True)
     nucleus_sizes = (probs.cumsum(-1) < 0.5).sum(-1) + 1  # the fewest tokens holding half the probability
@@ -312,7 +320,8 @@ def test_every_way_to_name_a_run_loads_the_same_model(runs, loaded):
         assert run.run_id == result.run_id
         assert all(torch.equal(value, run.model.state_dict()[name]) for name, value in expected.items())
     assert by_checkpoint.sidecar["model_config"] == latest.sidecar["model_config"]
-    by_folder = load_run(paths.run_checkpoints(result.run_id), device="cpu", log=lambda *args: None)  # its newest checkpoint
+    # its newest checkpoint
+    by_folder = load_run(paths.run_checkpoints(result.run_id), device="cpu", log=lambda *args: None)
     assert by_folder.run_id == result.run_id and by_folder.sidecar["status"] == "finished"
 
 
@@ -397,7 +406,8 @@ def test_a_tokenizer_file_naming_another_class_is_refused(runs, tmp_path):
 def test_finished_runs_sort_by_run_id_and_skip_foreign_folders(runs, tmp_path):
     paths = runs["paths"]
     listed = [run.run_id for run in registry.finished_runs(paths)]
-    assert listed == sorted(listed, key=lambda run_id: run_id.split("_", 1)[1], reverse=True) and len(listed) == len(MODEL_TYPES)
+    assert (listed == sorted(listed, key=lambda run_id: run_id.split("_", 1)[1], reverse=True)
+            and len(listed) == len(MODEL_TYPES))
     own = DatasetPaths(tmp_path, paths.dataset)
     shutil.copytree(paths.models, own.models)
     shutil.copytree(paths.checkpoints, own.checkpoints)
@@ -408,10 +418,12 @@ def test_finished_runs_sort_by_run_id_and_skip_foreign_folders(runs, tmp_path):
 
 
 @pytest.mark.parametrize("values, flag", [
-    (dict(p=0.0), "p must be a number > 0.0 and <= 1.0, got 0.0. Try 0.9"), (dict(p=1.5), "p must be"), (dict(k=0), "k must be an integer >= 1"),
+    (dict(p=0.0), "p must be a number > 0.0 and <= 1.0, got 0.0. Try 0.9"), (dict(p=1.5), "p must be"),
+    (dict(k=0), "k must be an integer >= 1"),
     (dict(temperature=0.0), "temperature must be a number > 0.0, got 0.0. 1.0 samples the model as trained"),
     (dict(temperature=-1.0), "temperature must be"), (dict(strategy="beam"), "Unknown strategy 'beam'"),
-    (dict(num_tokens=0), "num_tokens must be an integer >= 1"), (dict(seed=np.int64(3), k=np.float64(2.0)), "k must be an integer"),
+    (dict(num_tokens=0), "num_tokens must be an integer >= 1"),
+    (dict(seed=np.int64(3), k=np.float64(2.0)), "k must be an integer"),
 ])
 def test_bad_sampling_values_are_refused(values, flag):
     with pytest.raises(ConfigError, match=flag):
@@ -424,7 +436,8 @@ def test_cli_generates_and_reports_bad_flags_in_one_line(runs, capsys):
     assert main(common + ["--p", "1.5"]) == 2
     assert capsys.readouterr().err.strip().count("\n") == 0
     before = set(paths.generated.glob("*.mid")) if paths.generated.is_dir() else set()
-    assert main(common + ["--model_type", "gru", "--strategy", "top_k", "--num_tokens", "40", "--num_samples", "2", "--seed", "5"]) == 0
+    assert main(common + ["--model_type", "gru", "--strategy", "top_k", "--num_tokens", "40", "--num_samples", "2",
+                          "--seed", "5"]) == 0
     written = set(paths.generated.glob("*.mid")) - before
     assert len(written) == 2 and all(p.name.startswith(runs["results"]["gru"].run_id) for p in written)
     assert "tokens/s" in capsys.readouterr().out

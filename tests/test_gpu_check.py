@@ -57,7 +57,8 @@ def test_a_broken_compiler_one_line_then_a_part_past_its_limit_then_a_kill_from_
     out = tmp_path / "out"
     no_compiler = check_env(CC="/nonexistent/cc", CXX="/nonexistent/c++")  # beneath torch.compile: no C/C++ compiler
     process = subprocess.Popen([*CHECK, "--out", str(out), "--parts", "path,throughput", "--limits", "path=3"],
-                               env=no_compiler, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                               env=no_compiler, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
     deadline = time.monotonic() + WAIT_S
     while not (out.is_dir() and "## 2. Training throughput" in results_of_or_empty(out)):
         assert process.poll() is None and time.monotonic() < deadline, results_of_or_empty(out)
@@ -79,8 +80,8 @@ def test_a_broken_compiler_one_line_then_a_part_past_its_limit_then_a_kill_from_
 
 def test_a_budget_too_small_for_a_part_drops_it_and_says_so(rehearsal, tmp_path):
     no_compiler = check_env(CC="/nonexistent/cc", CXX="/nonexistent/c++")  # the preflight fails fast
-    finished = subprocess.run([*CHECK, "--out", str(tmp_path), "--parts", "path,stall", "--budget_s", "1"], env=no_compiler,
-                              capture_output=True, text=True, timeout=WAIT_S)
+    finished = subprocess.run([*CHECK, "--out", str(tmp_path), "--parts", "path,stall", "--budget_s", "1"],
+                              env=no_compiler, capture_output=True, text=True, timeout=WAIT_S)
     assert finished.returncode == 0, finished.stderr
     text = results_of(tmp_path)
     for heading, needs in (("## 1. The GPU path", 60), ("## 2. Checkpoint stall", 25)):
@@ -116,11 +117,12 @@ def test_the_rehearsal_runs_every_part_and_each_writes_its_lines(rehearsal):
     text = results_of(out)
     assert "timed out" not in text and "**failed**" not in text and "dropped" not in text, text
     preflight = section(text, "## Preflight")
-    assert "- nvidia-smi:" in preflight and "- machine:" in preflight and "torch.compile of a tiny cpu function" in preflight
+    assert ("- nvidia-smi:" in preflight and "- machine:" in preflight
+            and "torch.compile of a tiny cpu function" in preflight)
 
     path = section(text, "## 1. The GPU path")
-    assert re.search(r"- transformer \(fp32\): killed with SIGKILL after its step-(\d+) checkpoint.*resumed it at step \1 "
-                     r"and ran to step 60: exit 0", path), path
+    assert re.search(r"- transformer \(fp32\): killed with SIGKILL after its step-(\d+) checkpoint.*"
+                     r"resumed it at step \1 and ran to step 60: exit 0", path), path
     assert re.search(r"- lstm \(fp32, recurrent core fp32\): 20 steps on cpu, exit 0", path), path
     assert re.search(r"- gru \(fp32, recurrent core fp32\): started on the CPU .* to step 12: exit 0", path), path
     for model_type in ("transformer", "lstm", "gru"):
@@ -175,7 +177,8 @@ def test_the_state_pool_is_filled_on_its_own_thread_and_the_first_save_uses_thos
     assert len(recorder.pool.filled.buffers) == len(training.raw_model.state_dict()) + 3 * parameters
     saved = checkpoints.load_state(checkpoints.list_checkpoints(paths.run_checkpoints(state.run_id))[-1])
     assert torch.equal(saved["model"]["rnn.weight_hh_l0"], training.raw_model.rnn.weight_hh_l0.detach())
-    assert torch.equal(saved["optimizer"]["state"][0]["exp_avg"], training.optimizer.state_dict()["state"][0]["exp_avg"])
+    assert torch.equal(saved["optimizer"]["state"][0]["exp_avg"],
+                       training.optimizer.state_dict()["state"][0]["exp_avg"])
 
 
 def synthetic_root() -> Path:
@@ -196,7 +199,8 @@ def test_a_prepared_pool_lends_its_buffers_to_the_first_snapshot_only():
 
     state = {"w": torch.randn(64, 32), "b": torch.randn(32), "nested": [torch.randn(8)]}
     pool = SnapshotPool(size=2)
-    filled = pool.prepare(buffer_spec([state["w"], state["b"], state["nested"][0]]), torch.device("cpu")).result(timeout=30)
+    filled = pool.prepare(buffer_spec([state["w"], state["b"], state["nested"][0]]),
+                          torch.device("cpu")).result(timeout=30)
     snapshot, event = pool.take(state)
     assert event is None
     made = {b.data_ptr() for b in filled.buffers}
@@ -219,7 +223,8 @@ def test_the_start_line_states_the_precision_the_recurrent_core_runs_in(model_ty
     from midikit.train.setup import build_training, describe_precision
 
     mc = get_preset(model_type, "cpu").model_config(model_type, 50)
-    tc = TrainConfig(model_type=model_type, precision="bf16", device="cpu", lr=1e-3, batch_size=2, warmup_steps=1).validate()
+    tc = TrainConfig(model_type=model_type, precision="bf16", device="cpu", lr=1e-3, batch_size=2,
+                     warmup_steps=1).validate()
     training = build_training(mc, tc, torch.device("cpu"), 10)
     assert describe_precision(training) == f"bf16, recurrent core {core}"
     with training.autocast:

@@ -83,7 +83,8 @@ def test_the_pth_always_holds_the_best_weights(tiny_dataset, tmp_path):
     # Every step is checkpointed and evaluations come every 3 steps, so a save often starts while the
     # previous one (a new best) is still being written: the .pth must still end with the best weights.
     paths = own_root(tiny_dataset, tmp_path)
-    result = train(config(paths, max_steps=45, eval_every=3, checkpoint_every_steps=1, lr=3e-2), log=quiet, model_overrides=TINY)
+    result = train(config(paths, max_steps=45, eval_every=3, checkpoint_every_steps=1, lr=3e-2), log=quiet,
+                   model_overrides=TINY)
     sidecar = json.loads(result.artifacts["sidecar"].read_text())
     best = checkpoints.load_state(the_run(paths) / "best.pt")
     assert best["step"] == sidecar["metrics"]["best_step"] == sidecar["weights_step"] == result.history["val_step"][
@@ -93,9 +94,12 @@ def test_the_pth_always_holds_the_best_weights(tiny_dataset, tmp_path):
 
 def test_a_failed_pth_write_then_a_disconnect_still_ends_with_the_best_weights(tiny_dataset, tmp_path):
     paths = own_root(tiny_dataset, tmp_path)
-    args = ["train", "--dataset", paths.dataset, "--checkpoint_dir", str(paths.root), "--model_type", "gru", "--preset", "cpu",
-            "--device", "cpu", "--batch_size", "8", "--max_steps", "400", "--eval_every", "5", "--eval_windows", "16", "--checkpoint_every_steps", "5",
-            "--checkpoint_every_minutes", "0", "--patience", "0", "--no_progress", *sum(([f"--{k}", str(v)] for k, v in TINY.items()), [])]
+    args = ["train", "--dataset", paths.dataset, "--checkpoint_dir", str(paths.root), "--model_type", "gru", "--preset",
+            "cpu",
+            "--device", "cpu", "--batch_size", "8", "--max_steps", "400", "--eval_every", "5", "--eval_windows", "16",
+            "--checkpoint_every_steps", "5",
+            "--checkpoint_every_minutes", "0", "--patience", "0", "--no_progress",
+            *sum(([f"--{k}", str(v)] for k, v in TINY.items()), [])]
     spec = json.dumps([{"fail_writes": {"error": "EACCES", "match": "*.pth*"}}])  # models/<run>.pth cannot be written
     env = dict(os.environ, OMP_NUM_THREADS="1")
     victim = subprocess.Popen([sys.executable, "-m", "testsupport.pyfaults", "--spec", spec, "--", *args],
@@ -112,7 +116,8 @@ def test_a_failed_pth_write_then_a_disconnect_still_ends_with_the_best_weights(t
     assert "best_model" in state  # the weights the .pth could not take travelled in the state file
 
     messages = []
-    result = train(config(paths, max_steps=400, eval_every=5, eval_windows=16, checkpoint_every_steps=5), log=messages.append)
+    result = train(config(paths, max_steps=400, eval_every=5, eval_windows=16, checkpoint_every_steps=5),
+                   log=messages.append)
     assert result.run_id == run_dir.name and result.resumed_from_step == state["step"]
     sidecar = json.loads(result.artifacts["sidecar"].read_text())
     best = checkpoints.load_state(run_dir / "best.pt")
@@ -123,7 +128,8 @@ def test_a_failed_pth_write_then_a_disconnect_still_ends_with_the_best_weights(t
 def _has_step(paths: DatasetPaths, step: int) -> bool:
     if not paths.checkpoints.is_dir():
         return False
-    return any(checkpoints.step_of(p) >= step for run in paths.checkpoints.iterdir() for p in checkpoints.list_checkpoints(run)
+    return any(checkpoints.step_of(p) >= step for run in paths.checkpoints.iterdir()
+               for p in checkpoints.list_checkpoints(run)
                if checkpoints.verify_checkpoint(p)[0] == "valid")
 
 
@@ -131,7 +137,8 @@ def _has_step(paths: DatasetPaths, step: int) -> bool:
 
 
 def test_a_second_ctrl_c_during_evaluation_leaves_a_run_that_resumes_exactly(tiny_dataset, tmp_path, monkeypatch):
-    reference = train(config(own_root(tiny_dataset, tmp_path / "ref"), model_type="transformer", checkpoint_every_steps=5),
+    reference = train(config(own_root(tiny_dataset, tmp_path / "ref"), model_type="transformer",
+                             checkpoint_every_steps=5),
                       log=quiet, model_overrides=TINY_TRANSFORMER)
 
     paths = own_root(tiny_dataset, tmp_path / "cut")
@@ -141,18 +148,22 @@ def test_a_second_ctrl_c_during_evaluation_leaves_a_run_that_resumes_exactly(tin
         cut = train(run_config, log=quiet, model_overrides=TINY_TRANSFORMER)
     assert cut.status == "interrupted" and cut.steps == 20
     _, state = checkpoints.load_latest(the_run(paths))
-    assert state["step"] == 15 and state["history"]["val_step"] == [10]  # step 20 without its evaluation was never saved
+    # step 20 without its evaluation was never saved
+    assert state["step"] == 15 and state["history"]["val_step"] == [10]
 
     resumed = train(run_config, log=quiet)
-    assert resumed.resumed_from_step == 15 and resumed.history["val_step"] == reference.history["val_step"] == [10, 20, 30]
-    assert resumed.history["val_loss"] == reference.history["val_loss"] and resumed.best_val_loss == reference.best_val_loss
+    assert (resumed.resumed_from_step == 15
+            and resumed.history["val_step"] == reference.history["val_step"] == [10, 20, 30])
+    assert (resumed.history["val_loss"] == reference.history["val_loss"]
+            and resumed.best_val_loss == reference.best_val_loss)
     assert resumed.history["train_loss"] == reference.history["train_loss"]
 
 
 def test_a_stop_asked_for_during_the_last_step_finishes_the_run(tiny_dataset, tmp_path, monkeypatch):
     paths = own_root(tiny_dataset, tmp_path)
     messages = []
-    LossFault(monkeypatch, lambda kind, calls: kind == "train" and calls["train"] == 30, lambda: os.kill(os.getpid(), signal.SIGINT))
+    LossFault(monkeypatch, lambda kind, calls: kind == "train" and calls["train"] == 30, lambda: os.kill(os.getpid(),
+                                                                                                         signal.SIGINT))
     result = train(config(paths), log=messages.append, model_overrides=TINY)
     assert any("Stop requested" in m for m in messages)
     assert result.status == "max_steps" and result.steps == 30
@@ -181,7 +192,8 @@ def test_an_exception_saves_what_is_consistent_and_leaks_no_thread(tiny_dataset,
 def test_a_run_killed_before_its_first_checkpoint_starts_over_under_its_own_id(tiny_dataset, tmp_path, monkeypatch):
     paths = own_root(tiny_dataset, tmp_path)
     with monkeypatch.context() as patch:
-        LossFault(patch, lambda kind, calls: kind == "train" and calls["train"] == 3, ctrl_c)  # inside step 3: nothing saved yet
+        # inside step 3: nothing saved yet
+        LossFault(patch, lambda kind, calls: kind == "train" and calls["train"] == 3, ctrl_c)
         orphan = train(config(paths, checkpoint_every_steps=5), log=quiet, model_overrides=TINY)
     assert orphan.status == "interrupted" and checkpoints.load_latest(the_run(paths), log=quiet) is None
     messages = []
@@ -196,8 +208,8 @@ def test_a_run_killed_before_its_first_checkpoint_starts_over_under_its_own_id(t
 
 def test_resuming_with_another_length_keeps_the_schedule_unless_extended(tiny_dataset, tmp_path):
     paths = own_root(tiny_dataset, tmp_path)
-    stopped = train(config(paths, max_steps=40), on_eval=lambda history: ctrl_c() if history["val_step"][-1] == 20 else None,
-                    log=quiet, model_overrides=TINY)
+    stopped = train(config(paths, max_steps=40), on_eval=lambda history: ctrl_c() if history["val_step"][-1] == 20
+                    else None, log=quiet, model_overrides=TINY)
     assert stopped.steps == 20
     messages = []
     resumed = train(config(paths, max_steps=80), log=messages.append)

@@ -113,7 +113,9 @@ def test_rotary_scores_depend_only_on_the_distance_between_positions():
     inv_freq = 10000.0 ** -(torch.arange(0, 8, 2).float() / 8)
 
     def score(q_pos, k_pos):
-        angles = lambda p: torch.tensor([[float(p)]]) * inv_freq
+        def angles(p):
+            return torch.tensor([[float(p)]]) * inv_freq
+
         q_rot = rotate(q, angles(q_pos).cos(), angles(q_pos).sin())
         k_rot = rotate(k, angles(k_pos).cos(), angles(k_pos).sin())
         return (q_rot * k_rot).sum()
@@ -201,7 +203,8 @@ def test_the_cache_is_allocated_once_in_the_models_dtype():
 
 def tiny(model_type: str, **values) -> torch.nn.Module:
     torch.manual_seed(0)
-    config = ModelConfig(model_type, VOCAB, CONTEXT, d_model=32, nhead=2, num_layers=2, dim_feedforward=64, embed_size=32,
+    config = ModelConfig(model_type, VOCAB, CONTEXT, d_model=32, nhead=2, num_layers=2, dim_feedforward=64,
+                         embed_size=32,
                          hidden_size=32, dropout=0.0, **{"positions": "rope", "song_clock": True, **values})
     return build_model(config).eval()
 
@@ -246,11 +249,12 @@ def test_the_song_clock_counts_from_the_piece_start_in_training_and_in_decoding(
     if model_type == "transformer":
         placed = model(cut, window=CONTEXT, song_positions=torch.arange(later, idx.shape[1]).expand(2, -1))
         torch.testing.assert_close(placed[:, -1], whole[:, -1], rtol=1e-5, atol=1e-5)
-        assert not torch.allclose(model(cut, window=CONTEXT)[:, -1], whole[:, -1], atol=1e-4)  # at the start: other logits
+        # at the start: other logits
+        assert not torch.allclose(model(cut, window=CONTEXT)[:, -1], whole[:, -1], atol=1e-4)
     else:
         torch.testing.assert_close(model(idx, song_positions=torch.arange(idx.shape[1]).expand(2, -1)), whole)
-        assert not torch.allclose(model(cut, song_positions=torch.arange(later, idx.shape[1]).expand(2, -1)), model(cut),
-                                  atol=1e-4)
+        assert not torch.allclose(model(cut, song_positions=torch.arange(later, idx.shape[1]).expand(2, -1)),
+                                  model(cut), atol=1e-4)
 
 
 def test_windows_say_where_in_its_song_each_token_is_without_changing_the_draws():

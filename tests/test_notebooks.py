@@ -89,7 +89,8 @@ def test_title_and_colab_badge(notebook):
 def test_install_cell_installs_midikit_only_in_colab_and_never_torch(notebook):
     _, nb = notebook
     install = code_cells(nb)[0]
-    pip_lines = [line.strip() for line in install.source.splitlines() if "pip" in line and not line.strip().startswith("#")]
+    pip_lines = [line.strip() for line in install.source.splitlines() if "pip" in line
+                 and not line.strip().startswith("#")]
     assert pip_lines == ['%pip install -q "midikit @ git+{REPO_URL}"']
     assert f'REPO_URL = "{widgets.REPO_URL}"' in install.source
     assert 'if "google.colab" in sys.modules:' in install.source
@@ -102,7 +103,8 @@ def test_cells_are_thin_drivers(notebook):
     _, nb = notebook
     for cell in code_cells(nb):
         tree = ast.parse(TransformerManager().transform_cell(cell.source))
-        heavy = [type(node).__name__ for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda, ast.While))]
+        heavy = [type(node).__name__ for node in ast.walk(tree)
+                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda, ast.While))]
         assert not heavy, f"{heavy} in a cell; put it in midikit: {cell.source}"
         lines = [line for line in cell.source.splitlines() if line.strip() and not line.lstrip().startswith("#")]
         assert len(lines) <= MAX_CODE_LINES, cell.source
@@ -310,7 +312,8 @@ def _quiet(*_):
 
 def test_tables_read_text_columns_from_the_left_and_keep_numbers_right():
     # JupyterLab right-aligns every cell, which put a run's long artifact paths at the far right, cut mid-path.
-    table = widgets.html_table([{"artifact": "weights", "path": "/root/folk/models/a.pth", "steps": 40, "change": "+3.5%"}])
+    table = widgets.html_table([{"artifact": "weights", "path": "/root/folk/models/a.pth", "steps": 40,
+                                 "change": "+3.5%"}])
     head = re.findall(r"<th([^>]*)>(\w+)</th>", table.data)
     assert head == [(' style="text-align:left"', "artifact"), (' style="text-align:left"', "path"), ("", "steps"),
                     ("", "change")]
@@ -332,9 +335,11 @@ def test_loss_arrays_of_a_run_stopped_before_its_first_evaluation(tmp_path, caps
     assert capsys.readouterr().out == "2 training losses, last 2.250; 2 validation losses, best 2.125\n"
 
 
-def test_a_generated_piece_without_notes_is_reported_not_drawn(tiny_dataset, nottingham_dir, tmp_path, monkeypatch, capsys):
+def test_a_generated_piece_without_notes_is_reported_not_drawn(tiny_dataset, nottingham_dir, tmp_path, monkeypatch,
+                                                               capsys):
     empty, tune = symusic.Score(480), symusic.Score(nottingham_dir / "ashover1.mid")
-    paths = [tmp_path / "lstm_20260101_000000_greedy_sample00.mid", tmp_path / "lstm_20260101_000000_greedy_sample01.mid"]
+    paths = [tmp_path / "lstm_20260101_000000_greedy_sample00.mid",
+             tmp_path / "lstm_20260101_000000_greedy_sample01.mid"]
     empty.dump_midi(paths[0])
     tune.dump_midi(paths[1])
     result = GenerationResult(tokens=[[], [1]], midi_paths=paths, scores=[empty, tune], invalid_token_share=[0.0, 0.0],
@@ -367,7 +372,8 @@ def test_the_notebooks_are_what_their_generator_writes_and_03_to_05_differ_only_
     done = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     sources = {}
-    for name, model in (("03_train_lstm.ipynb", "lstm"), ("04_train_gru.ipynb", "gru"), ("05_train_transformer.ipynb", "transformer")):
+    for name, model in (("03_train_lstm.ipynb", "lstm"), ("04_train_gru.ipynb", "gru"),
+                        ("05_train_transformer.ipynb", "transformer")):
         nb = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
         code = [cell.source for cell in code_cells(nb)]
         assert any(f'widgets.TrainForm("{model}", paths)' in source for source in code), name
@@ -375,7 +381,8 @@ def test_the_notebooks_are_what_their_generator_writes_and_03_to_05_differ_only_
     assert len({tuple(code) for code in sources.values()}) == 1  # the same cells but for the model type
 
 
-@pytest.mark.parametrize("gpu, preset", [("Tesla T4", "t4"), ("NVIDIA A100-SXM4-40GB", "large"), ("Some New GPU 9000", "t4")])
+@pytest.mark.parametrize("gpu, preset", [("Tesla T4", "t4"), ("NVIDIA A100-SXM4-40GB", "large"),
+                                         ("Some New GPU 9000", "t4")])
 def test_a_first_run_on_a_gpu_is_sized_to_about_five_minutes_and_capped(tiny_dataset, monkeypatch, gpu, preset):
     import torch
 

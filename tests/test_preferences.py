@@ -23,7 +23,8 @@ def config_home(monkeypatch, tmp_path):
     return tmp_path / "config"
 
 
-def test_the_folder_chosen_once_is_the_default_everywhere_until_something_wins_over_it(config_home, tmp_path, monkeypatch):
+def test_the_folder_chosen_once_is_the_default_everywhere_until_something_wins_over_it(config_home, tmp_path,
+                                                                                       monkeypatch):
     assert storage.default_root() == storage.LOCAL_DEFAULT_ROOT  # nothing chosen yet
     chosen = tmp_path / "my_runs"
     form = widgets.FolderForm()
@@ -47,12 +48,14 @@ def test_a_damaged_preferences_file_falls_back_to_the_default(config_home):
     assert preferences.remembered_root() is None and storage.default_root() == storage.LOCAL_DEFAULT_ROOT
 
 
-def test_in_colab_the_choice_is_kept_on_drive_and_refused_while_drive_is_not_mounted(config_home, tmp_path, monkeypatch):
+def test_in_colab_the_choice_is_kept_on_drive_and_refused_while_drive_is_not_mounted(config_home, tmp_path,
+                                                                                     monkeypatch):
     # A fake Colab: google.colab importable, Drive's mount point in a temporary folder, a real tmpfs mounted there.
     mount_point = tmp_path / "content" / "drive"
     mount_point.mkdir(parents=True)
     monkeypatch.setattr(storage, "DRIVE_MOUNT_POINT", mount_point)
-    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))  # what storage.in_colab looks for
+    # what storage.in_colab looks for
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
     with pytest.raises(StorageError, match="Drive is not mounted, so the choice cannot be kept"):
         preferences.remember_root(mount_point / "MyDrive" / "runs")
     if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(mount_point)]).returncode != 0:
@@ -70,7 +73,8 @@ def test_in_colab_the_choice_is_kept_on_drive_and_refused_while_drive_is_not_mou
 
 def test_a_colab_folder_outside_drive_is_said_to_be_lost_with_the_runtime(config_home, tmp_path, monkeypatch):
     monkeypatch.setattr(storage, "DRIVE_MOUNT_POINT", tmp_path / "content" / "drive")
-    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))  # what storage.in_colab looks for
+    # what storage.in_colab looks for
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
     form = widgets.FolderForm(tmp_path / "content" / "midikit_checkpoints")
     shown = html.unescape(form.message.value)
     assert "✓" in shown and "runtime's own disk, lost when it ends" in shown

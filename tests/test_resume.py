@@ -29,7 +29,8 @@ ARGS = [
 
 
 def start(paths: DatasetPaths) -> subprocess.Popen:
-    command = [sys.executable, "-m", "midikit", "train", "--dataset", paths.dataset, "--checkpoint_dir", str(paths.root), *ARGS]
+    command = [sys.executable, "-m", "midikit", "train", "--dataset", paths.dataset, "--checkpoint_dir",
+               str(paths.root), *ARGS]
     # One thread each: several runs share two cores, and tiny models gain nothing from more.
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -79,7 +80,8 @@ def assert_identical(paths: DatasetPaths, reference: DatasetPaths) -> None:
 
 
 def test_killed_or_stopped_runs_resume_bit_identical(tiny_dataset, tmp_path):
-    reference, killed, stopped = (own_root(tiny_dataset, tmp_path / name) for name in ("reference", "killed", "stopped"))
+    reference, killed, stopped = (own_root(tiny_dataset, tmp_path / name)
+                                  for name in ("reference", "killed", "stopped"))
     uninterrupted, victim = start(reference), start(killed)
 
     wait_for_checkpoint(killed, victim, min_step=20)

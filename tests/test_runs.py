@@ -33,7 +33,10 @@ def test_list_runs_answers_by_type_and_status_newest_first(tmp_path):
         runs.write_record(paths.run_checkpoints(run_id), record(run_id, status))
     (paths.checkpoints / "lstm_20260105_000000").mkdir()  # a folder without a record
     (paths.checkpoints / "notes").mkdir()  # not a run
-    listed = lambda **kw: [r.run_id for r in runs.list_runs(paths, **kw)]
+
+    def listed(**kw):
+        return [r.run_id for r in runs.list_runs(paths, **kw)]
+
     assert listed() == ["lstm_20260105_000000", "lstm_20260104_000000", "gru_20260103_000000", "lstm_20260102_000000",
                         "lstm_20260101_000000"]
     assert listed(model_type="lstm", status="resumable") == ["lstm_20260104_000000", "lstm_20260101_000000"]
@@ -47,11 +50,15 @@ def test_a_record_of_midikit_0_1_takes_its_configs_from_the_sidecar(tmp_path):
     paths = DatasetPaths(tmp_path, "d").ensure()
     run_id = "gru_20260101_000000"
     (paths.run_checkpoints(run_id)).mkdir()
-    (paths.run_checkpoints(run_id) / "run.json").write_text(json.dumps({"run_id": run_id, "model_type": "gru", "status": "running"}))
-    paths.weights_sidecar(run_id).write_text(json.dumps({"model_config": {"model_type": "gru"}, "train_config": {"lr": 0.1},
-                                                          "metrics": {"steps": 7, "best_val_loss": 2.5}, "dataset": {"name": "d"}}))
+    (paths.run_checkpoints(run_id) / "run.json").write_text(json.dumps({"run_id": run_id, "model_type": "gru",
+                                                                        "status": "running"}))
+    paths.weights_sidecar(run_id).write_text(json.dumps({"model_config": {"model_type": "gru"},
+                                                         "train_config": {"lr": 0.1},
+                                                          "metrics": {"steps": 7, "best_val_loss": 2.5},
+                                                         "dataset": {"name": "d"}}))
     old = runs.read_record(paths.run_checkpoints(run_id))
-    assert (old.status, old.get("step"), old.get("best_val_loss"), old.get("train_config")) == ("running", 7, 2.5, {"lr": 0.1})
+    assert (old.status, old.get("step"), old.get("best_val_loss"), old.get("train_config")) == ("running", 7, 2.5,
+                                                                                                {"lr": 0.1})
 
 
 def test_a_live_owner_is_refused_a_dead_or_stale_one_is_not(tmp_path):
@@ -84,7 +91,8 @@ def test_the_keeper_beats_off_the_caller_thread_and_stops_once_taken_over(tmp_pa
     paths = DatasetPaths(tmp_path, "d")
     run_dir = paths.run_checkpoints("lstm_20260101_000000")
     owner = owners.claim(run_dir, record(run_dir.name, "running"))
-    keeper = owners.RecordKeeper(paths, run_dir, record(run_dir.name, "running"), owner, log=pytest.fail, heartbeat_s=0.05)
+    keeper = owners.RecordKeeper(paths, run_dir, record(run_dir.name, "running"), owner, log=pytest.fail,
+                                 heartbeat_s=0.05)
     beat = runs.read_record(run_dir).owner.heartbeat
     time.sleep(0.3)
     assert runs.read_record(run_dir).owner.heartbeat > beat  # refreshed with no update asked for
@@ -119,7 +127,8 @@ def test_the_keeper_lets_go_of_the_run_once_drive_answers_again(tmp_path):
         threading.Timer(1.0, fs.remount).start()
         assert keeper.close(timeout=30, retry_wait_s=0.05)
     assert runs.read_record(run_dir).owner.released
-    assert len([m for m in messages if "Transport endpoint is not connected" in m]) == 1 and "landed after" in messages[-1]
+    assert len([m for m in messages
+                if "Transport endpoint is not connected" in m]) == 1 and "landed after" in messages[-1]
 
 
 def test_a_models_csv_lock_left_by_this_process_or_an_ended_one_is_not_waited_for(tmp_path):
@@ -128,7 +137,8 @@ def test_a_models_csv_lock_left_by_this_process_or_an_ended_one_is_not_waited_fo
     paths.logs.mkdir(parents=True, exist_ok=True)
     # What a release that Drive failed leaves: the lock file, naming this very process.
     (paths.logs / ".models.csv.lock").write_text(f"{socket.gethostname()} {os.getpid()}\n")
-    models_csv.rebuild_models_csv(paths, attempts=2, wait_s=0.0)  # a fresh lock of another process would hold it for good
+    # a fresh lock of another process would hold it for good
+    models_csv.rebuild_models_csv(paths, attempts=2, wait_s=0.0)
     assert "lstm_20260101_000000" in paths.models_csv.read_text() and not (paths.logs / ".models.csv.lock").exists()
     ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     (paths.logs / ".models.csv.lock").write_text(f"{socket.gethostname()} {int(ended.stdout)}\n")  # a killed run's
@@ -140,7 +150,8 @@ def _finish_runs_together(root: str, run_id: str, barrier) -> None:
     paths = DatasetPaths(root, "d")
     barrier.wait()
     for step in range(1, 31):
-        runs.write_record(paths.run_checkpoints(run_id), record(run_id, "running" if step < 30 else "max_steps", step=step))
+        runs.write_record(paths.run_checkpoints(run_id), record(run_id, "running" if step < 30 else "max_steps",
+                                                                step=step))
         models_csv.rebuild_models_csv(paths)
 
 
@@ -167,14 +178,16 @@ def test_rows_of_runs_whose_folder_is_gone_stay_in_models_csv(tmp_path):
     models_csv.rebuild_models_csv(paths)
     shutil.rmtree(paths.run_checkpoints("lstm_20260101_000000"))  # the user deleted the checkpoints
     models_csv.rebuild_models_csv(paths)
-    assert [row["run_id"] for row in models_csv.read_models_csv(paths)] == ["gru_20260101_000001", "lstm_20260101_000000"]
+    assert [row["run_id"] for row in models_csv.read_models_csv(paths)] == ["gru_20260101_000001",
+                                                                            "lstm_20260101_000000"]
 
 
 # --------------------------------------------------------------------------- two runtimes, one run
 
 
 def _train(paths: DatasetPaths, *extra: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "midikit", "train", "--dataset", paths.dataset, "--checkpoint_dir", str(paths.root),
+    command = [sys.executable, "-m", "midikit", "train", "--dataset", paths.dataset, "--checkpoint_dir",
+               str(paths.root),
                "--model_type", "gru", "--preset", "cpu", "--device", "cpu", "--embed_size", "16", "--hidden_size", "32",
                "--num_layers", "1", "--context_length", "32", "--batch_size", "8", "--max_steps", "20000",
                "--eval_every", "100000", "--eval_windows", "8", "--checkpoint_every_steps", "25",
@@ -184,7 +197,8 @@ def _train(paths: DatasetPaths, *extra: str) -> subprocess.Popen:
 
 
 def _valid_steps(run_dir) -> set[int]:
-    return {checkpoints.step_of(p) for p in checkpoints.list_checkpoints(run_dir) if checkpoints.verify_checkpoint(p)[0] == "valid"}
+    return {checkpoints.step_of(p) for p in checkpoints.list_checkpoints(run_dir)
+            if checkpoints.verify_checkpoint(p)[0] == "valid"}
 
 
 def _claims(run_dir) -> tuple[int, int]:
@@ -208,7 +222,8 @@ def test_a_second_runtime_is_refused_and_a_takeover_stops_the_first(tiny_dataset
     shutil.copytree(tiny_dataset.data, paths.data)
     first = _train(paths)
     try:
-        _wait_for(lambda: paths.checkpoints.is_dir() and any(_valid_steps(d) for d in paths.checkpoints.iterdir()), first)
+        _wait_for(lambda: paths.checkpoints.is_dir()
+                  and any(_valid_steps(d) for d in paths.checkpoints.iterdir()), first)
         (run_dir,) = paths.checkpoints.iterdir()
 
         refused = _train(paths)  # the user opens a new Colab tab and runs the cell again

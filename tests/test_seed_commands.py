@@ -24,15 +24,18 @@ SEED_COMMANDS = Path(__file__).resolve().parents[2] / "shared" / "SEED_COMMANDS.
 README_QUICK_RUN = "train --dataset <name> --model_type lstm --epochs 4 --max_batches 5"
 A100_LINES = {
     "lstm": 'train --dataset <name> --model_type lstm --epochs 20 --batch_size 512 --lr 0.001 --hidden_size 1024 '
-            '--num_layers 4 --dropout 0.4 --val_split 0.05 --patience 5 --device cuda --checkpoint_dir "$CHECKPOINT_DIR"',
+            '--num_layers 4 --dropout 0.4 --val_split 0.05 --patience 5 --device cuda '
+            '--checkpoint_dir "$CHECKPOINT_DIR"',
     "gru": 'train --dataset <name> --model_type gru  --epochs 20 --batch_size 512 --lr 0.001 --hidden_size 1024 '
-           '--num_layers 4 --dropout 0.4 --val_split 0.05 --patience 5 --device cuda --checkpoint_dir "$CHECKPOINT_DIR"',
-    "transformer": 'train --dataset <name> --model_type transformer --epochs 20 --batch_size 256 --lr 0.0001 --d_model 1024 '
-                   '--nhead 16 --transformer_layers 8 --dim_feedforward 4096 --dropout 0.3 --val_split 0.05 --patience 5 '
-                   '--device cuda --checkpoint_dir "$CHECKPOINT_DIR"',
+           '--num_layers 4 --dropout 0.4 --val_split 0.05 --patience 5 --device cuda '
+           '--checkpoint_dir "$CHECKPOINT_DIR"',
+    "transformer": 'train --dataset <name> --model_type transformer --epochs 20 --batch_size 256 --lr 0.0001 --d_model '
+                   '1024 --nhead 16 --transformer_layers 8 --dim_feedforward 4096 --dropout 0.3 --val_split 0.05 '
+                   '--patience 5 --device cuda --checkpoint_dir "$CHECKPOINT_DIR"',
 }
 GENERATE_EXAMPLES = [
-    "generate --data_dir <preprocessed data dir> --model_path <models/...>/transformer_20251127_104724.pth --model_type transformer",
+    "generate --data_dir <preprocessed data dir> --model_path <models/...>/transformer_20251127_104724.pth "
+    "--model_type transformer",
     "generate --model_path <path>.pth --model_type <type> --data_dir <dir> --strategy top_k --k 5",
     "generate --model_path <path>.pth --model_type <type> --data_dir <dir> --strategy top_p --p 0.9",
 ]
@@ -101,14 +104,15 @@ def trained(root) -> dict:
         assert main(seed_line(README_QUICK_RUN, root)) == 0
         runs["lstm"] = new_model(root, before)
     before = models_of(root)
-    transformer = ["train", "--dataset", root.dataset, "--model_type", "transformer", "--epochs", "1", "--max_batches", "4",
-                   "--batch_size", "8", "--lr", "0.003", "--d_model", "32", "--nhead", "2", "--num_layers", "1",
+    transformer = ["train", "--dataset", root.dataset, "--model_type", "transformer", "--epochs", "1", "--max_batches",
+                   "4", "--batch_size", "8", "--lr", "0.003", "--d_model", "32", "--nhead", "2", "--num_layers", "1",
                    "--dim_feedforward", "64", "--dropout", "0.1", "--subsample_ratio", "0.5", "--patience", "2",
                    "--device", "cpu", "--checkpoint_dir", str(root.root), "--no_progress"]
     assert main(transformer) == 0
     runs["transformer"] = new_model(root, before)
     before = models_of(root)
-    gru = ["train", "--dataset", root.dataset, "--model_type", "gru", "--epochs", "1", "--max_batches", "3", "--batch_size", "4",
+    gru = ["train", "--dataset", root.dataset, "--model_type", "gru", "--epochs", "1", "--max_batches", "3",
+           "--batch_size", "4",
            "--embed_size", "16", "--hidden_size", "32", "--num_layers", "1", "--device", "cpu", "--checkpoint_dir",
            str(root.root), "--no_progress"]
     assert main(gru) == 0
@@ -135,14 +139,16 @@ def test_the_readme_quick_run_trains_a_model_with_its_sidecar(root, trained):
     assert sidecar["model_type"] == "lstm"
     assert sidecar["train_config"]["epochs"] == 4 and sidecar["train_config"]["max_batches"] == 5
     assert sidecar["metrics"]["steps"] == 20  # 4 epochs of 5 batches, as in the seed
-    assert sum(t.numel() for t in torch.load(trained["lstm"], weights_only=True).values()) == sidecar["metrics"]["parameters"]
+    assert sum(t.numel()
+               for t in torch.load(trained["lstm"], weights_only=True).values()) == sidecar["metrics"]["parameters"]
 
 
 def test_the_seeds_remaining_training_flags_reach_the_run(root, trained):
     import json
 
     sidecar = json.loads(trained["transformer"].with_suffix(".json").read_text())
-    assert {k: sidecar["model_config"][k] for k in ("d_model", "nhead", "num_layers", "dim_feedforward", "dropout")} == \
+    assert {k: sidecar["model_config"][k] for k in ("d_model", "nhead", "num_layers", "dim_feedforward",
+                                                    "dropout")} == \
         dict(d_model=32, nhead=2, num_layers=1, dim_feedforward=64, dropout=0.1)
     assert sidecar["train_config"]["subsample_ratio"] == 0.5 and sidecar["train_config"]["patience"] == 2
     assert sidecar["train_config"]["lr"] == 0.003 and sidecar["train_config"]["batch_size"] == 8
@@ -171,17 +177,20 @@ def test_the_a100_lines_train_the_seeds_large_models_on_the_cpu(model_type, larg
     assert code == 0, err
     weights = new_model(paths, set())
     config = json.loads(weights.with_suffix(".json").read_text())["model_config"]
-    expected = (dict(d_model=1024, nhead=16, num_layers=8, dim_feedforward=4096, dropout=0.3) if model_type == "transformer"
+    expected = (dict(d_model=1024, nhead=16, num_layers=8, dim_feedforward=4096, dropout=0.3)
+                if model_type == "transformer"
                 else dict(hidden_size=1024, num_layers=4, dropout=0.4))
     assert {k: config[k] for k in expected} == expected  # --transformer_layers 8 is the Transformer's num_layers
     assert "max_steps at step 2" in out
 
 
 def test_a_val_split_other_than_the_datasets_is_one_clear_message(root, capsys):
-    argv = seed_line("train --dataset <name> --model_type lstm --val_split 0.1 --checkpoint_dir \"$CHECKPOINT_DIR\"", root)
+    argv = seed_line("train --dataset <name> --model_type lstm --val_split 0.1 --checkpoint_dir \"$CHECKPOINT_DIR\"",
+                     root)
     code, _, err = run_cli(argv + ["--device", "cpu"], capsys)
     line = one_line_error(err)
-    assert code == 2 and "val_split=0.1 was asked for" in line and "val_split=0.05" in line and "midikit preprocess" in line
+    assert (code == 2 and "val_split=0.1 was asked for" in line and "val_split=0.05" in line
+            and "midikit preprocess" in line)
 
 
 # --------------------------------------------------------------------------- generate
@@ -203,7 +212,8 @@ def test_the_readme_generate_examples_write_midi_named_after_their_strategy(exam
     values = {"<preprocessed data dir>": folder, "<dir>": folder, "<models/...>/transformer_20251127_104724.pth":
               trained["transformer"], "<path>.pth": trained[model_type], "<type>": model_type}
     # + the seed's --generate_length (default 100 there, 512 here): a few tokens say as much, sooner.
-    code, out, err = run_cli(seed_line(GENERATE_EXAMPLES[example], root, **values) + ["--generate_length", "24"], capsys)
+    code, out, err = run_cli(seed_line(GENERATE_EXAMPLES[example], root, **values) + ["--generate_length", "24"],
+                             capsys)
     assert code == 0, err
     [midi] = generated_by(out)
     assert midi.is_file() and midi.parent == root.generated
@@ -211,7 +221,8 @@ def test_the_readme_generate_examples_write_midi_named_after_their_strategy(exam
 
 
 def generate_line(root, trained, *flags: str) -> list[str]:
-    return ["generate", "--model_path", str(trained["lstm"]), "--model_type", "lstm", "--data_dir", str(root.base), *flags]
+    return ["generate", "--model_path", str(trained["lstm"]), "--model_type", "lstm", "--data_dir", str(root.base),
+            *flags]
 
 
 @pytest.mark.parametrize("flags, strategy", [
@@ -234,7 +245,8 @@ def test_generate_length_and_a_matching_seq_length(root, trained, capsys):
 def test_a_seq_length_other_than_the_runs_is_one_clear_message(root, trained, capsys):
     code, _, err = run_cli(generate_line(root, trained, "--seq_length", "50"), capsys)
     line = one_line_error(err)
-    assert code == 2 and "--seq_length 50 does not match the run's context length 100" in line and "drop --seq_length" in line
+    assert (code == 2 and "--seq_length 50 does not match the run's context length 100" in line
+            and "drop --seq_length" in line)
 
 
 def test_seed_midi_file_continues_a_midi_file(root, trained, capsys, tmp_path):
@@ -252,7 +264,8 @@ def test_seed_midi_file_continues_a_midi_file(root, trained, capsys, tmp_path):
     assert symusic.Score(str(midi)).note_num() >= 8  # the opening's notes, then what the model added
 
 
-@pytest.mark.parametrize("flag, value", [("--seed_file", "seeds.txt"), ("--seed_length", "short"), ("--seed_style", "folk")])
+@pytest.mark.parametrize("flag, value", [("--seed_file", "seeds.txt"), ("--seed_length", "short"),
+                                         ("--seed_style", "folk")])
 def test_the_seeds_opening_selection_points_to_seed_midi(flag, value, root, trained, capsys):
     code, _, err = run_cli(generate_line(root, trained, flag, value), capsys)
     line = one_line_error(err)
@@ -288,7 +301,8 @@ def test_this_file_covers_every_line_and_flag_of_the_seeds_commands():
     from midikit.cli import build_parser
 
     commands = build_parser()._subparsers._group_actions[0].choices
-    flags = {name: {o for action in commands[name]._actions for o in action.option_strings} for name in ("train", "generate")}
+    flags = {name: {o for action in commands[name]._actions for o in action.option_strings}
+             for name in ("train", "generate")}
     train_flags = re.findall(r"--\w+", re.search(r"Flags it accepts: (.*?)\.\n", text, flags=re.S).group(1))
     generate_flags = set(re.findall(r"`(--\w+)`", text.split("## Generation")[1].split("README examples")[0]))
     assert len(train_flags) == 18 and len(generate_flags) >= 12

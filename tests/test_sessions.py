@@ -73,10 +73,14 @@ def test_a_run_ended_by_its_time_budget_continues_bit_identical_with_the_same_co
 
 def test_the_command_says_the_budget_ended_it_and_exits_zero(tiny_dataset, tmp_path):
     paths = own_root(tiny_dataset, tmp_path)
-    command = [sys.executable, "-m", "midikit", "train", "--dataset", paths.dataset, "--checkpoint_dir", str(paths.root),
-               "--model_type", "gru", "--preset", "cpu", "--device", "cpu", "--max_steps", "100000", "--eval_every", "50",
-               "--eval_windows", "8", "--batch_size", "4", "--context_length", "32", "--max_minutes", "0.02", "--no_progress"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=180, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    command = [sys.executable, "-m", "midikit", "train", "--dataset", paths.dataset, "--checkpoint_dir",
+               str(paths.root),
+               "--model_type", "gru", "--preset", "cpu", "--device", "cpu", "--max_steps", "100000", "--eval_every",
+               "50",
+               "--eval_windows", "8", "--batch_size", "4", "--context_length", "32", "--max_minutes", "0.02",
+               "--no_progress"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=180,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "The time budget of this command (max_minutes) ended it at step" in done.stdout
     record = runs.read_record(the_run(paths))
@@ -106,7 +110,8 @@ def test_extending_an_early_stopped_run_trains_past_where_patience_stopped_it(ti
     paths = own_root(tiny_dataset, tmp_path)
     first = train(config(paths, max_steps=400, eval_every=5, patience=1, lr=3e-2), log=quiet, model_overrides=TINY)
     assert first.status == "early_stopped" and first.steps < 400
-    extended = train(config(paths, max_steps=first.steps + 30, eval_every=5, patience=3, lr=3e-2, extend=True), log=quiet)
+    extended = train(config(paths, max_steps=first.steps + 30, eval_every=5, patience=3, lr=3e-2, extend=True),
+                     log=quiet)
     assert extended.run_id == first.run_id and extended.steps >= first.steps + 15  # patience started over
 
 
@@ -118,7 +123,8 @@ def test_extend_re_plans_a_run_that_stopped_and_a_resume_after_it_is_exact(tiny_
     # The extended run stopped half-way (the stop button), then the same cell again: the re-planned schedule is
     # part of the run, so the resumed run ends where an uninterrupted extension ends.
     stop_at_60 = lambda history: os.kill(os.getpid(), signal.SIGINT) if history["val_step"][-1] == 50 else None  # noqa: E731
-    assert train(config(resumed, max_steps=90, extend=True, eval_every=25), on_eval=stop_at_60, log=quiet).status == "interrupted"
+    assert train(config(resumed, max_steps=90, extend=True, eval_every=25), on_eval=stop_at_60,
+                 log=quiet).status == "interrupted"
     assert train(config(resumed, max_steps=90), log=quiet).steps == 90
     state, expected = final_state(resumed), final_state(reference)
     assert torch.equal(state["history"]["lr"], expected["history"]["lr"])
@@ -151,15 +157,19 @@ def test_the_commands_lines_reach_a_pipe_as_they_are_printed(tiny_dataset, tmp_p
 
     paths = own_root(tiny_dataset, tmp_path)
     env = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
-    command = [sys.executable, "-m", "midikit", "train", "--dataset", paths.dataset, "--checkpoint_dir", str(paths.root),
-               "--model_type", "gru", "--preset", "cpu", "--device", "cpu", "--max_steps", "100000", "--eval_every", "50",
+    command = [sys.executable, "-m", "midikit", "train", "--dataset", paths.dataset, "--checkpoint_dir",
+               str(paths.root),
+               "--model_type", "gru", "--preset", "cpu", "--device", "cpu", "--max_steps", "100000", "--eval_every",
+               "50",
                "--eval_windows", "8", "--batch_size", "4", "--context_length", "32", "--checkpoint_every_steps", "20",
                "--checkpoint_every_minutes", "0", "--no_progress"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**env, "OMP_NUM_THREADS": "1"})
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               env={**env, "OMP_NUM_THREADS": "1"})
     deadline = time.monotonic() + 120
     try:
         while time.monotonic() < deadline and process.poll() is None:  # the first checkpoint on disk: a disconnect now
-            landed = [path for run_dir in paths.checkpoints.glob("gru_*") for path in checkpoints.list_checkpoints(run_dir)
+            landed = [path for run_dir in paths.checkpoints.glob("gru_*")
+                      for path in checkpoints.list_checkpoints(run_dir)
                       if checkpoints.verify_checkpoint(path)[0] == "valid"]
             if landed:
                 time.sleep(1.0)  # its "Checkpoint saved" line is printed just after the file lands
@@ -182,7 +192,8 @@ def test_every_training_setting_says_whether_a_resumed_run_keeps_it():
     assert undeclared == [], f"declare kept_on_resume=True or False on {undeclared}"
     kept, session = set(kept_on_resume()), set(kept_on_resume(False))
     assert not kept & session and kept | session == {f.name for f in fields(TrainConfig)}
-    # What fixes the batches, the learning-rate curve and the horizon stays the run's; how it runs and saves follows now.
+    # What fixes the batches, the learning-rate curve and the horizon stays the run's; how it runs and saves follows
+    # now.
     assert {"batch_size", "lr", "seed", "warmup_steps", "epochs", "max_steps"} <= kept
     assert {"max_minutes", "final_wait_minutes", "device", "keep_last", "patience"} <= session
 
@@ -197,7 +208,8 @@ def test_an_orphan_restarted_under_its_id_takes_this_sessions_final_wait(tiny_da
     dataset = load_dataset(paths)
     run_id = "transformer_20260101_000000"  # what claim() leaves before the first checkpoint: a record, no state
     model = {"model_type": "transformer", "vocab_size": dataset.vocab_size, **TINY}
-    runs.write_record(paths.run_checkpoints(run_id), {"run_id": run_id, "model_type": "transformer", "status": "running",
+    runs.write_record(paths.run_checkpoints(run_id), {"run_id": run_id, "model_type": "transformer",
+                                                      "status": "running",
                                                       "model_config": model,
                                                       "train_config": config(paths, final_wait_minutes=3.0).to_dict()})
     asked = config(paths, final_wait_minutes=0.5, max_minutes=2.0, seed=99)

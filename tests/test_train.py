@@ -70,7 +70,8 @@ def finished_run(one_thread, tiny_dataset, tmp_path_factory):
 def test_changing_a_future_token_never_changes_earlier_logits(model_type, tiny_dataset):
     dataset = load_dataset(tiny_dataset)
     torch.manual_seed(0)
-    model = build_model(ModelConfig(model_type=model_type, vocab_size=dataset.vocab_size, **TINY_MODELS[model_type])).eval()
+    model = build_model(ModelConfig(model_type=model_type, vocab_size=dataset.vocab_size,
+                                    **TINY_MODELS[model_type])).eval()
     tokens = torch.from_numpy(np.asarray(dataset.val_tokens[:32], dtype=np.int64)).unsqueeze(0)
     with torch.no_grad():
         reference = model(tokens)
@@ -149,8 +150,10 @@ def test_artifacts_exist_and_are_sane(finished_run):
     assert image.ndim == 3 and image.shape[0] > 300 and image.shape[1] > 600  # 150 dpi
 
     record = runs.read_record(artifacts["checkpoints"])
-    assert (record.status, record.run_id, record.get("step"), record.get("total_steps")) == ("max_steps", run_id, 120, 120)
-    assert record.get("best_val_loss") == result.best_val_loss and record.get("weights") == {"file": f"{run_id}.pth", "step": record.get("best_step")}
+    assert ((record.status, record.run_id, record.get("step"), record.get("total_steps"))
+            == ("max_steps", run_id, 120, 120))
+    assert (record.get("best_val_loss") == result.best_val_loss
+            and record.get("weights") == {"file": f"{run_id}.pth", "step": record.get("best_step")})
     assert record.owner.released and record.get("dataset")["fingerprint"] == load_dataset(paths).fingerprint
     assert (artifacts["checkpoints"] / "best.pt").is_file()
     assert len(checkpoints.list_checkpoints(artifacts["checkpoints"])) <= 2  # keep_last

@@ -66,7 +66,8 @@ class Faults:
         self.triggers: list[Trigger] = []
         self.vanished: set[str] = set()
         self.quota: int | None = None
-        self.trash: dict | None = None  # inode (or a key of its own once closed) -> bytes still counted, when the trash counts
+        # inode (or a key of its own once closed) -> bytes still counted, when the trash counts
+        self.trash: dict | None = None
         self.pending: dict[str, str | None] | None = None  # rel -> its last uploaded state, while deferring
         self.started = time.monotonic()
         self.events_file = events_file

@@ -88,7 +88,8 @@ class FuseDrive:
 
     def __init__(self, base: str | os.PathLike):
         self.base = Path(base)
-        self.backing, self.mount_point, self.state = self.base / "backing", self.base / "content" / "drive", self.base / "state"
+        self.backing, self.mount_point, self.state = (self.base / "backing", self.base / "content" / "drive",
+                                                      self.base / "state")
         self.events_file = self.state / "events.jsonl"
         self.address = f"@midikit-fusefs-{os.getpid()}-{uuid.uuid4().hex[:12]}"  # abstract: no path-length limit
         self.process: subprocess.Popen | None = None
@@ -110,8 +111,9 @@ class FuseDrive:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
         log = open(self.state / "daemon.log", "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "testsupport.fusefs", "--backing", str(self.backing), "--mount", str(self.mount_point),
-             "--control", self.address, "--events", str(self.events_file), "--state", str(self.state)],
+            [sys.executable, "-m", "testsupport.fusefs", "--backing", str(self.backing),
+             "--mount", str(self.mount_point), "--control", self.address, "--events", str(self.events_file),
+             "--state", str(self.state)],
             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         log.close()
         deadline = time.monotonic() + timeout
@@ -119,7 +121,8 @@ class FuseDrive:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self._end_process()
                 tail = (self.state / "daemon.log").read_text(errors="replace").strip().splitlines()[-3:]
-                raise FuseUnavailable(f"the FUSE process did not mount {self.mount_point}: {' '.join(tail) or 'no output'}")
+                raise FuseUnavailable(f"the FUSE process did not mount {self.mount_point}: "
+                                      f"{' '.join(tail) or 'no output'}")
             time.sleep(0.05)
         return self
 
@@ -235,7 +238,8 @@ class FuseDrive:
 
 
 def main(argv=None) -> int:
-    """python -m testsupport.fusedrive MOUNT_POINT -- <midikit args>: midikit's CLI with MOUNT_POINT as Colab's Drive."""
+    """python -m testsupport.fusedrive MOUNT_POINT -- <midikit args>: midikit's CLI with MOUNT_POINT as
+    Colab's Drive."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) < 2 or argv[1] != "--":
         print(main.__doc__, file=sys.stderr)

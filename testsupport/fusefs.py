@@ -60,7 +60,8 @@ class FaultyPassthrough:
 
     def __init__(self, backing: str, state: str, faults: Faults):
         self.backing, self.state, self.faults = os.path.realpath(backing), state, faults
-        self._names: dict[int, str] = {}  # file handle (a descriptor of the backing file) -> the path it was opened under
+        # file handle (a descriptor of the backing file) -> the path it was opened under
+        self._names: dict[int, str] = {}
         self._dirs: dict[int, str] = {}  # folder handle -> its path
         self._dir_handles = itertools.count(1 << 32)
         self._gone = itertools.count()
@@ -398,7 +399,8 @@ def main(argv=None) -> int:
         def truncate_fuse_3(self, path, length, fip):
             # mfusepy drops the handle here; ftruncate on a file already renamed over (or deleted) needs it.
             fh = fip.contents.fh if fip else None
-            return self.operations.truncate(None if path is None else path.decode(self.encoding, self.errors), length, fh)
+            return self.operations.truncate(None if path is None else path.decode(self.encoding, self.errors),
+                                            length, fh)
 
     faults = Faults(args.events)
     fs = FaultyDrive(args.backing, args.state, faults)

@@ -62,10 +62,10 @@ Semantics of the faults:
 Limits (what a real FUSE mount does that this cannot):
 - C and C++ code that opens files itself, or writes through a descriptor, is not seen:
   `torch.save(obj, "path")` (torch's C++ writer opens ASCII paths itself; midikit passes a file
-  object), the tensor data torch reads from a memory-mapped checkpoint (`mmap=True`), numpy's `tofile` and the array body of
-  `np.save` on a real file (numpy writes through the descriptor; midikit saves to BytesIO first),
-  mmap, `os.pwrite`/`os.writev`, and other processes unless started through this module's command
-  line. Such writes also escape the quota until `set_quota` rescans.
+  object), the tensor data torch reads from a memory-mapped checkpoint (`mmap=True`), numpy's `tofile`
+  and the array body of `np.save` on a real file (numpy writes through the descriptor; midikit saves
+  to BytesIO first), mmap, `os.pwrite`/`os.writev`, and other processes unless started through this
+  module's command line. Such writes also escape the quota until `set_quota` rescans.
 - Only the names above are patched, and only where callers look them up at call time: a module
   that did `from os import stat` before the layer started keeps the real function, and
   NamedTemporaryFile's delete-on-close (`unlink=_os.unlink` bound at definition) is not seen.
@@ -98,7 +98,8 @@ from typing import Callable, NamedTuple
 SLOW_CHUNK_BYTES = 64 * 1024
 SENDFILE_CHUNK_BYTES = 8 * 2**20  # an emulated sendfile reads this much into memory at most
 OPS = frozenset(
-    {"open", "read", "write", "fsync", "close", "rename", "unlink", "truncate", "stat", "listdir", "mkdir", "rmdir", "utime", "chmod"}
+    {"open", "read", "write", "fsync", "close", "rename", "unlink", "truncate", "stat", "listdir", "mkdir", "rmdir",
+     "utime", "chmod"}
 )
 
 
@@ -353,7 +354,8 @@ class FaultyFS:
     ) -> None:  # fmt: skip
         """Writes raise `error` (ENOTCONN or EIO: a Drive drop mid-save); with `after_bytes=N` the
         file's first N bytes land first, and the write that reaches byte N fails."""
-        self.fail("write", error, match=match, at_call=at_call, after_bytes=after_bytes, times=times, drop_mount=drop_mount)
+        self.fail("write", error, match=match, at_call=at_call, after_bytes=after_bytes, times=times,
+                  drop_mount=drop_mount)
 
     def fail_fsync(
         self, error: int | str = errno.EIO, *, match: str | None = None, at_call: int | None = None,
@@ -371,11 +373,13 @@ class FaultyFS:
         self.fail("rename", error, match=match, at_call=at_call, times=times, drop_mount=drop_mount)
 
     def block_writes(
-        self, *, match: str | None = None, at_call: int | None = None, after_bytes: int | None = None, times: int | None = None
+        self, *, match: str | None = None, at_call: int | None = None, after_bytes: int | None = None,
+        times: int | None = None
     ) -> None:
         """Matching writes hang (a stuck Drive upload) until release(), unmount() or the layer's exit."""
         _check_trigger(at_call, after_bytes, times)
-        self._add_rule(_Rule("block", frozenset({"write"}), match, at_call=at_call, after_bytes=after_bytes, times=times), "writes")
+        self._add_rule(_Rule("block", frozenset({"write"}), match, at_call=at_call, after_bytes=after_bytes,
+                             times=times), "writes")
 
     def release(self) -> int:
         """Wake every blocked writer (their writes then go through) and disarm block_writes.
@@ -405,7 +409,8 @@ class FaultyFS:
         if bytes_per_s is not None:
             if bytes_per_s <= 0:
                 raise ValueError("bytes_per_s must be > 0 (None: full speed)")
-            self._add_rule(_Rule("slow", frozenset({"write"}), match, bytes_per_s=float(bytes_per_s)), f"{bytes_per_s:g} B/s")
+            self._add_rule(_Rule("slow", frozenset({"write"}), match, bytes_per_s=float(bytes_per_s)),
+                           f"{bytes_per_s:g} B/s")
 
     def clear(self) -> None:
         """Remove every fail, block and slow rule (releasing blocked writers); quota and mount stay."""
@@ -609,7 +614,8 @@ class FaultyFS:
             self._raise_if_unmounted("write", path)
             count = self._apply_write_rules(path, pos, len(view))
             count = self._reserve_quota(key, path, pos, count)
-            rate = next((rule.bytes_per_s for rule in self._rules if rule.kind == "slow" and rule.matches((path,), self._roots[0])), None)
+            rate = next((rule.bytes_per_s for rule in self._rules
+                         if rule.kind == "slow" and rule.matches((path,), self._roots[0])), None)
         if rate is None or count == 0:
             return write_real(view[:count])
         return self._write_slowly(path, view[:count], rate, write_real)
@@ -618,7 +624,8 @@ class FaultyFS:
         """Fire or block on the first due rule; a rule due inside this write cuts it short instead
         (the bytes before its offset land, the next call meets it). Called with the lock held."""
         for rule in list(self._rules):
-            if rule.kind not in ("fail", "block") or "write" not in rule.ops or not rule.matches((path,), self._roots[0]):
+            if (rule.kind not in ("fail", "block") or "write" not in rule.ops
+                    or not rule.matches((path,), self._roots[0])):
                 continue
             if rule.after_bytes is not None:
                 if pos + count <= rule.after_bytes:
@@ -644,7 +651,8 @@ class FaultyFS:
         self._log("block", path, f"write at byte {pos}")
         self._changed.notify_all()  # for wait_blocked
         try:
-            self._changed.wait_for(lambda: self._releases != releases or self._mount_error is not None or not self._active)
+            self._changed.wait_for(lambda: (self._releases != releases or self._mount_error is not None
+                                            or not self._active))
         finally:
             self._blocked -= 1
         if self._active:
@@ -890,7 +898,8 @@ def _os_write(fd, data):
     entry = _descriptor(fd)
     if entry is None:
         return _real["os.write"](fd, data)
-    return entry.layer._write(entry.key, entry.path, _position(entry, fd), data, lambda view: _real["os.write"](fd, view))
+    return entry.layer._write(entry.key, entry.path, _position(entry, fd), data,
+                              lambda view: _real["os.write"](fd, view))
 
 
 def _descriptor_op(name: str, op: str):
@@ -1130,8 +1139,10 @@ def main(argv: list[str] | None = None) -> int:
         description="Run a midikit command with Drive faults injected under one folder.",
         epilog="Everything after -- goes to `python -m midikit`.",
     )
-    parser.add_argument("--root", help="the faulty folder (default: the command's --checkpoint_dir, else $MIDIKIT_ROOT)")
-    parser.add_argument("--spec", default="[]", help="JSON list of {method: kwargs}, optionally with at_seconds; @FILE reads it")
+    parser.add_argument("--root", help="the faulty folder (default: the command's --checkpoint_dir, "
+                        "else $MIDIKIT_ROOT)")
+    parser.add_argument("--spec", default="[]", help="JSON list of {method: kwargs}, optionally with at_seconds; "
+                        "@FILE reads it")
     parser.add_argument("--events-log", help="append each injected fault to this file as a JSON line")
     args = parser.parse_args(own)
     root = args.root or _checkpoint_dir(midikit_args) or os.environ.get("MIDIKIT_ROOT")

@@ -42,7 +42,8 @@ def join_negative_values(argv: list[str]) -> list[str]:
     joined, index = [], 0
     while index < len(argv):
         item = argv[index]
-        if item.startswith("--") and "=" not in item and index + 1 < len(argv) and _NEGATIVE_LIST.match(argv[index + 1]):
+        if (item.startswith("--") and "=" not in item and index + 1 < len(argv)
+                and _NEGATIVE_LIST.match(argv[index + 1])):
             joined.append(f"{item}={argv[index + 1]}")
             index += 2
             continue

@@ -24,8 +24,8 @@ def run(args: argparse.Namespace) -> int:
     for name, path in result.artifacts.items():
         print(f"  {name:<13} {path}")
     if result.status == "time_budget":
-        print(f"The time budget of this command (max_minutes) ended it at step {result.steps}; the same command continues "
-              "this run for another budget.")
+        print(f"The time budget of this command (max_minutes) ended it at step {result.steps}; the same command "
+              "continues this run for another budget.")
         return 0
     if result.status == "interrupted":
         print("Interrupted; the same command continues this run (--resume auto).")

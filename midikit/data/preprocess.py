@@ -47,8 +47,8 @@ def check_tokenizer(config: PreprocessConfig) -> dict:
     spec = tokenizer_spec(config.tokenizer, config.tracks, config.tokenizer_params)  # says why one is unsupported
     base = len(build_tokenizer(spec))
     if config.bpe_vocab and config.bpe_vocab <= base:
-        raise ConfigError(f"bpe_vocab={config.bpe_vocab} is not above the base vocabulary ({base} tokens): BPE adds merged "
-                          f"tokens to it; use --bpe_vocab {base * 2} or more, or leave it out.")
+        raise ConfigError(f"bpe_vocab={config.bpe_vocab} is not above the base vocabulary ({base} tokens): BPE adds "
+                          f"merged tokens to it; use --bpe_vocab {base * 2} or more, or leave it out.")
     return spec
 
 
@@ -86,7 +86,8 @@ def preprocess(config: PreprocessConfig, progress: bool = True, log=print) -> Pr
 
     tokenizer = build_tokenizer(spec)
     if len(tokenizer) > 65536:
-        raise ConfigError(f"The vocabulary has {len(tokenizer)} tokens, more than uint16 storage holds; use fewer tokenizer options.")
+        raise ConfigError(f"The vocabulary has {len(tokenizer)} tokens, more than uint16 storage holds; "
+                          "use fewer tokenizer options.")
     if config.bpe_vocab:
         splits = learn_bpe(tokenizer, splits, config.bpe_vocab, log)
     store_config = {
@@ -101,7 +102,8 @@ def preprocess(config: PreprocessConfig, progress: bool = True, log=print) -> Pr
                    for split, names in (("train", train_files), ("val", val_files))},
         "source": {"kind": config.source, "location": str(location)}, "files_found": len(files),
         "files_processed": len(usable), "files_skipped": skipped, "train_files": train_files, "val_files": val_files,
-        "settings": settings, "command": config.command(root), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "settings": settings, "command": config.command(root),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - started, 2), "midikit_version": __version__,
     }
     paths.ensure()
@@ -115,11 +117,13 @@ def _fingerprint(config: PreprocessConfig, spec: dict, files: list[Path], base: 
     """(the settings that shape the tokens, a hash of them and of every input file): equal means a cache hit."""
     inputs = [_describe_input(path, base) for path in files]
     settings = {
-        "tokenizer": spec, "transpositions": list(config.transpositions), "augment_validation": config.augment_validation,
+        "tokenizer": spec, "transpositions": list(config.transpositions),
+        "augment_validation": config.augment_validation,
         "val_split": config.val_split, "seed": config.seed, "miditok": importlib.metadata.version("miditok"),
         "store_version": STORE_VERSION, **({"bpe_vocab": config.bpe_vocab} if config.bpe_vocab else {}),
     }
-    digest = hashlib.sha256(json.dumps({"settings": settings, "inputs": inputs}, sort_keys=True).encode()).hexdigest()[:16]
+    described = json.dumps({"settings": settings, "inputs": inputs}, sort_keys=True)
+    digest = hashlib.sha256(described.encode()).hexdigest()[:16]
     return settings, digest
 
 
@@ -131,7 +135,8 @@ def learn_bpe(tokenizer, splits: dict, vocab_size: int, log) -> dict:
     specials = {tokenizer[f"{name}_None"] for name in ("PAD", "BOS", "EOS", "MASK")}
     bar = tokenizer.vocab.get("Bar_None")
     words = [tokenizer._ids_to_bytes(part, as_one_str=True)  # miditok's own id -> byte mapping for its BPE model
-             for sequence in splits["train"] for part in _bars([int(i) for i in sequence if int(i) not in specials], bar)]
+             for sequence in splits["train"]
+             for part in _bars([int(i) for i in sequence if int(i) not in specials], bar)]
     tokenizer.config.encode_ids_split = "no"  # whole songs are encoded: no merge was learned across a bar line
     started = time.perf_counter()
     tokenizer.train(vocab_size=vocab_size, model="BPE", iterator=words)
@@ -139,7 +144,8 @@ def learn_bpe(tokenizer, splits: dict, vocab_size: int, log) -> dict:
     for split, sequences in splits.items():
         bodies = [TokSequence(ids=[int(i) for i in sequence[1:-1]]) for sequence in sequences]
         tokenizer.encode_token_ids(bodies)
-        encoded[split] = [np.array([sequence[0], *body.ids, sequence[-1]], dtype=np.uint16) for sequence, body in zip(sequences, bodies)]
+        encoded[split] = [np.array([sequence[0], *body.ids, sequence[-1]], dtype=np.uint16)
+                          for sequence, body in zip(sequences, bodies)]
     before, after = sum(map(len, splits["train"])), sum(map(len, encoded["train"]))
     log(f"BPE: {len(tokenizer.vocab_model)} tokens learned in {time.perf_counter() - started:.0f} s; "
         f"{before / max(1, after):.2f} tokens become one.")
@@ -190,7 +196,8 @@ def _find_inputs(config: PreprocessConfig, root: Path, log):
         location = str(base)
     files = sources.list_music_files(base)
     if not files:
-        raise DatasetError(f"No .mid, .midi or .abc files in {base}; point --input_dir at a folder of MIDI or ABC files.")
+        raise DatasetError(f"No .mid, .midi or .abc files in {base}; "
+                           "point --input_dir at a folder of MIDI or ABC files.")
     if config.limit:
         files = files[: config.limit]
     return base, files, location
@@ -212,7 +219,8 @@ def _reusable(paths: DatasetPaths, fingerprint: str, log) -> dict | None:
         log(f"Rebuilding {paths.data}: {exc}")
         return None
     if existing.fingerprint != fingerprint:
-        log(f"Rebuilding {paths.data}: inputs or settings changed (fingerprint {existing.fingerprint} -> {fingerprint}).")
+        log(f"Rebuilding {paths.data}: inputs or settings changed "
+            f"(fingerprint {existing.fingerprint} -> {fingerprint}).")
         return None
     return existing.config
 
@@ -279,10 +287,14 @@ def format_report(config: dict, paths: DatasetPaths) -> str:
     lines = [
         f"Dataset {config['name']!r}: {tok['name']} tokens, {tok['tracks']} tracks, vocab {config['vocab_size']} "
         f"(fingerprint {config['fingerprint']})",
-        f"  files: {config['files_found']} found, {config['files_processed']} processed, {len(config['files_skipped'])} skipped",
-        f"  train: {splits['train']['files']} files -> {splits['train']['sequences']} sequences, {splits['train']['tokens']:,} tokens "
-        f"(transpositions {','.join(map(str, aug['transpositions']))}; {aug['skipped_out_of_range']} skipped: out of pitch range)",
-        f"  val:   {splits['val']['files']} files -> {splits['val']['sequences']} sequences, {splits['val']['tokens']:,} tokens "
+        f"  files: {config['files_found']} found, {config['files_processed']} processed, "
+        f"{len(config['files_skipped'])} skipped",
+        f"  train: {splits['train']['files']} files -> {splits['train']['sequences']} sequences, "
+        f"{splits['train']['tokens']:,} tokens "
+        f"(transpositions {','.join(map(str, aug['transpositions']))}; "
+        f"{aug['skipped_out_of_range']} skipped: out of pitch range)",
+        f"  val:   {splits['val']['files']} files -> {splits['val']['sequences']} sequences, "
+        f"{splits['val']['tokens']:,} tokens "
         f"({'transposed too' if aug['augment_validation'] else 'untransposed'})",
     ]
     if not splits["val"]["files"]:

@@ -28,11 +28,13 @@ def list_music_files(folder: Path) -> list[Path]:
     """Every .mid/.midi/.abc under `folder` (recursive, hidden entries skipped), sorted by relative path."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise DatasetError(f"Input folder {folder} does not exist; pass a folder of .mid/.midi/.abc files with --input_dir.")
+        raise DatasetError(f"Input folder {folder} does not exist; "
+                           "pass a folder of .mid/.midi/.abc files with --input_dir.")
     found = []
     for parent, subfolders, names in os.walk(folder):
         subfolders[:] = [name for name in subfolders if not name.startswith(".")]
-        found += [Path(parent, name) for name in names if not name.startswith(".") and name.lower().endswith(MUSIC_SUFFIXES)]
+        found += [Path(parent, name) for name in names
+                  if not name.startswith(".") and name.lower().endswith(MUSIC_SUFFIXES)]
     return sorted(found, key=lambda path: path.relative_to(folder).as_posix())
 
 
@@ -41,10 +43,12 @@ def corpus_dir() -> Path:
     (located without importing music21, which takes seconds)."""
     spec = importlib.util.find_spec("music21")
     if spec is None or not spec.submodule_search_locations:
-        raise DatasetError("The offline corpus needs music21: `pip install music21`, or use --input_dir / --source nottingham.")
+        raise DatasetError("The offline corpus needs music21: `pip install music21`, "
+                           "or use --input_dir / --source nottingham.")
     folder = Path(list(spec.submodule_search_locations)[0]) / "corpus" / "ryansMammoth"
     if not folder.is_dir():
-        raise DatasetError(f"music21 is installed but has no bundled folk corpus at {folder}; reinstall music21 or use --input_dir.")
+        raise DatasetError(f"music21 is installed but has no bundled folk corpus at {folder}; "
+                           "reinstall music21 or use --input_dir.")
     return folder
 
 
@@ -62,8 +66,8 @@ def download_nottingham(root: Path, url: str | None = None, log=print) -> Path:
     except (urllib.error.URLError, OSError) as exc:
         raise DatasetError(
             f"Could not download the Nottingham dataset from {url} ({getattr(exc, 'reason', exc)}). "
-            "Check the internet connection, or download the repository yourself and pass its MIDI folder with --input_dir; "
-            "--source corpus works offline."
+            "Check the internet connection, or download the repository yourself and pass its MIDI folder with "
+            "--input_dir; --source corpus works offline."
         ) from exc
     try:
         members = _extract_nottingham(archive, target)

@@ -178,5 +178,6 @@ def load_dataset(paths: DatasetPaths) -> TokenDataset:
                 raise ValueError(f"{split} arrays do not match config.json")
             arrays[f"{split}_tokens"], arrays[f"{split}_offsets"] = tokens, offsets
     except (OSError, ValueError, KeyError) as exc:
-        raise DatasetError(f"The token store in {paths.data} is incomplete or damaged ({exc}). Preprocess again: {rerun}") from exc
+        raise DatasetError(f"The token store in {paths.data} is incomplete or damaged ({exc}). "
+                           f"Preprocess again: {rerun}") from exc
     return TokenDataset(paths=paths, config=config, **arrays)

@@ -54,15 +54,18 @@ def tokenizer_spec(name: str = "REMI", tracks: str = "merged", params: dict | No
             "(multi-vocabulary tokenizers such as CPWord or Octuple do not give one token stream)."
         )
     if tracks not in TRACK_MODES:
-        raise ConfigError(f"Unknown tracks mode {tracks!r}: choose 'merged' (one sequence per tune) or 'separate' (one per track).")
+        raise ConfigError(f"Unknown tracks mode {tracks!r}: choose 'merged' (one sequence per tune) "
+                          "or 'separate' (one per track).")
     params = dict(params or {})
     known = set(inspect.signature(TokenizerConfig.__init__).parameters) - {"self", "kwargs"}
     unknown = sorted(set(params) - known)
     if unknown:
-        raise ConfigError(f"Unknown tokenizer options {unknown}; valid miditok TokenizerConfig options: {', '.join(sorted(known))}.")
+        raise ConfigError(f"Unknown tokenizer options {unknown}; "
+                          f"valid miditok TokenizerConfig options: {', '.join(sorted(known))}.")
     fixed = sorted(set(params) & set(_TRACK_KEYS + ("special_tokens",)))
     if fixed:
-        raise ConfigError(f"Tokenizer options {fixed} are set by midikit; choose the track layout with tracks='merged'|'separate'.")
+        raise ConfigError(f"Tokenizer options {fixed} are set by midikit; "
+                          "choose the track layout with tracks='merged'|'separate'.")
     return {"name": name, "tracks": tracks, "params": params}
 
 

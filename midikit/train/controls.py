@@ -19,7 +19,8 @@ class GracefulStop:
     saved state is a consistent one; a second one interrupts at once. With `minutes`, the loop also
     stops after the step that ends this command's time budget (--max_minutes), counted from here."""
 
-    def __init__(self, log, message="Stop requested: saving a checkpoint after this step (interrupt again to stop at once).",
+    def __init__(self, log,
+                 message="Stop requested: saving a checkpoint after this step (interrupt again to stop at once).",
                  minutes: float | None = None):
         self.requested = False
         self.log = log
@@ -52,7 +53,8 @@ class Progress:
 
     def __init__(self, state: TrainState, training: Training, say, enabled: bool):
         self._clock, self.training, self.say = time.monotonic, training, say
-        self.bar = tqdm(total=state.total_steps, initial=state.step, disable=not enabled, unit="step", dynamic_ncols=True)
+        self.bar = tqdm(total=state.total_steps, initial=state.step, disable=not enabled, unit="step",
+                        dynamic_ncols=True)
         self.postfix = {}
         self.started, self.start_tokens = self._clock(), state.tokens_seen
         self.first_step = True

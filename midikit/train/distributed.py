@@ -57,8 +57,8 @@ def join(device_name: str) -> tuple[Cluster, torch.device]:
     device = resolve_device(device_name)
     if device.type == "cuda":
         if torch.cuda.device_count() < world and device.index is None:
-            raise ConfigError(f"torchrun started {world} processes but this machine has {torch.cuda.device_count()} GPU(s); "
-                              f"use --nproc_per_node={torch.cuda.device_count()}.")
+            raise ConfigError(f"torchrun started {world} processes but this machine has "
+                              f"{torch.cuda.device_count()} GPU(s); use --nproc_per_node={torch.cuda.device_count()}.")
         device = torch.device("cuda", cluster.local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
@@ -139,7 +139,8 @@ def lost(exc: BaseException) -> RankLost:
         return exc
     rank = dist.get_rank() if dist.is_initialized() else "?"
     return RankLost(f"Rank {rank}: another process of this run stopped ({str(exc).splitlines()[0][:160]}). This one "
-                    "stops too, without saving: run the same torchrun command again to continue from the last checkpoint.")
+                    "stops too, without saving: run the same torchrun command again to continue from the last "
+                    "checkpoint.")
 
 
 def is_lost(exc: BaseException) -> bool:

@@ -80,7 +80,8 @@ def _final_save(run, status: str, rngs: list, wait_s: float, say) -> TrainResult
             f"(Drive slow or hung). The run stays resumable from its last checkpoint that landed."
             f"{mount_note(recorder.run_dir)}")
     elif outcome is not None and not outcome.state_saved:
-        say(f"The final checkpoint of {state.run_id} could not be written; the run stays resumable from its last good one.")
+        say(f"The final checkpoint of {state.run_id} could not be written; "
+            "the run stays resumable from its last good one.")
     if not landed or (outcome is not None and not outcome.state_saved):
         status = "interrupted"  # what is on disk: the same command continues the run
     best_text = "n/a" if state.best_val_loss is None else f"{state.best_val_loss:.4f} at step {state.best_step}"

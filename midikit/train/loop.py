@@ -50,16 +50,14 @@ def train(train_config: TrainConfig, model_config: ModelConfig | None = None, on
         state, training, recorder, tokens = run.state, run.training, run.recorder, run.tokens
         say(run.describe())
         # The loop: step, evaluate on schedule, checkpoint on schedule.
-        tc, context, pending_losses, status, in_step, copied = state.train_config, state.model_config.context_length, [], None, 0, None
+        tc, pending_losses, status, in_step, copied = state.train_config, [], None, 0, None
         progress = Progress(state, training, say, enabled=tc.progress and cluster.writer)
         try:
             with GracefulStop(say, minutes=tc.max_minutes) as stop, threads_for(training.raw_model):
                 while status is None and state.step < state.total_steps:
                     in_step = state.step + 1  # the step being applied: a stop inside it leaves a half-applied state
-                    inputs, targets, positions = sample_windows(tokens.train, tc.batch_size, context, run.generator, tokens.song_starts)
-                    state.history.add_lr(training.scheduler.get_last_lr()[0])
-                    pending_losses.append(train_step(training, inputs, targets, tc.grad_clip, positions, wait_for=copied))
-                    state.step, state.tokens_seen, copied = state.step + 1, state.tokens_seen + state.tokens_per_step, None
+                    _take_step(training, tokens, run.generator, tc, state, pending_losses, wait_for=copied)
+                    copied = None
                     if len(pending_losses) >= LOSS_FLUSH_EVERY:
                         flush_losses(state, pending_losses, cluster)
                         progress.show_loss(state)
@@ -77,7 +75,8 @@ def train(train_config: TrainConfig, model_config: ModelConfig | None = None, on
                     status, save_due = decide(cluster, state, stop, recorder, evaluated, improved)
                     if save_due:
                         flush_losses(state, pending_losses, cluster)
-                        copied = recorder.save(state, training, gather(cluster, capture_rng_state(run.generator)), best=improved).copied
+                        rngs = gather(cluster, capture_rng_state(run.generator))
+                        copied = recorder.save(state, training, rngs, best=improved).copied
             ending = Ending(status or state.end_status())
         except KeyboardInterrupt:
             ending = Ending("interrupted", in_step)
@@ -99,7 +98,8 @@ def _silent(*_):
     pass
 
 
-def decide(cluster: Cluster, state: TrainState, stop, recorder, evaluated: bool, improved: bool) -> tuple[str | None, bool]:
+def decide(cluster: Cluster, state: TrainState, stop, recorder, evaluated: bool,
+           improved: bool) -> tuple[str | None, bool]:
     """(why the loop stops after this step or None, whether to checkpoint now). What depends on the
     clock or a signal is rank 0's to decide: it is broadcast every SYNC_EVERY steps and at every
     evaluation, so every process stops and saves at the same step."""
@@ -129,6 +129,17 @@ def stop_status(state: TrainState, stop: GracefulStop, recorder) -> str | None:
 
 
 # --------------------------------------------------------------------------- one step, one evaluation
+
+
+def _take_step(training: Training, tokens, generator: torch.Generator, tc: TrainConfig, state: TrainState,
+               pending_losses: list, wait_for=None) -> None:
+    """Draw the next windows and apply one optimizer step (`train_step`); its loss joins `pending_losses`,
+    left on the device. Counts the step and its tokens in `state`."""
+    inputs, targets, positions = sample_windows(tokens.train, tc.batch_size, state.model_config.context_length,
+                                                generator, tokens.song_starts)
+    state.history.add_lr(training.scheduler.get_last_lr()[0])
+    pending_losses.append(train_step(training, inputs, targets, tc.grad_clip, positions, wait_for=wait_for))
+    state.step, state.tokens_seen = state.step + 1, state.tokens_seen + state.tokens_per_step
 
 
 def train_step(training: Training, inputs, targets, grad_clip: float, positions=None, wait_for=None) -> torch.Tensor:
@@ -164,7 +175,8 @@ def evaluate_loss(training: Training, tokens, batch_size: int, cluster: Cluster 
         clock = {} if positions is None else {"song_positions": positions[start : start + batch_size]}
         with training.autocast:
             logits = model(inputs[start : start + batch_size], **clock)
-        sums[0] += F.cross_entropy(logits.flatten(0, 1).float(), targets[start : start + batch_size].flatten(), reduction="sum")
+        sums[0] += F.cross_entropy(logits.flatten(0, 1).float(), targets[start : start + batch_size].flatten(),
+                                   reduction="sum")
     sums[1] = targets.numel()
     model.train(was_training)
     loss, tokens = total(cluster, sums).tolist()

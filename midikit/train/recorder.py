@@ -70,8 +70,8 @@ SKIPPED = Saving(None)  # what `save` gives when the previous write is still run
 
 
 class Recorder:
-    def __init__(self, paths: DatasetPaths, state: TrainState, claimed, model, log=print, resumed_step: int | None = None,
-                 writer: BackgroundWriter | None = None, retry_wait_s: float = 2.0):
+    def __init__(self, paths: DatasetPaths, state: TrainState, claimed, model, log=print,
+                 resumed_step: int | None = None, writer: BackgroundWriter | None = None, retry_wait_s: float = 2.0):
         """`claimed`: what made this process the run's writer (`start.claim_run`)."""
         self.paths, self.run_dir, self.log = paths, paths.run_checkpoints(state.run_id), log
         self.owner, self.keeper = claimed.owner, claimed.keeper
@@ -187,13 +187,14 @@ class Recorder:
         # The history is CPU tensors, copied at once even where the snapshot's GPU copies are still queued.
         history = snapshot["history"] if snapshot is not None else to_cpu_snapshot(state.history.to_state())
         metrics = {
-            "steps": state.step, "epochs": state.epoch, "total_steps": state.total_steps, "tokens_seen": state.tokens_seen,
-            "elapsed_seconds": state.elapsed_seconds(), "parameters": self.parameters, "best_val_loss": state.best_val_loss,
+            "steps": state.step, "epochs": state.epoch, "total_steps": state.total_steps,
+            "tokens_seen": state.tokens_seen, "elapsed_seconds": state.elapsed_seconds(), "parameters": self.parameters,
+            "best_val_loss": state.best_val_loss,
             "best_step": state.best_step if state.best_val_loss is not None else None,
             "final_train_loss": state.final_train_loss(), "longest_save_stall_s": round(self.longest_stall, 3),
         }
-        return RunReport(state.run_id, status, state.model_config.to_dict(), state.train_config.to_dict(), dict(state.dataset),
-                         metrics, history, self.weights_step)
+        return RunReport(state.run_id, status, state.model_config.to_dict(), state.train_config.to_dict(),
+                         dict(state.dataset), metrics, history, self.weights_step)
 
     def close(self, timeout: float | None) -> bool:
         """Wait (at most `timeout`) for the last save, then release the run, waiting out Drive for the
@@ -208,7 +209,8 @@ class Recorder:
         deadline = None if timeout is None else time.monotonic() + timeout
         landed = self.writer.close(timeout)
         self.collect()
-        record_wait = RECORD_WAIT_SECONDS if timeout is None else max(deadline - time.monotonic(), min(timeout, RECORD_WAIT_SECONDS))
+        record_wait = (RECORD_WAIT_SECONDS if timeout is None
+                       else max(deadline - time.monotonic(), min(timeout, RECORD_WAIT_SECONDS)))
         self.keeper.close(release=not self._taken_over, timeout=record_wait, retry_wait_s=self.retry_wait_s)
         return landed
 
@@ -221,12 +223,14 @@ class Recorder:
         except WriteAbandoned:  # the writer said so when it gave up on this save
             return SaveOutcome(job.step, False, job.previous_weights_step)
         except Exception as exc:
-            self.log(f"Checkpoint step {job.step} NOT saved: {exc} Training continues; the next checkpoint tries again.")
+            self.log(f"Checkpoint step {job.step} NOT saved: {exc} "
+                     "Training continues; the next checkpoint tries again.")
             return SaveOutcome(job.step, False, job.previous_weights_step)
 
     def _retry(self, job: SaveJob, abandoned) -> Retry:
         """The patience of one save, shared by everything it touches: 10 minutes, or the final wait."""
-        final_wait_s = 60 * job.report.train_config.get("final_wait_minutes", 0) if job.report.status != "running" else 0
+        final_wait_s = (60 * job.report.train_config.get("final_wait_minutes", 0)
+                        if job.report.status != "running" else 0)
         return Retry(self.log, self.retry_wait_s, give_up_after_s=max(GIVE_UP_AFTER_SECONDS, final_wait_s),
                      abandoned=abandoned, probe=self.run_dir)
 
@@ -235,12 +239,13 @@ class Recorder:
             job.copied.synchronize()  # the snapshot's GPU-to-pinned copies are done before anything reads it
         what = f"Checkpoint step {job.step}"
         # Who owns the run: a run.json that cannot be read now is waited for, never taken for "no other owner".
-        if self.keeper.lost.is_set() or retry(owners.newer_claim, what, self.run_dir, self.owner, done=ANSWERED) is not None:
+        if (self.keeper.lost.is_set()
+                or retry(owners.newer_claim, what, self.run_dir, self.owner, done=ANSWERED) is not None):
             self.log(f"{job.report.run_id} was taken over by another runtime: this one stops writing it.")
             return SaveOutcome(job.step, False, None, taken_over=True)
         weights_step = job.previous_weights_step
-        if job.weights is not None and self._try(retry, f"Best weights (step {job.weights_step})", write_weights, self.paths,
-                                                 job.report.run_id, job.weights, retry.abandoned):
+        if job.weights is not None and self._try(retry, f"Best weights (step {job.weights_step})", write_weights,
+                                                 self.paths, job.report.run_id, job.weights, retry.abandoned):
             weights_step = job.weights_step
         elif job.weights is not None and job.state is not None:
             job.state["best_model"], job.state["best_model_step"] = job.weights, job.weights_step  # carried instead
@@ -252,11 +257,14 @@ class Recorder:
         report = replace(job.report, weights_step=weights_step,
                          status=job.report.status if state_saved or job.report.status == "running" else "interrupted")
         self._try(retry, "The run's artifacts", write_run_artifacts, self.paths, report, job.plot)
-        fields = report.record_fields() if state_saved else {"weights": report.record_fields()["weights"], "status": report.status}
-        self._try(retry, "The run's record (run.json)", lambda: self.keeper.update(**fields).result(RECORD_WAIT_SECONDS))
+        fields = (report.record_fields() if state_saved
+                  else {"weights": report.record_fields()["weights"], "status": report.status})
+        self._try(retry, "The run's record (run.json)",
+                  lambda: self.keeper.update(**fields).result(RECORD_WAIT_SECONDS))
         if job.report.status != "running":  # the last write of this process: sweep what failed writes left
             try:
-                retry(lambda: (checkpoints.remove_temporaries(self.run_dir), remove_temporaries(self.paths, job.report.run_id)),
+                retry(lambda: (checkpoints.remove_temporaries(self.run_dir),
+                               remove_temporaries(self.paths, job.report.run_id)),
                       "Removing the temporary files of failed writes")
             except Exception:
                 pass  # the run's next start sweeps them
@@ -294,7 +302,8 @@ class Recorder:
         the folder's step files are the new owner's now. A failure here is said; the save has landed."""
         what = f"Checkpoint step {job.step}"
         try:
-            if not retry.abandoned.is_set() and retry(owners.newer_claim, what, self.run_dir, self.owner, done=ANSWERED) is None:
+            if (not retry.abandoned.is_set()
+                    and retry(owners.newer_claim, what, self.run_dir, self.owner, done=ANSWERED) is None):
                 retry(checkpoints.rotate, f"{what} (removing older step files)", self.run_dir, job.step,
                       job.report.train_config["keep_last"])
         except WriteAbandoned:

@@ -51,9 +51,10 @@ class Session:
         verb = "Resuming" if recorder.resumed_step is not None else "Starting"
         processes = (f" x {state.world_size} processes (effective batch {tc.batch_size * state.world_size})"
                      if state.world_size > 1 else "")
-        return (f"{verb} {state.run_id}: {mc.model_type}, {recorder.parameters / 1e6:.2f}M parameters, {training.device}, "
-                f"{describe_precision(training)}{', compiled' if training.compiled else ''}; batch {tc.batch_size} x "
-                f"{mc.context_length} tokens{processes}, {state.steps_per_epoch} steps/epoch, step {state.step} of "
+        return (f"{verb} {state.run_id}: {mc.model_type}, {recorder.parameters / 1e6:.2f}M parameters, "
+                f"{training.device}, {describe_precision(training)}{', compiled' if training.compiled else ''}; "
+                f"batch {tc.batch_size} x {mc.context_length} tokens{processes}, {state.steps_per_epoch} steps/epoch, "
+                f"step {state.step} of "
                 f"{state.total_steps}; checkpoints in {recorder.run_dir}"
                 + (f"; this command trains for at most {tc.max_minutes:g} min (max_minutes), then saves and stops, "
                    "resumable" if tc.max_minutes else "") + _keep_last_note(tc.keep_last, recorder.run_dir))
@@ -111,7 +112,8 @@ def agree_on_start(cluster: Cluster, tc, model_config, overrides, paths, dataset
     return replace(value, checkpoint=checkpoints.load_state(value.source) if value.source else None), None
 
 
-def set_up(start, device: torch.device, dataset, cluster: Cluster, say) -> tuple[TrainState, Training, torch.Generator, Tokens]:
+def set_up(start, device: torch.device, dataset, cluster: Cluster,
+           say) -> tuple[TrainState, Training, torch.Generator, Tokens]:
     """The run's model, optimizer and schedule on the device (restored from its checkpoint when it
     resumes), its data-order generator and its tokens."""
     state = replace(start.state, world_size=cluster.world_size)
@@ -123,7 +125,8 @@ def set_up(start, device: torch.device, dataset, cluster: Cluster, say) -> tuple
         if start.checkpoint is not None:
             restore_training(training, start.checkpoint)
             restore_streams(start.checkpoint, generator, cluster, say)
-        state = replace(state, train_config=replace(state.train_config, device=str(device), precision=training.precision,
+        state = replace(state, train_config=replace(state.train_config, device=str(device),
+                                                    precision=training.precision,
                                                     compile="on" if training.compiled else "off"))
         return state, training, generator, tokens_on_device(dataset, device, state)
     except torch.cuda.OutOfMemoryError:

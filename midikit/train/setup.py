@@ -25,7 +25,8 @@ class Training:
     """The live objects of one run on one device."""
 
     raw_model: torch.nn.Module  # the plain module: its state_dict is what checkpoints hold
-    loss_of: object  # (inputs, targets, song positions or None) -> mean cross-entropy: forward and loss, compiled together where it pays
+    # (inputs, targets, song positions or None) -> mean cross-entropy: forward and loss, compiled together where it pays
+    loss_of: object
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
@@ -82,7 +83,8 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, decay_from: tuple[
 
 
 def make_scheduler(optimizer, warmup_steps: int, total_steps: int, decay_from: tuple[int, float] | None = None):
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup_steps, total_steps, decay_from))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer,
+                                             lambda step: lr_factor(step, warmup_steps, total_steps, decay_from))
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device):
@@ -166,7 +168,8 @@ def build_training(mc: ModelConfig, tc: TrainConfig, device: torch.device, total
     return Training(
         raw_model=raw_model, loss_of=torch.compile(loss_of) if compiled else loss_of, optimizer=optimizer,
         scheduler=make_scheduler(optimizer, tc.warmup_steps, total_steps, decay_from),
-        # fp16 anywhere in the backward pass (the run's autocast, or an RNN core cuDNN runs in fp16 only) needs loss scaling
+        # fp16 anywhere in the backward pass (the run's autocast, or an RNN core cuDNN runs in fp16 only) needs
+        # loss scaling
         scaler=torch.amp.GradScaler(device.type, enabled=torch.float16 in (amp_dtype, core)), autocast=autocast,
         device=device, precision=DTYPE_NAMES[amp_dtype], compiled=compiled,
         core_precision=None if core is None else DTYPE_NAMES[core],
@@ -202,7 +205,8 @@ def describe_precision(training: Training) -> str:
 def _forward_loss(model, inputs, targets, positions=None):
     # One function for the model and its loss: compiled, the logits never make a round trip to memory
     # between the output layer and the cross-entropy, and backward comes from the same graph.
-    logits = model(inputs) if positions is None else model(inputs, song_positions=positions)  # positions: a song clock's
+    # positions: a song clock's
+    logits = model(inputs) if positions is None else model(inputs, song_positions=positions)
     return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
 
@@ -214,7 +218,8 @@ def restore_training(training: Training, state: dict) -> None:
     # fused before loading makes torch put them on the device.
     fused = training.device.type == "cuda"
     saved = state["optimizer"]
-    training.optimizer.load_state_dict({**saved, "param_groups": [{**g, "fused": fused} for g in saved["param_groups"]]})
+    training.optimizer.load_state_dict({**saved,
+                                        "param_groups": [{**g, "fused": fused} for g in saved["param_groups"]]})
     training.scheduler.load_state_dict(state["scheduler"])
     if training.scaler.is_enabled() and state["scaler"] is not None:
         training.scaler.load_state_dict(state["scaler"])

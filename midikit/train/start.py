@@ -36,11 +36,13 @@ def open_dataset(tc: TrainConfig):
     built = dataset.config.get("split", {}).get("val_split")
     if tc.val_split is not None and (built is None or not math.isclose(float(built), float(tc.val_split))):
         new_name = f"{tc.dataset}_val{tc.val_split:g}"
+        command = _command_with(dataset.config.get("command", "python -m midikit preprocess"), dataset=new_name,
+                                val_split=tc.val_split)
         raise ConfigError(
             f"val_split={tc.val_split} was asked for, but dataset {tc.dataset!r} was split with val_split={built} "
             "when it was preprocessed (the split is made once, by song, before augmentation). Either drop "
             f"--val_split, or preprocess a dataset with that split and train on it (--dataset {new_name}): "
-            f"{_command_with(dataset.config.get('command', 'python -m midikit preprocess'), dataset=new_name, val_split=tc.val_split)}"
+            f"{command}"
         )
     return paths, dataset
 
@@ -56,7 +58,8 @@ def _command_with(command: str, **flags) -> str:
     return shlex.join(args)
 
 
-def find_start(tc: TrainConfig, model_config, overrides: dict, paths, dataset, device, log, world_size: int = 1) -> Start:
+def find_start(tc: TrainConfig, model_config, overrides: dict, paths, dataset, device, log,
+               world_size: int = 1) -> Start:
     """The Start that `tc.resume` asks for (`world_size`: processes that will train it together)."""
     if tc.resume == "never":
         return new_run(tc, model_config, overrides, paths, dataset, device, world_size)
@@ -88,8 +91,8 @@ def _resume_from(target: Path, tc, model_config, overrides, paths, dataset, log)
         if found is None:
             raise CheckpointError(f"No valid checkpoint in {target}; pass another run folder, or --resume never.")
     else:
-        raise storage.StorageError(f"resume={tc.resume!r} is neither 'auto', 'never', a checkpoint file nor a run folder "
-                                   f"(runs of this dataset are under {paths.checkpoints}).")
+        raise storage.StorageError(f"resume={tc.resume!r} is neither 'auto', 'never', a checkpoint file nor a run "
+                                   f"folder (runs of this dataset are under {paths.checkpoints}).")
     return _resumed(found, tc, model_config, overrides, dataset, log)
 
 
@@ -101,7 +104,8 @@ def _resumed(found, tc: TrainConfig, model_config, overrides, dataset, log) -> S
     saved = TrainState.from_state(checkpoint, *_legacy_horizon(checkpoint, dataset))
     _refuse_other_model(saved, model_config, overrides)
     asked_changes = [f"{k}={getattr(saved.train_config, k)!r} (asked {getattr(tc, k)!r})" for k in kept_on_resume()
-                     if k not in HORIZON and getattr(tc, k) is not None and getattr(tc, k) != getattr(saved.train_config, k)]
+                     if k not in HORIZON and getattr(tc, k) is not None
+                     and getattr(tc, k) != getattr(saved.train_config, k)]
     if asked_changes:
         log(f"Resuming keeps the run's own settings: {', '.join(asked_changes)}.")
     state = saved.with_settings_of_now(tc)
@@ -111,8 +115,9 @@ def _resumed(found, tc: TrainConfig, model_config, overrides, dataset, log) -> S
         log(f"{saved.run_id} keeps its horizon of {saved.total_steps} steps (epochs={saved.train_config.epochs}, "
             f"max_steps={saved.train_config.max_steps}); pass --extend (extend=True) to train it to a new one.")
     if saved.finished and state.total_steps <= saved.step:
-        raise ConfigError(f"Run {saved.run_id} already finished ({saved.stop_reason or 'finished'} at step {saved.step}). "
-                          "To train it further pass --extend with a larger --max_steps or --epochs; --resume never starts a new run.")
+        raise ConfigError(f"Run {saved.run_id} already finished ({saved.stop_reason or 'finished'} at step "
+                          f"{saved.step}). To train it further pass --extend with a larger --max_steps or --epochs; "
+                          "--resume never starts a new run.")
     return Start(replace(state, finished=False, stop_reason=None), checkpoint, path, "resumed")
 
 
@@ -130,8 +135,8 @@ def _extended(state: TrainState, tc: TrainConfig, log) -> TrainState:
         raise ConfigError(f"extend: the new horizon ({total} steps from epochs={tc.epochs}, max_steps={tc.max_steps}) "
                           f"is not past step {state.step}; ask for more max_steps or epochs (--max_steps, --epochs).")
     log(f"Extending {state.run_id}: horizon {state.total_steps} -> {total} steps. The learning rate goes on from where "
-        f"it is at step {state.step}, moves over {state.train_config.warmup_steps} steps to where a run planned this long "
-        "would be, then decays over the new horizon; early stopping's patience starts over.")
+        f"it is at step {state.step}, moves over {state.train_config.warmup_steps} steps to where a run planned this "
+        "long would be, then decays over the new horizon; early stopping's patience starts over.")
     train_config = replace(state.train_config, epochs=tc.epochs, max_steps=tc.max_steps)
     warmup = train_config.warmup_steps
     # Where the curve is now: the re-planned curve starts there (past the warm-up; a warm-up goes on as it was).
@@ -146,14 +151,15 @@ def _legacy_horizon(checkpoint: dict, dataset) -> tuple[int | None, int | None]:
     if "total_steps" in checkpoint:
         return None, None
     tc, mc = checkpoint["train_config"], checkpoint["model_config"]
-    per_epoch = steps_per_epoch(len(dataset.train_tokens), tc["batch_size"] * mc["context_length"], tc["subsample_ratio"],
-                                tc["max_batches"])
+    per_epoch = steps_per_epoch(len(dataset.train_tokens), tc["batch_size"] * mc["context_length"],
+                                tc["subsample_ratio"], tc["max_batches"])
     return per_epoch, planned_steps(tc["epochs"], tc["max_steps"], per_epoch)
 
 
 def _restarted(record: runs.RunRecord, tc: TrainConfig, dataset, log, world_size: int = 1) -> Start:
     """A run killed before its first checkpoint: start it over under its own id, with its own settings."""
-    saved_tc = TrainConfig(**{k: v for k, v in record.get("train_config").items() if k in TrainConfig.__dataclass_fields__})
+    saved_tc = TrainConfig(**{k: v for k, v in record.get("train_config").items()
+                              if k in TrainConfig.__dataclass_fields__})
     mc = ModelConfig.from_dict(record.get("model_config"))
     log(f"{record.run_id} stopped before its first checkpoint: starting it over from step 0 under the same id.")
     session = {name: getattr(tc, name) for name in kept_on_resume(False)}
@@ -212,7 +218,8 @@ def _new_model_config(tc, preset, dataset, model_config: ModelConfig | None, ove
         if values["vocab_size"] in (0, None):
             values["vocab_size"] = vocab_size
         if values["model_type"] != tc.model_type:
-            raise ConfigError(f"model_config is a {values['model_type']} but model_type is {tc.model_type!r}; make them agree.")
+            raise ConfigError(f"model_config is a {values['model_type']} but model_type is {tc.model_type!r}; "
+                              "make them agree.")
     unknown = set(overrides) - set(values)
     if unknown:
         raise ConfigError(f"Unknown model settings {sorted(unknown)}; known: {', '.join(sorted(values))}.")
@@ -321,7 +328,8 @@ def claim_run(paths: storage.DatasetPaths, start: Start, log, takeover: bool = F
     run_dir = paths.run_checkpoints(state.run_id)
     previous = runs.read_record(run_dir)
     record = {**(previous.data if previous is not None else {}), "run_id": state.run_id,
-              "model_type": state.model_config.model_type, "status": "running", "model_config": state.model_config.to_dict(),
+              "model_type": state.model_config.model_type, "status": "running",
+              "model_config": state.model_config.to_dict(),
               "train_config": state.train_config.to_dict(), "dataset": dict(state.dataset), "step": state.step,
               "total_steps": state.total_steps}
     record.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S"))
@@ -332,7 +340,8 @@ def claim_run(paths: storage.DatasetPaths, start: Start, log, takeover: bool = F
     if start.kind == "resumed":
         dropped = checkpoints.discard_newer_than(run_dir, state.step)
         if dropped:
-            log(f"Removed {', '.join(p.name for p in dropped)}: newer than step {state.step}, where this run continues.")
+            log(f"Removed {', '.join(p.name for p in dropped)}: newer than step {state.step}, "
+                "where this run continues.")
     weights_step, pending = _weights_on_disk(paths, start, previous, log)
     keeper = owners.RecordKeeper(paths, run_dir, record, owner, log, heartbeat_s=heartbeat_s)
     return Claimed(state.run_id, owner, keeper, weights_step, pending)
@@ -359,7 +368,8 @@ def _weights_on_disk(paths: storage.DatasetPaths, start, previous, log) -> tuple
                 "has them any more; it will hold the next best.")
             return weights_step, None
         best = found
-    log(f"models/{state.run_id}.pth is missing or out of date: writing the best weights (step {state.best_step}) again.")
+    log(f"models/{state.run_id}.pth is missing or out of date: "
+        f"writing the best weights (step {state.best_step}) again.")
     return weights_step, best
 
 

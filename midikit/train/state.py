@@ -69,13 +69,16 @@ class LossHistory:
         loaded._grow(len(lrs))
         loaded.lr[: len(lrs)] = lrs
         loaded.lr_steps = len(lrs)
-        loaded.val_loss, loaded.val_step = [float(v) for v in history["val_loss"]], [int(s) for s in history["val_step"]]
+        loaded.val_loss, loaded.val_step = ([float(v) for v in history["val_loss"]],
+                                            [int(s) for s in history["val_step"]])
         return loaded
 
     def as_lists(self) -> dict:
-        """Plain lists, for plots, notebooks and the loss arrays (the original project's train_step/train_loss layout)."""
+        """Plain lists, for plots, notebooks and the loss arrays (the original project's train_step/train_loss
+        layout)."""
         return {"train_loss": self.train_loss[: self.steps].tolist(), "train_step": list(range(1, self.steps + 1)),
-                "val_loss": list(self.val_loss), "val_step": list(self.val_step), "lr": self.lr[: self.lr_steps].tolist()}
+                "val_loss": list(self.val_loss), "val_step": list(self.val_step),
+                "lr": self.lr[: self.lr_steps].tolist()}
 
 
 @dataclass
@@ -167,7 +170,8 @@ class TrainState:
         }
 
     @classmethod
-    def from_state(cls, state: dict, steps_per_epoch: int | None = None, total_steps: int | None = None) -> "TrainState":
+    def from_state(cls, state: dict, steps_per_epoch: int | None = None,
+                   total_steps: int | None = None) -> "TrainState":
         """The run a checkpoint holds. Checkpoints of midikit 0.1 (version 1) did not record the
         horizon: the caller passes it, computed from the run's own settings and the dataset."""
         if state.get("format") != STATE_FORMAT:
@@ -181,7 +185,8 @@ class TrainState:
         if "train_step" in history:  # version 1: lists
             history = {**history, "lr": history.get("lr", [])}
         return cls(
-            run_id=state["run_id"], model_config=ModelConfig.from_dict(state["model_config"]), train_config=train_config,
+            run_id=state["run_id"], model_config=ModelConfig.from_dict(state["model_config"]),
+            train_config=train_config,
             dataset=dict(state["dataset"]), steps_per_epoch=steps_per_epoch, total_steps=total_steps,
             step=state["step"], tokens_seen=state["tokens_seen"], elapsed_before=state["elapsed_seconds"],
             best_val_loss=state["best_val_loss"], best_step=state["best_step"], bad_evals=state["bad_evals"],

@@ -47,7 +47,8 @@ REPO_URL = "https://github.com/midikit/midikit"
 
 def colab_url(notebook: str) -> str:
     """Where a notebook of this repository opens in Colab (the badge's link)."""
-    return REPO_URL.replace("https://github.com/", "https://colab.research.google.com/github/") + f"/blob/main/notebooks/{notebook}"
+    return (REPO_URL.replace("https://github.com/", "https://colab.research.google.com/github/")
+            + f"/blob/main/notebooks/{notebook}")
 
 
 def show_hardware() -> None:
@@ -71,7 +72,8 @@ def mount_drive() -> None:
     from .. import preferences
 
     mounted = storage.mount_drive()
-    where = f"Google Drive mounted at {mounted}" if mounted else "Not in Colab: no Drive to mount, files stay on this machine"
+    where = (f"Google Drive mounted at {mounted}" if mounted
+             else "Not in Colab: no Drive to mount, files stay on this machine")
     root, origin = preferences.default_root_and_origin()
     print(f"{where}. Default checkpoint folder: {root} ({origin})")
 
@@ -88,8 +90,8 @@ def html_table(rows: list[dict], columns: list[str] | None = None) -> HTML:
     left = {c for c in columns if any(isinstance(row.get(c), str) and re.search(r"[A-Za-z/]", row[c]) for row in rows)}
     style = {c: ' style="text-align:left"' if c in left else "" for c in columns}
     head = "".join(f"<th{style[c]}>{html.escape(str(c))}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td{style[c]}>{html.escape(_cell(row.get(c, '')))}</td>" for c in columns) + "</tr>"
-                   for row in rows)
+    body = "".join("<tr>" + "".join(f"<td{style[c]}>{html.escape(_cell(row.get(c, '')))}</td>" for c in columns)
+                   + "</tr>" for row in rows)
     return HTML(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
 
 
@@ -141,7 +143,8 @@ def show_folder(root: Path) -> None:
         show_models_csv(paths)
         records = runs.list_runs(paths)
         if records:
-            display(html_table([_checkpoint_run_row(record, checkpoints.inspect_run(record.path)) for record in records]))
+            display(html_table([_checkpoint_run_row(record, checkpoints.inspect_run(record.path))
+                                for record in records]))
 
 
 def show_dataset_counts(paths: storage.DatasetPaths) -> None:
@@ -151,7 +154,8 @@ def show_dataset_counts(paths: storage.DatasetPaths) -> None:
     config = load_dataset(paths).config
     splits = config["splits"]
     print(f"{paths.dataset}: {config['tokenizer']['name']} tokens, vocabulary {config['vocab_size']}")
-    print(f"files: {config['files_found']} found, {config['files_processed']} used, {len(config['files_skipped'])} skipped")
+    print(f"files: {config['files_found']} found, {config['files_processed']} used, "
+          f"{len(config['files_skipped'])} skipped")
     for split in ("train", "val"):
         counts = splits[split]
         print(f"{split}: {counts['files']} files → {counts['sequences']:,} sequences, {counts['tokens']:,} tokens")
@@ -191,7 +195,8 @@ def require_dataset(paths: storage.DatasetPaths):
     try:
         return load_dataset(paths)
     except DatasetError as exc:
-        raise DatasetError(f"{exc} In the notebooks: run 02_preprocess first (same checkpoint folder and dataset name).") from None
+        raise DatasetError(f"{exc} In the notebooks: run 02_preprocess first "
+                           "(same checkpoint folder and dataset name).") from None
 
 
 def require_playable_run(paths: storage.DatasetPaths) -> list:
@@ -272,7 +277,8 @@ def show_artifacts(result) -> None:
     display(html_table([{"artifact": name, "path": str(path)} for name, path in result.artifacts.items()]))
 
 
-RUN_COLUMNS = ["run_id", "model_type", "status", "preset", "parameters", "steps", "best_val_loss", "final_train_loss", "elapsed_seconds", "updated"]
+RUN_COLUMNS = ["run_id", "model_type", "status", "preset", "parameters", "steps", "best_val_loss", "final_train_loss",
+               "elapsed_seconds", "updated"]
 
 
 def show_models_csv(paths: storage.DatasetPaths) -> None:
@@ -306,8 +312,8 @@ def show_checkpoints(paths: storage.DatasetPaths) -> None:
     for record in records:
         files = checkpoints.inspect_run(record.path)
         valid = [f["step"] for f in files if f["status"] == "valid" and f["step"] is not None]
-        display(HTML(f"<b>{html.escape(record.run_id)}</b> · {html.escape(record.status)} · {html.escape(_owner_text(record))}"
-                     f" · newest valid step {max(valid, default=None)}"))
+        display(HTML(f"<b>{html.escape(record.run_id)}</b> · {html.escape(record.status)} · "
+                     f"{html.escape(_owner_text(record))} · newest valid step {max(valid, default=None)}"))
         display(html_table([
             {"file": f["name"], "step": f["step"], "size": human_size(f["size_bytes"]), "age": human_age(f["age_s"]),
              "status": f["status"], "detail": f["detail"]}

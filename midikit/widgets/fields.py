@@ -37,7 +37,8 @@ class Field:
     """One config field's widget: made from its declaration; `read()` gives the value for the config
     (0 in a number field whose None means something, such as max_steps' "no limit", reads as None)."""
 
-    def __init__(self, cls, name: str, value=None, label: str | None = None, options=None, zero_means_none: bool = True):
+    def __init__(self, cls, name: str, value=None, label: str | None = None, options=None,
+                 zero_means_none: bool = True):
         config_field = {f.name: f for f in fields(cls)}[name]
         self.name, self.meta = name, declared(config_field)
         self.base, optional = value_type(cls, name)
@@ -96,8 +97,8 @@ class Form:
         self.fields = form_fields
         self._holding = False
         self.message = W.HTML()
-        self.box = W.VBox([W.HTML(f"<b>{html.escape(self.title)}</b>"), *(f.widget for f in form_fields.values()), *extras,
-                           self.message])
+        self.box = W.VBox([W.HTML(f"<b>{html.escape(self.title)}</b>"), *(f.widget for f in form_fields.values()),
+                           *extras, self.message])
         for form_field in form_fields.values():
             form_field.widget.observe(self._refresh, names="value")
         self._refresh()

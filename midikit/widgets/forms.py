@@ -81,7 +81,8 @@ class FolderForm(Form):
         origin = f"default: {self.origin}" if typed == self.default else "typed here"
         # Legal, and lost with the runtime: a Colab folder outside Drive is said plainly, never silently used.
         local = "" if not storage.in_colab() or _on_drive(root) else (
-            f" · on this runtime's own disk, lost when it ends: choose a folder under {storage.DRIVE_MOUNT_POINT}/MyDrive")
+            f" · on this runtime's own disk, lost when it ends: choose a folder under "
+            f"{storage.DRIVE_MOUNT_POINT}/MyDrive")
         if not root.exists():
             return f"{root} ({origin}) · new folder (created when something is saved there){local}"
         datasets = storage.list_datasets(root)
@@ -133,7 +134,8 @@ class PreprocessForm(Form):
         source = source or default_source()
         local = not storage.in_colab()
         d = PreprocessConfig()  # the package's defaults, not a second copy of them
-        self.source_field = Field(PreprocessConfig, "source", source, options=[(label, key) for key, (label, _) in SOURCES.items()])
+        self.source_field = Field(PreprocessConfig, "source", source,
+                                  options=[(label, key) for key, (label, _) in SOURCES.items()])
         self.input_field = Field(PreprocessConfig, "input_dir", "" if local else "/content/drive/MyDrive/midi")
         self.dataset_field = Field(PreprocessConfig, "dataset", dataset or SOURCES[source][1])
         super().__init__({
@@ -162,8 +164,9 @@ class PreprocessForm(Form):
     def build(self, values):
         folder = Path(values["input_dir"]).expanduser() if values["input_dir"] else None
         if values["source"] == "folder" and folder is not None and not folder.is_dir():  # preprocess() would fail later
-            raise DatasetError(f"The input folder {folder} does not exist or is not a folder; enter the folder that holds "
-                               "your .mid/.midi/.abc files (in Colab mount Drive first: /content/drive/MyDrive/...).")
+            raise DatasetError(f"The input folder {folder} does not exist or is not a folder; enter the folder that "
+                               "holds your .mid/.midi/.abc files (in Colab mount Drive first: "
+                               "/content/drive/MyDrive/...).")
         return PreprocessConfig(
             source=values["source"], input_dir=values["input_dir"] if values["source"] == "folder" else None,
             dataset=values["dataset"], checkpoint_dir=str(storage.resolve_root(values["checkpoint_dir"], create=False)),
@@ -174,7 +177,8 @@ class PreprocessForm(Form):
 
     def summary(self, config):
         limit = f"first {config.limit} files" if config.limit else "all files"
-        return f"{config.source} → {config.dataset} · {config.tokenizer} · {len(config.transpositions)} transpositions · {limit}"
+        return (f"{config.source} → {config.dataset} · {config.tokenizer} · "
+                f"{len(config.transpositions)} transpositions · {limit}")
 
 
 class RunForm(Form):

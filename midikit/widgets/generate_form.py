@@ -49,7 +49,8 @@ class GenerateForm(Form):
         on_cpu = presets.preset_for_hardware() == "cpu"
         # Its whole label ("upload a prim…" at the default width), under the primer field it fills.
         under_fields = W.Layout(width="auto", align_self="flex-start", margin=f"2px 2px 2px {LABEL_PX + 8}px")
-        self.upload = W.FileUpload(accept=".mid,.midi", multiple=False, description="upload a primer", layout=under_fields)
+        self.upload = W.FileUpload(accept=".mid,.midi", multiple=False, description="upload a primer",
+                                   layout=under_fields)
         tooltip(self.upload, "a MIDI file from your computer to continue; it fills the primer field")
         super().__init__({
             "run": Field(GenerateConfig, "run", options[0][1], options=options),
@@ -83,8 +84,8 @@ class GenerateForm(Form):
                                seed_midi=primer, seed_bars=bars if primer else None).validate()
         sample = SampleConfig(**values, seed=None if seed is None or seed < 0 else seed).validate()
         if sample.bars is not None and self._bpe(where.run):  # generate() would refuse it: say so here
-            raise ConfigError("bars counts Bar tokens, which this run's BPE tokenizer merges into others: leave bars at 0 "
-                              "and set tokens to generate instead.")
+            raise ConfigError("bars counts Bar tokens, which this run's BPE tokenizer merges into others: "
+                              "leave bars at 0 and set tokens to generate instead.")
         return where, sample
 
     def _bpe(self, run: str) -> bool:
@@ -106,6 +107,6 @@ class GenerateForm(Form):
         where, sample = value
         length = f"{sample.bars} bars" if sample.bars else f"up to {sample.num_tokens} tokens"
         seed = "a random seed" if sample.seed is None else f"seed {sample.seed}"
-        primer = f" · continues {Path(where.seed_midi).name}" + (f" (its first {where.seed_bars} bars)" if where.seed_bars
-                                                                  else "") if where.seed_midi else ""
+        primer = (f" · continues {Path(where.seed_midi).name}"
+                  + (f" (its first {where.seed_bars} bars)" if where.seed_bars else "") if where.seed_midi else "")
         return f"{where.run} · {sample.strategy} · {length} × {sample.num_samples} · {seed}{primer}"

@@ -16,7 +16,8 @@ from .. import audio, metrics, presets, storage
 from ..errors import DatasetError, StorageError
 from .displays import _figure, _png, html_table
 
-__all__ = ["show_generation", "download_all", "CPU_QUALITY_PIECES", "CPU_QUALITY_TOKENS", "quality_config", "show_quality"]
+__all__ = ["show_generation", "download_all", "CPU_QUALITY_PIECES", "CPU_QUALITY_TOKENS", "quality_config",
+           "show_quality"]
 
 # The quality report's sizes on a CPU (a laptop, CI): a few short pieces, so a notebook stays quick.
 CPU_QUALITY_PIECES = 4
@@ -43,7 +44,8 @@ def show_generation(result, paths: storage.DatasetPaths | None, max_dataset_file
         print(f"(no comparison with the training data: {exc})")
     display(html_table([
         {"metric": name, **{label: values[name] for label, values in generated.items()},
-         **({f"dataset ({real['count']} pieces)": f"{real['mean'][name]:.3g} ± {real['std'][name]:.2g}"} if real else {})}
+         **({f"dataset ({real['count']} pieces)": f"{real['mean'][name]:.3g} ± {real['std'][name]:.2g}"}
+            if real else {})}
         for name in metrics.METRICS
     ]))
     print(f"seed {result.seed}: type it into the form's seed to make these pieces again.")
@@ -96,10 +98,11 @@ def show_quality(report) -> None:
     print(f"{len(report.pieces)} pieces of at most {report.config['max_tokens']} tokens against "
           f"{report.data['count']} training pieces ({report.seconds['total']:.0f} s)")
     display(html_table([{"metric": row["metric"], "data mean": row["data"], "generated mean": row["generated"],
-                         "difference": f"{row['difference']:+.1%}" if row["relative"] else f"{row['difference'] * 100:+.1f} pt",
+                         "difference": (f"{row['difference']:+.1%}" if row["relative"]
+                                        else f"{row['difference'] * 100:+.1f} pt"),
                          "verdict": row["verdict"]} for row in report.comparison]))
-    display(html_table([{"check": row["check"], "value": row["shown"], "target": row["target"], "verdict": row["verdict"]}
-                        for row in report.health]))
+    display(html_table([{"check": row["check"], "value": row["shown"], "target": row["target"],
+                         "verdict": row["verdict"]} for row in report.health]))
     display(_png(evaluate.plot_report(report)))
     if report.files:
         print("saved: " + ", ".join(str(path) for path in report.files.values()))

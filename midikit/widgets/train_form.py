@@ -19,8 +19,8 @@ __all__ = ["CPU_MAX_STEPS", "CPU_EVAL_EVERY", "CPU_EVAL_WINDOWS", "TrainForm", "
 CPU_MAX_STEPS = 40
 CPU_EVAL_EVERY = 20
 CPU_EVAL_WINDOWS = 64
-LOOP_FIELDS = ("epochs", "max_steps", "max_minutes", "eval_every", "eval_windows", "patience", "checkpoint_every_minutes",
-               "seed")
+LOOP_FIELDS = ("epochs", "max_steps", "max_minutes", "eval_every", "eval_windows", "patience",
+               "checkpoint_every_minutes", "seed")
 
 
 def first_run_defaults(model_type: str, dataset, preset_name: str) -> tuple[dict, str]:
@@ -85,7 +85,8 @@ class TrainForm(Form):
         on_cpu = presets.preset_for_hardware() == "cpu"
         for record in runs.list_runs(self.paths, model_type=self.model_type):
             settings, model = record.get("train_config"), record.get("model_config")
-            if isinstance(settings, dict) and isinstance(model, dict) and settings.get("preset") in presets.PRESET_NAMES:
+            if (isinstance(settings, dict) and isinstance(model, dict)
+                    and settings.get("preset") in presets.PRESET_NAMES):
                 same_hardware = str(settings.get("device", "")).startswith("cuda") != on_cpu
                 if same_hardware and (preset is None or settings["preset"] == preset):
                     return {"run_id": record.run_id, "train_config": settings, "model_config": model}
@@ -111,7 +112,8 @@ class TrainForm(Form):
             return [("auto: a new run (nothing to continue)", "auto"), ("never: start a new run", "never")]
         verb = "extend" if run["done"] else "continue"
         options = [(f"{verb} {run['run_id']} ({run['progress']})", "auto"), ("never: start a new run", "never")]
-        if run["owner_state"] == "live":  # another runtime still trains it: continuing is refused, taking over is a choice
+        # another runtime still trains it: continuing is refused, taking over is a choice
+        if run["owner_state"] == "live":
             options[0] = (f"continue {run['run_id']} once its other runtime stops", "auto")
             options.insert(1, (f"take over {run['run_id']} from {run['owner']}", "takeover"))
         return options
@@ -137,7 +139,8 @@ class TrainForm(Form):
             batch_size, lr = run["train_config"]["batch_size"], run["train_config"]["lr"]
         else:
             preset = presets.get_preset(self.model_type, self.preset_field.widget.value)
-            config = preset.model_config(self.model_type, self.dataset.vocab_size, context_length=self.dataset.seq_length)
+            config = preset.model_config(self.model_type, self.dataset.vocab_size,
+                                         context_length=self.dataset.seq_length)
             batch_size, lr = preset.batch_size, preset.lr
             last = self._last
             if last is not None and self.preset_field.widget.value == last["train_config"]["preset"]:
@@ -161,7 +164,8 @@ class TrainForm(Form):
             model_config = ModelConfig.from_dict(run["model_config"])
         else:
             sizes = {name: values[name] for name in self.model_names}
-            model_config = ModelConfig(model_type=self.model_type, vocab_size=self.dataset.vocab_size, **sizes).validate()
+            model_config = ModelConfig(model_type=self.model_type, vocab_size=self.dataset.vocab_size,
+                                       **sizes).validate()
         check_context(model_config, self.dataset)  # train() refuses a context longer than a split: say so here
         train_config = TrainConfig(
             dataset=self.paths.dataset, checkpoint_dir=str(self.paths.root), model_type=self.model_type,
@@ -173,7 +177,8 @@ class TrainForm(Form):
 
     def summary(self, configs):
         train_config, model_config = configs
-        length = f"{train_config.max_steps:,} steps" if train_config.max_steps else f"up to {train_config.epochs} epochs"
+        length = (f"{train_config.max_steps:,} steps" if train_config.max_steps
+                  else f"up to {train_config.epochs} epochs")
         if train_config.max_minutes:
             length += f", at most {train_config.max_minutes:g} min this session"
         run = self.run
