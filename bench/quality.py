@@ -244,7 +244,7 @@ RECIPES = {
     "transformer": dict(model_type="transformer", bpe=1000, context=256, lr=0.002, batch_size=6, tie_embeddings=True,
                         song_clock=True, dropout=0.0),
     "lstm": dict(model_type="lstm", bpe=1000, context=100, hidden_size=256, lr=0.01, song_clock=True),
-    "gru": dict(model_type="gru", bpe=1000, context=100, hidden_size=256, lr=0.01, song_clock=True),
+    "gru": dict(model_type="gru", bpe=1000, context=100, hidden_size=256, lr=0.005, song_clock=True),
 }
 # nats/note: 10% below the best Transformer before issue #19 (BPE 1000, context 256, 10M tokens)
 LOSS_GOAL = 1.496 * 0.9

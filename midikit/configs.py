@@ -24,6 +24,10 @@ PRESET_NAMES = ("large", "t4", "small", "cpu")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 COMPILE_MODES = ("auto", "on", "off")
 STRATEGIES = ("greedy", "top_k", "top_p", "temperature", "sample")
+# The generation defaults of `generate`, the notebooks and `evaluate` (one set, measured for every model type in
+# bench/results/quality_cpu.md): the model's own distribution at temperature 0.95, nothing truncated, so a piece
+# ends when the model ends it; room for a whole tune (a Nottingham tune is about 1,650 REMI or 520 BPE-1000 tokens).
+DEFAULT_STRATEGY, DEFAULT_TEMPERATURE, DEFAULT_MAX_TOKENS = "temperature", 0.95, 2048
 TOKENIZERS = ("REMI", "TSD", "MIDILike")  # single-stream, one vocabulary
 TRACK_MODES = ("merged", "separate")
 SOURCES = ("folder", "nottingham", "corpus")
@@ -201,19 +205,20 @@ class SampleConfig(Checked):
     draws from the model's own distribution. `num_tokens` is the most new tokens per sample (a
     sample ends earlier when the model ends the piece); `bars`, if set, replaces it."""
 
-    strategy: str = setting("top_p", "how the next token is chosen (the original project's default was greedy)",
-                            group="sampling", choices=STRATEGIES)
+    strategy: str = setting(DEFAULT_STRATEGY, "how the next token is chosen (the original project's default was "
+                            "greedy)", group="sampling", choices=STRATEGIES)
     k: int = setting(8, "top_k: tokens to keep", group="sampling", label="k (top_k)", ge=1)
     p: float = setting(0.9, "top_p: probability mass to keep", group="sampling", label="p (top_p)", gt=0.0, le=1.0,
                        hint="Try 0.9.")
-    temperature: float = setting(1.0, "below 1 is safer, above 1 wilder", group="sampling", gt=0.0,
+    temperature: float = setting(DEFAULT_TEMPERATURE, "below 1 is safer, above 1 wilder", group="sampling", gt=0.0,
                                  hint="1.0 samples the model as trained; "
                                       "--strategy greedy takes the most likely tokens.")
     keep_end: bool = setting(True, "let top_k/top_p cut the end-of-piece token like any other (by default it is never "
                              "cut: a piece ends when the model ends it, with the model's own probability)",
                              group="sampling", flag="--cut_end")
-    num_tokens: int = setting(512, "most tokens to generate per piece", group="sampling", label="tokens to generate",
-                              ge=1, seed_flags=("generate_length",))
+    num_tokens: int = setting(DEFAULT_MAX_TOKENS, "most tokens to generate per piece (a piece ends earlier when the "
+                              "model ends it)", group="sampling", label="tokens to generate (cap)", ge=1,
+                              seed_flags=("generate_length",))
     bars: int | None = setting(None, "generate this many bars instead of num_tokens", group="sampling", ge=1,
                                label="bars", none="use num_tokens")
     num_samples: int = setting(1, "pieces, generated in one batch", group="sampling", label="variations", ge=1)
@@ -258,12 +263,14 @@ class QualityConfig(RunChoice):
     training data."""
 
     pieces: int = setting(16, "pieces to generate, in one batch", group="generation", label="pieces", ge=1)
-    max_tokens: int = setting(2048, "most tokens per piece; a piece ends when the model emits EOS (a Nottingham "
-                              "tune is about 1,650 tokens)", group="generation", label="tokens per piece (cap)", ge=1)
-    strategy: str = setting("top_p", "how the next token is chosen", group="generation", choices=STRATEGIES)
+    max_tokens: int = setting(DEFAULT_MAX_TOKENS, "most tokens per piece; a piece ends when the model emits EOS (a "
+                              "Nottingham tune is about 1,650 REMI tokens)", group="generation",
+                              label="tokens per piece (cap)", ge=1)
+    strategy: str = setting(DEFAULT_STRATEGY, "how the next token is chosen", group="generation", choices=STRATEGIES)
     p: float = setting(0.95, "top_p: probability mass to keep", group="generation", label="p (top_p)", gt=0.0, le=1.0)
     k: int = setting(8, "top_k: tokens to keep", group="generation", label="k (top_k)", ge=1)
-    temperature: float = setting(1.0, "divides the logits (top_k, top_p, temperature)", group="generation", gt=0.0)
+    temperature: float = setting(DEFAULT_TEMPERATURE, "divides the logits (top_k, top_p, temperature)",
+                                 group="generation", gt=0.0)
     keep_end: bool = setting(True, "let top_k/top_p cut the end-of-piece token like any other (by default it is never "
                              "cut: a piece ends when the model ends it)", group="generation", flag="--cut_end")
     seed: int = setting(0, "random seed of the pieces: the same seed gives the same pieces", group="generation",

@@ -1,7 +1,7 @@
 """Generate music from a trained run: load it, sample token by token, decode to MIDI.
 
     run = load_run("latest", paths)              # or a .pth, its .json sidecar, a training-state .pt
-    result = generate(run, SampleConfig(strategy="top_p", num_tokens=512, num_samples=4))
+    result = generate(run, SampleConfig(num_samples=4))  # the defaults: temperature 0.95, up to 2,048 tokens
     result.midi_paths                             # <root>/<dataset>/outputs/generated/*.mid
 
 The Transformer decodes with its key/value cache and the RNNs carry their hidden state, so each

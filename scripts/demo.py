@@ -1,5 +1,6 @@
 """The whole kit in one go, on whatever machine this is: preprocess the offline folk-tune corpus,
-train an LSTM, a GRU and a Transformer briefly, and generate a MIDI file from each.
+train an LSTM, a GRU and a Transformer briefly, and generate a MIDI file from each; last, a whole tune
+from the starter model shipped with midikit (trained longer, on the whole corpus).
 
     bash scripts/run.sh python scripts/demo.py [--checkpoint_dir DIR] [--max_steps 200]
 
@@ -19,6 +20,8 @@ from midikit import presets, storage
 from midikit.data import PreprocessConfig, load_dataset, preprocess
 from midikit.generate import SampleConfig, generate, load_run
 from midikit.metrics import midi_metrics
+from midikit.starter import DATASET as STARTER_DATASET
+from midikit.starter import load_starter
 from midikit.train import TrainConfig, train
 
 MODEL_TYPES = ("lstm", "gru", "transformer")
@@ -61,11 +64,18 @@ def main() -> None:
         print(f"{result.run_id}: {result.status} after {result.steps} steps, best validation loss {best}")
         runs[model_type] = result
         run = load_run(result.artifacts["weights"], prepared.paths)
-        sample = generate(run, SampleConfig(strategy="top_p", p=0.9, num_tokens=256, seed=0), progress=False)
+        sample = generate(run, SampleConfig(num_tokens=256, seed=0), progress=False)  # brief runs: a short piece
         for path in sample.midi_paths:
             metrics = midi_metrics(path)
             print(f"  generated {path} ({metrics['num_notes']} notes, {metrics['duration']:.1f} s)")
             midi.append(path)
+
+    starter = load_starter(paths=storage.DatasetPaths(root, STARTER_DATASET), log=lambda *_: None)
+    tune = generate(starter, SampleConfig(seed=0), progress=False)  # the generation defaults: until it ends the tune
+    metrics = midi_metrics(tune.midi_paths[0])
+    ended = "ended by the model" if tune.ended[0] else "cut at the cap"
+    print(f"starter model: {tune.midi_paths[0]} ({metrics['num_notes']} notes, {metrics['duration']:.1f} s, {ended})")
+    midi.append(tune.midi_paths[0])
 
     paths = prepared.paths
     print(f"\nDone in {time.monotonic() - started:.0f} s. Where everything is, under {paths.base}:")
@@ -76,12 +86,13 @@ def main() -> None:
         ("loss curves", paths.plots),
         ("generated MIDI", paths.generated),
         ("runs table", paths.models_csv),
+        ("the starter model's tune", tune.midi_paths[0].parent),
     ]:
         print(f"  {what:<24} {where}")
     folder = "" if args.checkpoint_dir is None else f" --checkpoint_dir {Path(root)}"
     print("\nNext, try (each command explains itself with --help):")
     print(f"  bash scripts/run.sh python -m midikit generate --dataset {args.dataset}{folder} --model_type transformer "
-          f"--num_samples 4 --strategy top_p --p 0.95")
+          f"--num_samples 4")
     print(f"  bash scripts/run.sh python -m midikit train --dataset {args.dataset}{folder} --model_type transformer "
           f"--preset cpu --max_steps 1000 --resume never")
     print(f"  bash scripts/run.sh python -m midikit evaluate --dataset {args.dataset}{folder}")

@@ -71,7 +71,7 @@ COMMAND_EXAMPLES = {
                                                     "--epochs 4 --max_batches 5"),
     ],
     "generate": [
-        ("four pieces from the newest run with best weights, midikit's default sampling (top-p 0.9)",
+        ("four pieces from the newest run with best weights, midikit's default sampling (temperature 0.95)",
          "--dataset folk --run latest --num_samples 4"),
         ("continue a tune of your own: its first 8 bars, then the model", "--dataset folk --seed_midi "
          "/content/opening.mid --seed_bars 8"),
@@ -103,9 +103,9 @@ SEED_DEFAULTS = {
     ("train", "weight_decay"): "the original project used Adam with weight_decay 1e-4 on every parameter; midikit "
                                "AdamW, 0.01, matrices and embeddings only",
     ("train", "grad_clip"): "the original project clipped at 1.0 only for datasets named `miditok`/`miditok_augmented`",
-    ("generate", "strategy"): "the original project decoded greedily by default; midikit samples with top-p (p 0.9): "
+    ("generate", "strategy"): "the original project decoded greedily by default; midikit samples at temperature 0.95: "
                               "pass `--strategy greedy` for the original project's behaviour",
-    ("generate", "num_tokens"): "the original project's `--generate_length` defaulted to 100 tokens; midikit's to 512 "
+    ("generate", "num_tokens"): "the original project's `--generate_length` defaulted to 100 tokens; midikit's to 2,048 "
                                 "(a piece ends earlier when the model ends it)",
     ("generate", "run"): "the original project's `--model_path` was required; midikit defaults to the newest run with "
                          "best weights (finished or not)",

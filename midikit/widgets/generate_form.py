@@ -14,16 +14,15 @@ from pathlib import Path
 
 import ipywidgets as W
 
-from .. import presets, runs, storage
+from .. import runs, storage
 from ..configs import GenerateConfig, SampleConfig
 from ..errors import ConfigError
 from ..trained import STARTER
 from .fields import LABEL_PX, Field, Form, tooltip
 from .forms import run_label
 
-__all__ = ["CPU_NUM_TOKENS", "GenerateForm", "uploaded_files"]
+__all__ = ["GenerateForm", "uploaded_files"]
 
-CPU_NUM_TOKENS = 256  # a CPU samples slowly: shorter pieces by default there
 STARTER_LABEL = "starter: the small model shipped with midikit (folk tunes)"
 
 
@@ -46,7 +45,6 @@ class GenerateForm(Form):
         self.paths = paths
         playable = runs.playable_runs(paths)
         options = [(run_label(record), record.run_id) for record in playable] + [(STARTER_LABEL, STARTER)]
-        on_cpu = presets.preset_for_hardware() == "cpu"
         # Its whole label ("upload a prim…" at the default width), under the primer field it fills.
         under_fields = W.Layout(width="auto", align_self="flex-start", margin=f"2px 2px 2px {LABEL_PX + 8}px")
         self.upload = W.FileUpload(accept=".mid,.midi", multiple=False, description="upload a primer",
@@ -55,7 +53,7 @@ class GenerateForm(Form):
         super().__init__({
             "run": Field(GenerateConfig, "run", options[0][1], options=options),
             **{name: Field(SampleConfig, name) for name in self.SAMPLING},
-            "num_tokens": Field(SampleConfig, "num_tokens", CPU_NUM_TOKENS if on_cpu else None),
+            "num_tokens": Field(SampleConfig, "num_tokens"),
             **{name: Field(SampleConfig, name) for name in ("bars", "num_samples")},
             "seed": Field(SampleConfig, "seed", -1, label="seed (-1 = random)", zero_means_none=False),
             "seed_midi": Field(GenerateConfig, "seed_midi", "", label="primer MIDI (path, or upload)"),
