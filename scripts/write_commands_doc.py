@@ -105,8 +105,8 @@ SEED_DEFAULTS = {
     ("train", "grad_clip"): "the original project clipped at 1.0 only for datasets named `miditok`/`miditok_augmented`",
     ("generate", "strategy"): "the original project decoded greedily by default; midikit samples at temperature 0.95: "
                               "pass `--strategy greedy` for the original project's behaviour",
-    ("generate", "num_tokens"): "the original project's `--generate_length` defaulted to 100 tokens; midikit's to 2,048 "
-                                "(a piece ends earlier when the model ends it)",
+    ("generate", "num_tokens"): "the original project's `--generate_length` defaulted to 100 tokens; midikit's to "
+                                "2,048 (a piece ends earlier when the model ends it)",
     ("generate", "run"): "the original project's `--model_path` was required; midikit defaults to the newest run with "
                          "best weights (finished or not)",
     ("generate", "seq_length"): "the original project's input length (\"must match training\"); midikit reads it from "

@@ -40,7 +40,7 @@ def test_the_commands_doc_names_every_command_and_flag():
             for flag in action.option_strings:
                 if flag not in ("-h", "--help"):
                     assert f"`{flag}`" in text, (name, flag)
-    assert "the original project decoded greedily by default; midikit samples with top-p" in text
+    assert "the original project decoded greedily by default; midikit samples at temperature 0.95" in text
 
 
 def presets_table() -> list[dict]:

@@ -216,7 +216,7 @@ def test_sampling_strategies_respect_their_limits():
     assert (draws(SampleConfig("top_p", p=1e-6)) == logits.argmax(-1, keepdim=True)).all()  # tiny p: only the best
     probs, order = logits.softmax(-1).sort(descending=True)
     nucleus_sizes = (probs.cumsum(-1) < 0.5).sum(-1) + 1  # the fewest tokens holding half the probability
-    for row, allowed, size in zip(draws(SampleConfig("top_p", p=0.5)), order, nucleus_sizes):
+    for row, allowed, size in zip(draws(SampleConfig("top_p", p=0.5, temperature=1.0)), order, nucleus_sizes):
         assert set(row.tolist()) == set(allowed[:size].tolist())
     assert torch.equal(next_tokens(logits, GREEDY), logits.argmax(-1))
     assert len(set(draws(SampleConfig("temperature", temperature=5.0))[0].tolist())) > 10  # hot: spread out

@@ -202,7 +202,7 @@ def generated_by(out: str) -> list[Path]:
 
 
 @pytest.mark.parametrize("example, model_type, data_dir, strategy", [
-    (0, "transformer", "base", "top_p"),  # no --strategy: midikit's default is top_p (the seed's was greedy)
+    (0, "transformer", "base", "temperature"),  # no --strategy: midikit samples at temperature 0.95 (greedy there)
     (1, "lstm", "data", "top_k"),
     (2, "lstm", "base", "top_p"),
 ])
@@ -211,7 +211,7 @@ def test_the_readme_generate_examples_write_midi_named_after_their_strategy(exam
     folder = root.base if data_dir == "base" else root.data  # the seed's --data_dir: either folder works
     values = {"<preprocessed data dir>": folder, "<dir>": folder, "<models/...>/transformer_20251127_104724.pth":
               trained["transformer"], "<path>.pth": trained[model_type], "<type>": model_type}
-    # + the seed's --generate_length (default 100 there, 512 here): a few tokens say as much, sooner.
+    # + the seed's --generate_length (default 100 there, 2,048 here): a few tokens say as much, sooner.
     code, out, err = run_cli(seed_line(GENERATE_EXAMPLES[example], root, **values) + ["--generate_length", "24"],
                              capsys)
     assert code == 0, err
