@@ -100,7 +100,7 @@ def flops_per_token(config: ModelConfig) -> float:
 
 
 class RNNGenerator(nn.Module):
-    """Embedding -> LSTM/GRU -> Linear, the seed's architecture (cuDNN kernels on a GPU)."""
+    """Embedding -> LSTM/GRU -> Linear, the original project's architecture (cuDNN kernels on a GPU)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -209,7 +209,7 @@ class CausalSelfAttention(nn.Module):
         if rope is not None:
             q, k = rotate(q, *rope), rotate(k, *rope)  # each key keeps the position it was written at
         if cache is None:
-            # Causal: position t attends to positions <= t only (the seed's model saw the future).
+            # Causal: position t attends to positions <= t only (the original project's model saw the future).
             drop = self.dropout if self.training else 0.0
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop, is_causal=mask is None)
         elif T == 1:

@@ -1,6 +1,6 @@
 """Named model + optimisation presets, and the choice of one for the hardware at hand.
 
-`large` reproduces the seed's Colab configs (A100-class GPU), `small` the seed's script
+`large` reproduces the original project's Colab configs (A100-class GPU), `small` its script
 defaults, `t4` fits a 16 GB Colab T4, and `cpu` trains in minutes on a laptop or CI machine.
 """
 
@@ -28,22 +28,22 @@ class Preset:
 
 
 _RNN = {
-    "large": Preset("large", "seed's large Colab config (A100)",
+    "large": Preset("large", "the original project's large Colab config (A100)",
                     dict(embed_size=128, hidden_size=1024, num_layers=4, dropout=0.4), 512, 1e-3),
     "t4": Preset("t4", "fits a 16 GB Colab T4",
                  dict(embed_size=128, hidden_size=512, num_layers=3, dropout=0.3), 256, 1e-3),
-    "small": Preset("small", "seed's script defaults",
+    "small": Preset("small", "the original project's script defaults",
                     dict(embed_size=128, hidden_size=256, num_layers=2, dropout=0.2), 64, 1e-3),
     "cpu": Preset("cpu", "trains in minutes on a CPU",
                   dict(embed_size=64, hidden_size=128, num_layers=1, dropout=0.1), 32, 3e-3),
 }
 
 _TRANSFORMER = {
-    "large": Preset("large", "seed's large Colab config (A100)",
+    "large": Preset("large", "the original project's large Colab config (A100)",
                     dict(d_model=1024, nhead=16, num_layers=8, dim_feedforward=4096, dropout=0.3), 256, 1e-4),
     "t4": Preset("t4", "fits a 16 GB Colab T4",
                  dict(d_model=512, nhead=8, num_layers=6, dim_feedforward=2048, dropout=0.2), 128, 3e-4),
-    "small": Preset("small", "seed's script defaults",
+    "small": Preset("small", "the original project's script defaults",
                     dict(d_model=256, nhead=4, num_layers=4, dim_feedforward=1024, dropout=0.1), 64, 3e-4),
     "cpu": Preset("cpu", "trains in minutes on a CPU",
                   dict(d_model=128, nhead=4, num_layers=2, dim_feedforward=512, dropout=0.1), 32, 1e-3),

@@ -2,7 +2,7 @@
 
 The original project's generate.py flags that are not a single midikit field are declared here, beside what
 they mean: --data_dir names a dataset folder, --seq_length is checked against the run, and the
-seed's opening-selection flags say what to use instead."""
+original project's opening-selection flags say what to use instead."""
 
 from __future__ import annotations
 

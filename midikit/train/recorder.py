@@ -1,6 +1,6 @@
 """The `Recorder`: everything a run leaves on disk, written off the training thread.
 
-It owns the best weights (a device copy until they are on disk), `models/<run_id>.pth`, the seed's
+It owns the best weights (a device copy until they are on disk), `models/<run_id>.pth`, the original project's
 artifacts, the run's record (through its `RecordKeeper`) and the background writer. The training
 thread calls `new_best`, `due` and `save`; each save becomes one immutable `SaveJob` (CPU snapshots
 of the state and, when they changed, the best weights) handed to the writer, and comes back as a
