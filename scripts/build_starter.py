@@ -143,8 +143,8 @@ def readme(args, sidecar: dict, report: evaluate.QualityReport, weights: Path) -
 
 Music to play before training a model of your own: `python -m midikit generate --run starter`, or
 notebook 07. A {mc['model_type']} of {report_parameters(sidecar)} parameters (the CPU preset's sizes,
-{mc['positions']} positions, context {mc['context_length']}, song clock {'on' if mc.get('song_clock') else 'off'}) \
-on miditok BPE
+{mc['positions']} positions, context {mc['context_length']}, song clock {'on' if mc.get('song_clock') else 'off'}, \
+{'tied' if mc.get('tie_embeddings') else 'separate'} embeddings) on miditok BPE
 tokens ({mc['vocab_size']}-token vocabulary), trained with midikit's CPU recipe
 (`bench/results/quality_cpu.md`) on {sidecar['metrics'].get('steps')} steps.
 
@@ -183,9 +183,17 @@ model sampled itself**.
 ## Rebuilt with
 
 ```bash
-{args.command}
+{args.command}{reexported(args, sidecar)}
 ```
 """
+
+
+def reexported(args, sidecar: dict) -> str:
+    """The line that made the report again, when it was not made by the training command."""
+    if not args.run:
+        return ""
+    return ("\n# then, the report at the generation defaults of the time:\n"
+            f"python scripts/build_starter.py --run {args.run}")
 
 
 def report_parameters(sidecar: dict) -> str:
