@@ -530,10 +530,11 @@ def render_goals(result: dict) -> list[str]:
                      f"{'✓' if abs(scale['difference']) <= band else '✗'} | "
                      f"{'all' if not missed else 'missed: ' + ', '.join(missed)} | `{row['command']}` |")
     config = result["rows"][0]["config"] if result["rows"] else {}
-    lines += ["", f"Generation: {config.get('pieces')} pieces each, {config.get('strategy')} p {config.get('p')}, "
-              f"temperature {config.get('temperature')}, the end of a piece "
-              f"{'never cut' if config.get('keep_end') else 'cut by top-p'}, at most {config.get('max_tokens')} "
-              f"tokens, seed {config.get('seed')}: the generation defaults."]
+    truncates = config.get("strategy") in ("top_p", "top_k")
+    cut = "never cut" if config.get("keep_end") else "cut by the truncation"
+    end = f", the end of a piece {cut}" if truncates else ""
+    lines += ["", f"Generation: {config.get('pieces')} pieces each, {evaluate.describe_sampling(config)}{end}, at most "
+              f"{config.get('max_tokens')} tokens, seed {config.get('seed')}: the generation defaults."]
     return lines
 
 

@@ -334,6 +334,15 @@ def load_report(path: str | Path) -> dict:
 # --------------------------------------------------------------------------- showing it
 
 
+def describe_sampling(config: dict) -> str:
+    """How the pieces were sampled, in the words of the strategy's own settings."""
+    strategy = config["strategy"]
+    if strategy in ("greedy", "sample", "temperature"):  # sample: the model's own distribution, untempered
+        return f"temperature {config['temperature']}" if strategy == "temperature" else strategy
+    own = f"p {config['p']}" if strategy == "top_p" else f"k {config['k']}"
+    return f"{strategy}, {own}, temperature {config['temperature']}"
+
+
 def format_table(report: QualityReport) -> str:
     """The report as plain text: the held-out loss, the metrics table, the pieces' health."""
     h, c = report.heldout, report.config
@@ -341,7 +350,7 @@ def format_table(report: QualityReport) -> str:
         f"run {report.run_id} ({report.model_type}) on {report.dataset}",
         f"held-out loss on {h['songs']} validation songs ({h['tokens']:,} tokens, {h['notes']:,} notes): "
         f"{h['nats_per_token']:.4f} nats/token (perplexity {h['perplexity']:.2f}), {h['nats_per_note']:.3f} nats/note",
-        f"{len(report.pieces)} pieces ({c['strategy']}, p {c['p']}, temperature {c['temperature']}, seed {c['seed']}, "
+        f"{len(report.pieces)} pieces ({describe_sampling(c)}, seed {c['seed']}, "
         f"at most {c['max_tokens']} tokens) against {report.data['count']} training pieces; "
         f"{report.seconds['total']:.1f} s",
         "",
