@@ -28,6 +28,16 @@ STRATEGIES = ("greedy", "top_k", "top_p", "temperature", "sample")
 # bench/results/quality_cpu.md): the model's own distribution at temperature 0.95, nothing truncated, so a piece
 # ends when the model ends it; room for a whole tune (a Nottingham tune is about 1,650 REMI or 520 BPE-1000 tokens).
 DEFAULT_STRATEGY, DEFAULT_TEMPERATURE, DEFAULT_MAX_TOKENS = "temperature", 0.95, 2048
+
+
+def describe_sampling(strategy: str, p: float, k: int, temperature: float) -> str:
+    """How pieces are sampled, in the strategy's own terms ("temperature 0.95", "top_p, p 0.9, temperature 1.0")."""
+    if strategy in ("greedy", "sample"):  # sample: the model's own distribution, untempered
+        return strategy
+    if strategy == "temperature":
+        return f"temperature {temperature}"
+    own = f"p {p}" if strategy == "top_p" else f"k {k}"
+    return f"{strategy}, {own}, temperature {temperature}"
 TOKENIZERS = ("REMI", "TSD", "MIDILike")  # single-stream, one vocabulary
 TRACK_MODES = ("merged", "separate")
 SOURCES = ("folder", "nottingham", "corpus")

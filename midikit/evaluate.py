@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import runs
+from . import configs, runs
 from .configs import QualityConfig
 from .errors import DatasetError
 from .generate import SLIDE_KEEP, generate
@@ -335,12 +335,8 @@ def load_report(path: str | Path) -> dict:
 
 
 def describe_sampling(config: dict) -> str:
-    """How the pieces were sampled, in the words of the strategy's own settings."""
-    strategy = config["strategy"]
-    if strategy in ("greedy", "sample", "temperature"):  # sample: the model's own distribution, untempered
-        return f"temperature {config['temperature']}" if strategy == "temperature" else strategy
-    own = f"p {config['p']}" if strategy == "top_p" else f"k {config['k']}"
-    return f"{strategy}, {own}, temperature {config['temperature']}"
+    """How a report's pieces were sampled (`config`: its QualityConfig as a dict)."""
+    return configs.describe_sampling(config["strategy"], config["p"], config["k"], config["temperature"])
 
 
 def format_table(report: QualityReport) -> str:

@@ -192,7 +192,7 @@ QUALITY_TEXT = (
     "on the validation songs (nats per token, and per note so runs with other tokenizations compare), then pieces "
     "generated until the model ends them, measured against the training data with a verdict per metric, the share of "
     "pieces without notes, miditok's token-error rate and the share that ended cleanly (EOS). On a CPU the notebook "
-    "makes fewer and shorter pieces so that it stays quick (the terminal command makes the full report). The report "
+    "makes fewer pieces so that it stays quick (the terminal command makes the full report). The report "
     "is saved beside the run (`outputs/quality/`), and in its `run.json` once the run has finished.")
 
 

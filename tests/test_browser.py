@@ -174,7 +174,7 @@ def generate_07(nb: Notebook, root: Path, run_id: str, stopped: int) -> None:
     assert f"{run_id}: stopped at step {stopped}, best at 20" in listed, listed
     clean(nb)
     form = nb.form(nb.index_of("GenerateForm(paths)"))
-    nb.renders(form, f"{run_id} · top_p")
+    nb.renders(form, f"{run_id} · temperature 0.95 · up to 2048 tokens")
     data = nb.form(nb.index_of("DatasetForm()"))
     nb.renders(data)
     nb.check_bad_value(data, "dataset", "a/b", "Invalid dataset name")
@@ -187,7 +187,8 @@ def generate_07(nb: Notebook, root: Path, run_id: str, stopped: int) -> None:
     chooser.value.set_files(str(primer))
     nb.type_into(form, "variations", "2")
     nb.type_into(form, "seed (-1 = random)", "7")
-    nb.renders(form, f"{run_id} · top_p · up to 256 tokens × 2 · seed 7 · continues primer.mid (its first "
+    nb.type_into(form, "tokens to generate (cap)", "256")  # a barely trained model may never end its piece
+    nb.renders(form, f"{run_id} · temperature 0.95 · up to 256 tokens × 2 · seed 7 · continues primer.mid (its first "
                      f"{PRIMER_BARS} bars)")
     first, last = nb.index_of("generate.generate("), nb.index_of("download_all(")
     for index in range(first, last + 1):

@@ -177,7 +177,8 @@ def test_generate_form_shows_the_sampling_error(tmp_path):
     form = widgets.GenerateForm(paths)
     where, sample = form.value
     assert (where.run, where.dataset, where.checkpoint_dir) == ("lstm_20260101_000000", "folk", str(tmp_path))
-    assert (sample.strategy, sample.p, sample.seed) == ("top_p", 0.9, None)  # a random seed unless one is typed
+    # The generation defaults, and a random seed unless one is typed
+    assert (sample.strategy, sample.temperature, sample.num_tokens, sample.seed) == ("temperature", 0.95, 2048, None)
     form.fields["p"].value = 1.5
     with pytest.raises(ConfigError) as raised:
         form.value

@@ -15,7 +15,7 @@ from pathlib import Path
 import ipywidgets as W
 
 from .. import runs, storage
-from ..configs import GenerateConfig, SampleConfig
+from ..configs import GenerateConfig, SampleConfig, describe_sampling
 from ..errors import ConfigError
 from ..trained import STARTER
 from .fields import LABEL_PX, Field, Form, tooltip
@@ -107,4 +107,5 @@ class GenerateForm(Form):
         seed = "a random seed" if sample.seed is None else f"seed {sample.seed}"
         primer = (f" · continues {Path(where.seed_midi).name}"
                   + (f" (its first {where.seed_bars} bars)" if where.seed_bars else "") if where.seed_midi else "")
-        return f"{where.run} · {sample.strategy} · {length} × {sample.num_samples} · {seed}{primer}"
+        sampling = describe_sampling(sample.strategy, sample.p, sample.k, sample.temperature)
+        return f"{where.run} · {sampling} · {length} × {sample.num_samples} · {seed}{primer}"
