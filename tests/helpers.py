@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shutil
 
+import torch
+
 from midikit.storage import RUN_ID_PATTERN, DatasetPaths
 
 
@@ -18,3 +20,18 @@ def the_run(paths: DatasetPaths):
     """The one run folder of a root (a test that expects one run fails if there are two)."""
     (run_dir,) = [p for p in paths.checkpoints.iterdir() if RUN_ID_PATTERN.match(p.name)]
     return run_dir
+
+
+def assert_same_training(state: dict, expected: dict) -> None:
+    """Two training states (checkpoint dicts) hold the same run: weights, AdamW's moments, and the
+    loss, learning-rate and validation histories, bit for bit."""
+    assert state["model"].keys() == expected["model"].keys()
+    for name, tensor in expected["model"].items():
+        assert torch.equal(state["model"][name], tensor), name
+    for index, moments in expected["optimizer"]["state"].items():
+        for key, tensor in moments.items():
+            assert torch.equal(state["optimizer"]["state"][index][key], tensor), (index, key)
+    for key in ("train_loss", "lr"):
+        assert torch.equal(state["history"][key], expected["history"][key]), key
+    for key in ("val_loss", "val_step"):
+        assert state["history"][key] == expected["history"][key], key

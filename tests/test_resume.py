@@ -11,8 +11,7 @@ import sys
 import time
 
 import pytest
-import torch
-from helpers import own_root
+from helpers import assert_same_training, own_root
 
 from midikit import checkpoints, runs
 from midikit.storage import DatasetPaths
@@ -65,16 +64,7 @@ def assert_identical(paths: DatasetPaths, reference: DatasetPaths) -> None:
     _, state = checkpoints.load_latest(the_run(paths))
     _, expected = checkpoints.load_latest(the_run(reference))
     assert state["step"] == expected["step"] == STEPS and state["finished"]
-    assert state["model"].keys() == expected["model"].keys()
-    for name, tensor in expected["model"].items():
-        assert torch.equal(state["model"][name], tensor), name
-    for index, moments in expected["optimizer"]["state"].items():
-        for key, tensor in moments.items():
-            assert torch.equal(state["optimizer"]["state"][index][key], tensor), (index, key)
-    for key in ("train_loss", "lr"):
-        assert torch.equal(state["history"][key], expected["history"][key]), key
-    for key in ("val_loss", "val_step"):
-        assert state["history"][key] == expected["history"][key], key
+    assert_same_training(state, expected)
     assert len(state["history"]["train_loss"]) == STEPS
     assert (state["best_val_loss"], state["best_step"]) == (expected["best_val_loss"], expected["best_step"])
 

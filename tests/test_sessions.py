@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from helpers import own_root, the_run
+from helpers import assert_same_training, own_root, the_run
 
 from midikit import checkpoints, runs
 from midikit.configs import SampleConfig
@@ -61,14 +61,7 @@ def test_a_run_ended_by_its_time_budget_continues_bit_identical_with_the_same_co
 
     state, expected = final_state(budgeted), final_state(reference)
     assert state["step"] == expected["step"] == STEPS
-    for name, tensor in expected["model"].items():
-        assert torch.equal(state["model"][name], tensor), name
-    for index, moments in expected["optimizer"]["state"].items():
-        for key, tensor in moments.items():
-            assert torch.equal(state["optimizer"]["state"][index][key], tensor), (index, key)
-    for key in ("train_loss", "lr"):
-        assert torch.equal(state["history"][key], expected["history"][key]), key
-    assert state["history"]["val_loss"] == expected["history"]["val_loss"]
+    assert_same_training(state, expected)
 
 
 def test_the_command_says_the_budget_ended_it_and_exits_zero(tiny_dataset, tmp_path):
