@@ -137,7 +137,9 @@ def song_losses(model: torch.nn.Module, songs: list[np.ndarray], window: int | N
             tokens[row, : end - start + 1] = torch.from_numpy(np.asarray(songs[index][start : end + 1], dtype=np.int64))
         tokens = tokens.to(device)
         clock = {}
-        if getattr(getattr(model, "config", None), "song_clock", False):  # each row starts `start` tokens into its song
+        # Each row starts `start` tokens into its song; a model without a config (bench's original-project
+        # model) has no clock.
+        if getattr(getattr(model, "config", None), "song_clock", False):
             starts = torch.tensor([start for _, start, _, _ in batch], device=device)
             clock = {"song_positions": starts[:, None] + torch.arange(length, device=device)}
         logits = (model(tokens[:, :-1], window=window, **clock) if rolling else model(tokens[:, :-1], **clock)).float()

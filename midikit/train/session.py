@@ -150,7 +150,7 @@ def restore_streams(checkpoint: dict, generator, cluster: Cluster, say) -> None:
 def tokens_on_device(dataset, device: torch.device, state: TrainState) -> Tokens:
     train_tokens = torch.from_numpy(np.asarray(dataset.train_tokens, dtype=np.int32)).to(device)
     val_tokens = torch.from_numpy(np.asarray(dataset.val_tokens, dtype=np.int32)).to(device)
-    clock = getattr(state.model_config, "song_clock", False)
+    clock = state.model_config.song_clock
     train_starts, val_starts = ((torch.from_numpy(np.array(offsets)).to(device) if clock else None)
                                 for offsets in (dataset.train_offsets, dataset.val_offsets))
     val = evaluation_windows(val_tokens, state.model_config.context_length, max_windows=state.train_config.eval_windows,
